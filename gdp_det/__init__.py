@@ -1,0 +1,10 @@
+"""GDP channel pruning for MMDetection 3.x.
+
+Importing the package registers ``GDPDetector``, ``GDPPrunedModule`` (MODELS) and
+``GDPHook`` (HOOKS) into mmdet's registries; configs load it with
+``custom_imports = dict(imports=['gdp_det'], allow_failed_imports=False)``.
+"""
+from . import compat  # noqa: F401
+from . import registry  # noqa: F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,101 @@
+"""Tracing mmdet detectors and the ``GDPDetector`` model type for configs.
+
+``GDPDetector`` builds any mmdet detector from its config, traces its channel
+graph and attaches one gate vector per group. It returns the detector itself (the
+same class, the same state-dict keys plus ``gdp_gates.*``), so every mmdet tool,
+hook and ``load_from`` of a plain checkpoint keeps working::
+
+    model = dict(_delete_=True, type='GDPDetector', detector={{_base_.model}},
+                 input_size=(512, 512))
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.structures import InstanceData
+
+from .gates import GDPGateSet
+from .graph import ChannelGraph, trace_channel_graph
+
+
+def _guaranteed_proposals(h: int, w: int, num: int, device) -> torch.Tensor:
+    """Boxes of every scale (so RoI extractors read every FPN level), never empty."""
+    sizes = torch.tensor([16., 32., 64., 128., 256., 512., 1024.], device=device)
+    k = torch.arange(num, device=device)
+    s = sizes[k % len(sizes)]
+    cx = (k.float() * 37.0) % max(w, 1)
+    cy = (k.float() * 53.0) % max(h, 1)
+    return torch.stack([cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2], 1)
+
+
+def detector_forward_fn(input_size: Tuple[int, int], num_proposals: int = 256):
+    """Tensor-mode forward of backbone, neck and every head, for tracing.
+
+    Two-stage detectors: the RoI head is run on guaranteed proposals rather than on
+    the (possibly empty) output of a randomly initialised RPN.
+    """
+    from mmdet.models.detectors import TwoStageDetector
+    from mmdet.structures import DetDataSample
+
+    h, w = input_size
+
+    def forward(model: nn.Module):
+        device = next(model.parameters()).device
+        img = torch.randn(1, 3, h, w, device=device)
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                             pad_shape=(h, w), scale_factor=(1., 1.),
+                                             batch_input_shape=(h, w)))
+        if isinstance(model, TwoStageDetector):
+            x = model.extract_feat(img)
+            outs = [model.rpn_head(x)] if model.with_rpn else []
+            props = InstanceData(bboxes=_guaranteed_proposals(h, w, num_proposals, device))
+            outs.append(model.roi_head.forward(x, [props], [sample]))
+            return outs
+        return model._forward(img, [sample])
+
+    return forward
+
+
+def trace_detector(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
+                   exclude: Sequence[str] = (), num_proposals: int = 256) -> ChannelGraph:
+    """Channel graph of an mmdet detector at ``input_size`` (H, W)."""
+    return trace_channel_graph(model, detector_forward_fn(input_size, num_proposals), exclude)
+
+
+def attach_gates(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
+                 exclude: Sequence[str] = (), num_proposals: int = 256,
+                 normalize: bool = True, eps: float = 1.0) -> nn.Module:
+    """Trace ``model``, add ``model.gdp_gates`` and gate every group's consumers."""
+    graph = trace_detector(model, tuple(input_size), exclude, num_proposals)
+    gates = GDPGateSet(graph, normalize=normalize, eps=eps)
+    gates.attach(model)
+    model.gdp_gates = gates
+    # plain attributes (not modules): the graph and how it was traced
+    model.__dict__['gdp_graph'] = graph
+    model.__dict__['gdp_trace_cfg'] = dict(input_size=tuple(input_size), exclude=list(exclude),
+                                           num_proposals=num_proposals, normalize=normalize)
+    return model
+
+
+def find_gates(model: nn.Module) -> Optional[GDPGateSet]:
+    """The gate set of a (possibly DDP-wrapped) GDP model, or None."""
+    from mmengine.model import is_model_wrapper
+    if is_model_wrapper(model):
+        model = model.module
+    return getattr(model, 'gdp_gates', None)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    from mmengine.model import is_model_wrapper
+    return model.module if is_model_wrapper(model) else model
+
+
+def build_gdp_detector(detector: dict, input_size: Sequence[int] = (512, 512),
+                       exclude: Sequence[str] = (), num_proposals: int = 256,
+                       normalize: bool = True, eps: float = 1.0) -> nn.Module:
+    """Registered as ``GDPDetector``: build ``detector`` and attach GDP gates."""
+    from mmdet.registry import MODELS
+    model = MODELS.build(detector)
+    return attach_gates(model, tuple(input_size), exclude, num_proposals, normalize, eps)

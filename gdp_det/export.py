@@ -1,0 +1,139 @@
+"""Export a pruned detector as a plain mmdet config + checkpoint, atomically.
+
+``DIR/<name>_pruned.py`` is the original config with the model's pruned widths
+(mmdet's own fields where they exist, ``GDPPrunedModule`` wrappers for the rest),
+``DIR/<name>_pruned.pth`` a plain ``state_dict`` + ``meta`` of builtin types
+(loads with ``torch.load(weights_only=True)``), ``DIR/prune_report.json`` the
+numbers. Files are written to a temporary directory and renamed into place, so an
+interrupted export leaves the previous state intact.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import os.path as osp
+import shutil
+import tempfile
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config, ConfigDict
+
+EXPORT_FILES = ('{name}_pruned.py', '{name}_pruned.pth', 'prune_report.json')
+
+
+class ExportExistsError(FileExistsError):
+    """The output directory already holds an export."""
+
+
+def detector_cfg(model_cfg: dict) -> dict:
+    """The plain detector config inside a ``GDPDetector`` config (or itself)."""
+    model_cfg = copy.deepcopy(model_cfg)
+    if model_cfg.get('type') == 'GDPDetector':
+        return model_cfg['detector']
+    return model_cfg
+
+
+def _component(name: str) -> str:
+    return name.split('.', 1)[0]
+
+
+def pruned_model_cfg(model_cfg: dict, shapes: Dict[str, dict],
+                     attrs: Dict[str, dict]) -> dict:
+    """Model config building the pruned detector (see :mod:`gdp_det.pruned_module`)."""
+    cfg = detector_cfg(model_cfg)
+    by_comp: Dict[str, dict] = {}
+    for name, shape in sorted(shapes.items()):
+        comp, rest = name.split('.', 1)
+        by_comp.setdefault(comp, dict(shapes=[], attrs=[]))['shapes'].append(
+            dict(name=rest, **shape))
+    for name, values in sorted(attrs.items()):
+        comp, rest = name.split('.', 1)
+        by_comp.setdefault(comp, dict(shapes=[], attrs=[]))['attrs'].append(
+            dict(name=rest, **values))
+    _write_mmdet_fields(cfg, shapes)
+    for comp, entries in by_comp.items():
+        if comp not in cfg:
+            raise KeyError(f'pruned layers under {comp!r}, which the model config does not '
+                           'define; export supports components built from the model config')
+        cfg[comp] = dict(type='GDPPrunedModule', module=cfg[comp], **entries)
+    return cfg
+
+
+def _write_mmdet_fields(cfg: dict, shapes: Dict[str, dict]) -> None:
+    """Write widths into mmdet's own fields where they exist (FPN-style necks)."""
+    neck = cfg.get('neck')
+    if not isinstance(neck, dict) or not isinstance(neck.get('in_channels'), (list, tuple)):
+        return
+    in_ch = list(neck['in_channels'])
+    for i in range(len(in_ch)):
+        s = shapes.get(f'neck.lateral_convs.{i}.conv')
+        if s is not None:
+            in_ch[i] = s['in_channels']
+    neck['in_channels'] = in_ch
+    outs = {s['out_channels'] for n, s in shapes.items()
+            if n.startswith('neck.fpn_convs.') and n.endswith('.conv')}
+    if len(outs) == 1:
+        neck['out_channels'] = outs.pop()
+
+
+def export_config(cfg: Config, model_cfg: dict) -> Config:
+    """Copy of the full training config with the pruned model and no GDP parts."""
+    out = Config(copy.deepcopy(cfg._cfg_dict.to_dict()))
+    out.model = model_cfg
+    imports = list(out.get('custom_imports', {}).get('imports', []))
+    if 'gdp_det' not in imports:
+        imports.append('gdp_det')
+    out.custom_imports = dict(imports=imports, allow_failed_imports=False)
+    hooks = [h for h in out.get('custom_hooks', []) if h.get('type') != 'GDPHook']
+    out.custom_hooks = hooks
+    out.load_from = None
+    out.resume = False
+    optim = out.get('optim_wrapper')
+    if optim and optim.get('paramwise_cfg', {}).get('custom_keys'):
+        optim['paramwise_cfg']['custom_keys'].pop('gdp_gates', None)
+    return out
+
+
+def _plain(obj):
+    """Builtin-typed copy (checkpoint meta must load with weights_only=True)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if hasattr(obj, 'item'):
+        return obj.item()
+    return str(obj)
+
+
+def check_out_dir(out_dir: str, name: str, force: bool) -> None:
+    existing = [f.format(name=name) for f in EXPORT_FILES
+                if osp.exists(osp.join(out_dir, f.format(name=name)))]
+    if existing and not force:
+        raise ExportExistsError(f'{out_dir} already holds an export ({", ".join(existing)}); '
+                                'choose another --out-dir or pass --force to replace it')
+
+
+def write_export(out_dir: str, name: str, cfg: Config, model: nn.Module, report: dict,
+                 meta: Optional[dict] = None, force: bool = False) -> List[str]:
+    """Write config, checkpoint and report into ``out_dir`` atomically."""
+    check_out_dir(out_dir, name, force)
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.gdp_export_', dir=out_dir)
+    try:
+        files = [f.format(name=name) for f in EXPORT_FILES]
+        cfg.dump(osp.join(tmp, files[0]))
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save(dict(state_dict=state, meta=_plain(meta or {})), osp.join(tmp, files[1]))
+        with open(osp.join(tmp, files[2]), 'w') as f:
+            json.dump(_plain(report), f, indent=2)
+        # os.replace is atomic per file; the report goes last: it marks a complete export
+        for f in files:
+            os.replace(osp.join(tmp, f), osp.join(out_dir, f))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [osp.join(out_dir, f) for f in files]

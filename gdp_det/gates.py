@@ -1,0 +1,96 @@
+"""GDP gates: one trainable gate vector per channel group, applied before consumers.
+
+``g_eps(a) = a^2 / (a^2 + eps)`` (paper). With ``normalize=True`` (default, our
+design) the gate is multiplied by ``(1 + eps)`` so that ``g(1) = 1`` for every eps:
+inserting gates with ``a = 1`` into a trained model leaves its outputs unchanged,
+and annealing eps never rescales surviving channels. ``g(0) = 0`` with zero slope
+either way, so a gate pushed to exactly zero stays there.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .graph import ChannelGraph
+
+
+def gate_value(a: torch.Tensor, eps: float, normalize: bool = True) -> torch.Tensor:
+    """Smoothed L0 gate of architecture parameters ``a`` (see module docstring)."""
+    sq = a * a
+    g = sq / (sq + eps)
+    return g * (1.0 + eps) if normalize else g
+
+
+class _GateInput:
+    """Forward pre-hook multiplying a layer's input channels by their gates."""
+
+    def __init__(self, gates: 'GDPGateSet', index: torch.Tensor, is_linear: bool):
+        self.gates = gates
+        self.index = index
+        self.is_linear = is_linear
+
+    def __call__(self, module: nn.Module, args):
+        g = self.gates.extended_values()
+        if self.index.device != g.device:
+            self.index = self.index.to(g.device)
+        g = g[self.index]
+        x = args[0]
+        if self.is_linear:
+            x = x * g
+        elif isinstance(module, nn.ConvTranspose2d) or x.dim() == 4:
+            x = x * g.view(1, -1, 1, 1)
+        else:
+            x = x * g.view(1, -1, *([1] * (x.dim() - 2)))
+        return (x, ) + tuple(args[1:])
+
+
+class GDPGateSet(nn.Module):
+    """All gates of a model: parameter ``a`` (one entry per gated channel) and ``eps``.
+
+    Contract: ``group_slices[i]`` is the slice of ``a`` that holds group ``i`` of the
+    graph it was made from; :meth:`attach` makes every gated layer of ``model`` see
+    ``x * g`` on its input channels (fixed channels see 1). ``eps`` is a buffer, so it
+    travels with checkpoints.
+    """
+
+    def __init__(self, graph: ChannelGraph, normalize: bool = True, eps: float = 1.0):
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(graph.num_channels))
+        self.register_buffer('eps', torch.tensor(float(eps), dtype=torch.float64))
+        self.normalize = normalize
+        self.group_names: List[str] = [g.name for g in graph.groups]
+        self.group_slices = [slice(int(graph.offsets[i]), int(graph.offsets[i + 1]))
+                             for i in range(len(graph.groups))]
+        self._consumer_index: Dict[str, np.ndarray] = graph.consumer_global_index()
+        self._handles: list = []
+
+    def values(self) -> torch.Tensor:
+        return gate_value(self.a, float(self.eps), self.normalize)
+
+    def extended_values(self) -> torch.Tensor:
+        """Gate values with a trailing 1 that fixed positions (index -1) read."""
+        return torch.cat([self.values(), self.a.new_ones(1)])
+
+    def attach(self, model: nn.Module) -> None:
+        modules = dict(model.named_modules())
+        for name, idx in self._consumer_index.items():
+            if (idx < 0).all():
+                continue
+            module = modules[name]
+            index = torch.as_tensor(idx, dtype=torch.long)
+            hook = _GateInput(self, index, isinstance(module, nn.Linear))
+            self._handles.append(module.register_forward_pre_hook(hook))
+
+    def detach_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def consumer_index(self) -> Dict[str, np.ndarray]:
+        return self._consumer_index
+
+    def extra_repr(self) -> str:
+        return f'groups={len(self.group_names)}, channels={self.a.numel()}'

@@ -1,0 +1,90 @@
+"""``GDPPrunedModule``: build an mmdet component, then narrow listed layers.
+
+mmdet configs have no field for per-layer widths inside a ResNet block, a head's
+stacked convs and so on. An exported config wraps such a component::
+
+    backbone=dict(type='GDPPrunedModule', module=dict(type='ResNet', ...),
+                  shapes=[dict(name='layer1.0.conv1', in_channels=64, out_channels=23,
+                               groups=1), ...],
+                  attrs=[])
+
+The builder returns the plain mmdet module (same class, same state-dict keys)
+with the listed layers re-created at their pruned widths; weights come from the
+pruned checkpoint.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+
+
+def _empty_param(shape, like: torch.Tensor, requires_grad: bool) -> nn.Parameter:
+    return nn.Parameter(like.new_zeros(shape), requires_grad=requires_grad)
+
+
+def narrow_module(m: nn.Module, shape: dict) -> None:
+    """Give conv/linear/BN module ``m`` the widths in ``shape`` (weights zeroed)."""
+    if isinstance(m, nn.ConvTranspose2d):
+        cin, cout, groups = shape['in_channels'], shape['out_channels'], shape['groups']
+        m.weight = _empty_param((cin, cout // groups) + tuple(m.kernel_size), m.weight,
+                                m.weight.requires_grad)
+    elif isinstance(m, nn.Conv2d):
+        cin, cout, groups = shape['in_channels'], shape['out_channels'], shape['groups']
+        m.weight = _empty_param((cout, cin // groups) + tuple(m.kernel_size), m.weight,
+                                m.weight.requires_grad)
+        m.groups = groups
+    elif isinstance(m, nn.Linear):
+        m.weight = _empty_param((shape['out_features'], shape['in_features']), m.weight,
+                                m.weight.requires_grad)
+        m.in_features, m.out_features = shape['in_features'], shape['out_features']
+        if m.bias is not None:
+            m.bias = _empty_param((shape['out_features'], ), m.bias, m.bias.requires_grad)
+        return
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        n = shape['num_features']
+        m.num_features = n
+        for attr in ('weight', 'bias'):
+            p = getattr(m, attr)
+            if p is not None:
+                setattr(m, attr, _empty_param((n, ), p, p.requires_grad))
+        if m.running_mean is not None:
+            m.running_mean = m.running_mean.new_zeros(n)
+            m.running_var = m.running_var.new_ones(n)
+        return
+    else:
+        raise TypeError(f'GDPPrunedModule cannot narrow {type(m).__name__}')
+    m.in_channels, m.out_channels = cin, cout
+    if m.bias is not None:
+        m.bias = _empty_param((cout, ), m.bias, m.bias.requires_grad)
+
+
+def apply_pruned_shapes(root: nn.Module, shapes: List[dict],
+                        attrs: Optional[List[dict]] = None) -> nn.Module:
+    modules = dict(root.named_modules())
+    for entry in shapes:
+        entry = dict(entry)
+        name = entry.pop('name')
+        if name not in modules:
+            raise KeyError(f'GDPPrunedModule: no layer named {name!r} in '
+                           f'{type(root).__name__}; the config does not match this export')
+        narrow_module(modules[name], entry)
+    for entry in attrs or []:
+        entry = dict(entry)
+        target = modules[entry.pop('name')]
+        for k, v in entry.items():
+            setattr(target, k, v)
+    return root
+
+
+def build_pruned_module(module: dict, shapes: List[dict], attrs: Optional[List[dict]] = None,
+                        **kwargs):
+    """Registered as ``GDPPrunedModule`` in mmdet's MODELS registry.
+
+    Extra keyword arguments (e.g. ``train_cfg``/``test_cfg`` that detectors pass to
+    their heads) go to the wrapped module's config.
+    """
+    from mmdet.registry import MODELS
+    module = dict(module, **kwargs)
+    return apply_pruned_shapes(MODELS.build(module), shapes, attrs)

@@ -1,0 +1,232 @@
+"""Lossless extraction: remove zero-gated channels, absorb the others' gates.
+
+The pruner only edits modules. Given a :class:`ChannelGraph` and the gate values,
+it (1) multiplies each gated layer's input-channel slices of the kernel by their
+gates, (2) decides per group which channels to keep (non-zero gates, topped up to
+``min_channels`` and a multiple of ``channel_divisor`` with zero-gated channels,
+which stay exact because their absorbed gate is 0), and (3) slices every member
+module: producers' outputs, consumers' inputs, BatchNorm channels and depthwise
+convs (in = out, ``groups`` follows). The result has no gates and plain
+``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.Linear`` modules.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .graph import ChannelGraph
+
+
+def choose_kept(graph: ChannelGraph, gates: torch.Tensor, min_channels: int = 1,
+                channel_divisor: int = 1) -> List[np.ndarray]:
+    """Sorted channel indices to keep, per group."""
+    g = gates.detach().cpu().double().numpy()
+    kept = []
+    for i, grp in enumerate(graph.groups):
+        vals = g[graph.offsets[i]:graph.offsets[i + 1]]
+        keep = np.flatnonzero(vals != 0)
+        want = max(len(keep), min(min_channels, grp.size))
+        if channel_divisor > 1:
+            want = min(grp.size, int(np.ceil(want / channel_divisor) * channel_divisor))
+        if len(keep) == 0 and want > 0:
+            warnings.warn(f'GDP: every gate of group {grp.name} is zero; keeping {want} '
+                          'channel(s) (their absorbed gate is 0, the output is unchanged)')
+        if want > len(keep):
+            order = np.argsort(-vals, kind='stable')
+            extra = [c for c in order if c not in set(keep.tolist())][:want - len(keep)]
+            keep = np.concatenate([keep, np.array(extra, dtype=np.int64)])
+        kept.append(np.sort(keep))
+    return kept
+
+
+def _masks(graph: ChannelGraph, kept: List[np.ndarray]):
+    """Per module: boolean keep-mask of output channels and of input channels."""
+    out_mask: Dict[str, np.ndarray] = {}
+    in_mask: Dict[str, np.ndarray] = {}
+
+    def apply(store, name, pos, keep_set):
+        m = store.setdefault(name, np.ones(len(pos), bool))
+        sel = pos >= 0
+        m[sel] &= np.isin(pos[sel], keep_set)
+
+    for grp, keep in zip(graph.groups, kept):
+        for name, pos in grp.producers.items():
+            apply(out_mask, name, pos, keep)
+        for name, pos in grp.norms.items():
+            apply(out_mask, name, pos, keep)
+        for name, pos in grp.carriers.items():
+            apply(out_mask, name, pos, keep)
+            apply(in_mask, name, pos, keep)
+        for name, pos in grp.consumers.items():
+            apply(in_mask, name, pos, keep)
+    return out_mask, in_mask
+
+
+@torch.no_grad()
+def absorb_gates(model: nn.Module, consumer_index: Dict[str, np.ndarray],
+                 gates: torch.Tensor) -> None:
+    """Scale each gated layer's input-channel kernel slices by their gate values."""
+    modules = dict(model.named_modules())
+    ext = torch.cat([gates.detach().cpu(), torch.ones(1)])
+    for name, idx in consumer_index.items():
+        m = modules[name]
+        scale = ext[torch.as_tensor(idx)].to(m.weight.device, m.weight.dtype)
+        if isinstance(m, nn.ConvTranspose2d):
+            m.weight.mul_(scale.view(-1, 1, 1, 1))
+        elif isinstance(m, nn.Conv2d):
+            m.weight.mul_(scale.view(1, -1, 1, 1))
+        elif isinstance(m, nn.Linear):
+            m.weight.mul_(scale.view(1, -1))
+        else:
+            raise TypeError(f'GDP cannot absorb a gate into {name} ({type(m).__name__}); '
+                            f'exclude it with exclude=["{name}"]')
+
+
+def _sel(t: torch.Tensor, mask: np.ndarray, dim: int) -> torch.Tensor:
+    idx = torch.as_tensor(np.flatnonzero(mask), device=t.device)
+    return t.index_select(dim, idx).clone()
+
+
+@torch.no_grad()
+def slice_module(name: str, m: nn.Module, out_mask, in_mask) -> None:
+    """Keep only the masked output / input channels of one module (in place)."""
+    if isinstance(m, nn.ConvTranspose2d):
+        if in_mask is not None:
+            m.weight = nn.Parameter(_sel(m.weight, in_mask, 0))
+            m.in_channels = int(in_mask.sum())
+        if out_mask is not None:
+            m.weight = nn.Parameter(_sel(m.weight, out_mask, 1))
+            if m.bias is not None:
+                m.bias = nn.Parameter(_sel(m.bias, out_mask, 0))
+            m.out_channels = int(out_mask.sum())
+    elif isinstance(m, nn.Conv2d):
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        if depthwise:
+            mask = out_mask if out_mask is not None else in_mask
+            m.weight = nn.Parameter(_sel(m.weight, mask, 0))
+            if m.bias is not None:
+                m.bias = nn.Parameter(_sel(m.bias, mask, 0))
+            m.in_channels = m.out_channels = m.groups = int(mask.sum())
+            return
+        if out_mask is not None:
+            m.weight = nn.Parameter(_sel(m.weight, out_mask, 0))
+            if m.bias is not None:
+                m.bias = nn.Parameter(_sel(m.bias, out_mask, 0))
+            m.out_channels = int(out_mask.sum())
+        if in_mask is not None:
+            if m.groups != 1:
+                raise ValueError(f'{name}: cannot remove input channels of a grouped conv')
+            m.weight = nn.Parameter(_sel(m.weight, in_mask, 1))
+            m.in_channels = int(in_mask.sum())
+    elif isinstance(m, nn.Linear):
+        if out_mask is not None:
+            m.weight = nn.Parameter(_sel(m.weight, out_mask, 0))
+            if m.bias is not None:
+                m.bias = nn.Parameter(_sel(m.bias, out_mask, 0))
+            m.out_features = int(out_mask.sum())
+        if in_mask is not None:
+            m.weight = nn.Parameter(_sel(m.weight, in_mask, 1))
+            m.in_features = int(in_mask.sum())
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if out_mask is None:
+            return
+        for attr in ('weight', 'bias'):
+            p = getattr(m, attr)
+            if p is not None:
+                setattr(m, attr, nn.Parameter(_sel(p, out_mask, 0), requires_grad=p.requires_grad))
+        for attr in ('running_mean', 'running_var'):
+            b = getattr(m, attr)
+            if b is not None:
+                setattr(m, attr, _sel(b, out_mask, 0))
+        m.num_features = int(out_mask.sum())
+    else:
+        raise TypeError(f'GDP cannot prune {name} ({type(m).__name__}); '
+                        f'exclude it with exclude=["{name}"]')
+
+
+def prune_channels(model: nn.Module, graph: ChannelGraph, kept: List[np.ndarray]) -> Dict[str, dict]:
+    """Slice every member module of every group; returns the new shapes per module."""
+    out_mask, in_mask = _masks(graph, kept)
+    modules = dict(model.named_modules())
+    shapes: Dict[str, dict] = {}
+    for name in sorted(set(out_mask) | set(in_mask)):
+        om, im = out_mask.get(name), in_mask.get(name)
+        if (om is None or om.all()) and (im is None or im.all()):
+            continue
+        m = modules[name]
+        # keep frozen parameters frozen
+        frozen = {n: p.requires_grad for n, p in m.named_parameters(recurse=False)}
+        slice_module(name, m, om, im)
+        for n, p in m.named_parameters(recurse=False):
+            p.requires_grad_(frozen.get(n, True))
+        shapes[name] = module_shape(m)
+    return shapes
+
+
+def module_shape(m: nn.Module) -> dict:
+    """The constructor widths of a pruned module (what an exported config records)."""
+    if isinstance(m, nn.Conv2d) or isinstance(m, nn.ConvTranspose2d):
+        return dict(in_channels=m.in_channels, out_channels=m.out_channels, groups=m.groups)
+    if isinstance(m, nn.Linear):
+        return dict(in_features=m.in_features, out_features=m.out_features)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return dict(num_features=m.num_features)
+    raise TypeError(type(m).__name__)
+
+
+def kept_mask(graph: ChannelGraph, kept: List[np.ndarray]) -> np.ndarray:
+    """Boolean mask over the graph's global channel ids: True where kept."""
+    alive = np.zeros(graph.num_channels, bool)
+    for i, keep in enumerate(kept):
+        alive[graph.offsets[i] + keep] = True
+    return alive
+
+
+def fix_width_attributes(model: nn.Module, graph: ChannelGraph,
+                         kept: List[np.ndarray]) -> Dict[str, dict]:
+    """Update ``out_channels`` of modules that own a pass-through op (RoI extractors).
+
+    Such modules allocate their output from a stated width at run time; returns the
+    new attribute values per module name.
+    """
+    alive = np.append(kept_mask(graph, kept), True)  # index -1 reads True (fixed)
+    modules = dict(model.named_modules())
+    attrs: Dict[str, dict] = {}
+    for name, idx in graph.passthrough.items():
+        width = int(alive[idx].sum())
+        parts = name.split('.')
+        for k in range(len(parts) - 1, 0, -1):
+            owner = '.'.join(parts[:k])
+            if isinstance(getattr(modules[owner], 'out_channels', None), int):
+                if modules[owner].out_channels != width:
+                    modules[owner].out_channels = width
+                    attrs[owner] = dict(out_channels=width)
+                break
+    return attrs
+
+
+def extract_pruned(model: nn.Module, min_channels: int = 1, channel_divisor: int = 1):
+    """Turn a gated model (with ``gdp_gates``) into the plain pruned model, in place.
+
+    Returns ``(shapes, attrs)``: the new widths of the sliced modules and the updated
+    width attributes of other modules. The result computes what the gated model
+    computed (up to float rounding).
+    """
+    gates = model.gdp_gates
+    graph: ChannelGraph = model.gdp_graph
+    values = gates.values().detach()
+    if not torch.isfinite(values).all():
+        raise ValueError('GDP gates contain NaN/Inf: the checkpoint is corrupt or training '
+                         'diverged; resume from an earlier checkpoint')
+    absorb_gates(model, gates.consumer_index(), values)
+    gates.detach_hooks()
+    del model.gdp_gates
+    kept = choose_kept(graph, values, min_channels, channel_divisor)
+    shapes = prune_channels(model, graph, kept)
+    attrs = fix_width_attributes(model, graph, kept)
+    model.__dict__['gdp_kept'] = kept
+    return shapes, attrs

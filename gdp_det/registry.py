@@ -1,0 +1,10 @@
+"""Registers gdp_det's parts into mmdet's registries (done on ``import gdp_det``)."""
+from mmdet.registry import HOOKS, MODELS
+
+from .detector import build_gdp_detector
+from .hooks import GDPHook
+from .pruned_module import build_pruned_module
+
+MODELS.register_module('GDPDetector', module=build_gdp_detector)
+MODELS.register_module('GDPPrunedModule', module=build_pruned_module)
+HOOKS.register_module('GDPHook', module=GDPHook)
