@@ -72,7 +72,7 @@ def _write_mmdet_fields(cfg: dict, shapes: Dict[str, dict]) -> None:
         s = shapes.get(f'neck.lateral_convs.{i}.conv')
         if s is not None:
             in_ch[i] = s['in_channels']
-    neck['in_channels'] = in_ch
+    neck['in_channels'] = type(neck['in_channels'])(in_ch)
     outs = {s['out_channels'] for n, s in shapes.items()
             if n.startswith('neck.fpn_convs.') and n.endswith('.conv')}
     if len(outs) == 1:

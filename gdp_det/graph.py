@@ -58,6 +58,8 @@ _META = {
     'storage_offset', 'nelement', '__format__', '__repr__', '_set_grad_enabled',
     'device', 'dtype', 'ndimension', 'is_complex',
 }
+# ops that read only the dtype/shape of their second argument
+_SHAPE_ONLY = {'type_as', 'to', 'expand_as', 'view_as', 'reshape_as'}
 _REDUCE = {'sum', 'mean', 'amax', 'amin'}
 
 
@@ -500,6 +502,8 @@ class _Tracer(TorchFunctionMode):
                     self.fix(vlay.atoms, 'assigned into an untraced tensor')
             return
         if lay is None:
+            if name in _SHAPE_ONLY:
+                return
             # data with a layout may still hide in other arguments
             self.fix_all((args[1:], kwargs), f'{name} reads traced channels')
             return
