@@ -61,6 +61,7 @@ class GDPHook(Hook):
         self.interval = interval
         self.flops: Optional[FlopsModel] = None
         self.ratio = 1.0
+        self.dead: Optional[torch.Tensor] = None  # gates zeroed by the proximal step
         self.history = []  # (iter, ratio, lambda, eps, zero_share, high_share)
 
     # -- helpers ---------------------------------------------------------------
@@ -105,11 +106,16 @@ class GDPHook(Hook):
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         gates = self._gates(runner)
         gates.eps.fill_(self.eps_at(runner.iter, self.gdp_iters))
+        if self.dead is None:  # first iteration, or just resumed: before the optimizer step
+            self.dead = gates.a.detach() == 0
 
     @torch.no_grad()
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         gates = self._gates(runner)
         a = gates.a
+        # a gate at exactly 0 stays there (g'(0) = 0); optimizer momentum or weight
+        # decay must not revive it
+        a[self.dead] = 0
         if runner.iter < self.warmup_iters or runner.iter >= self.gdp_iters:
             self._log(runner, gates)
             return
@@ -125,6 +131,7 @@ class GDPHook(Hook):
             new = self._stop_at_target(a, new, lr * self.lam * w)
             a.copy_(new)
             self.ratio = self.flops.count((a != 0).cpu()) / self.flops.full
+            self.dead = a.detach() == 0
             self.lam *= 1 + self.lambda_rate
         else:
             self.lam = max(self.lam * (1 - self.lambda_rate), 0.0)
