@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Print the channel groups GDP finds in a detector config (before any training).
+
+    python tools/analyze_groups.py CONFIG [--input-size H W] [--json OUT]
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import gdp_det  # noqa: E402,F401
+from gdp_det.cli import DictAction, UserError, gdp_model_cfg, load_config  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument('config')
+    p.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'))
+    p.add_argument('--exclude', nargs='*', default=[])
+    p.add_argument('--json', help='also write the groups as JSON here')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = p.parse_args(argv)
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from gdp_det.flops import FlopsModel
+    register_all_modules()
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    model_cfg = gdp_model_cfg(cfg, args.input_size, args.exclude)
+    if 'init_cfg' in model_cfg['detector'].get('backbone', {}):
+        model_cfg['detector']['backbone']['init_cfg'] = None
+    model = MODELS.build(model_cfg)
+    graph = model.gdp_graph
+    flops = FlopsModel(graph)
+    print(graph.summary())
+    print(f'FLOPs (MACs) at {model.gdp_trace_cfg["input_size"]}: {flops.full / 1e9:.3f} G')
+    print('channels kept unpruned because of: ' + '; '.join(sorted(graph.fixed_reasons)))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(groups=[dict(name=g.name, channels=g.size,
+                                        producers=sorted(g.producers),
+                                        consumers=sorted(g.consumers),
+                                        batchnorms=sorted(g.norms),
+                                        depthwise=sorted(g.carriers)) for g in graph.groups],
+                           fixed_reasons=sorted(graph.fixed_reasons),
+                           flops=flops.full), f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
