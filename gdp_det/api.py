@@ -82,7 +82,8 @@ def prune_and_export(cfg: Config, gated: nn.Module, out_dir: str, name: Optional
         groups=[dict(name=g.name, channels=g.size, kept=int(len(k)))
                 for g, k in zip(graph.groups, pruned.gdp_kept)],
         widths={n: s for n, s in shapes.items()},
-        per_layer_flops=_per_layer(flops, graph, alive))
+        per_layer_flops=_per_layer(flops, graph, alive),
+        layer_widths=_layer_widths(graph, alive))
     report['params_ratio'] = report['params_after'] / report['params_before']
     if verify:
         rebuilt = MODELS.build(copy.deepcopy(model_cfg))
@@ -119,3 +120,13 @@ def _per_layer(flops: FlopsModel, graph, alive) -> dict:
         e[0] += b
         e[1] += a
     return {k: dict(before=v[0], after=v[1]) for k, v in out.items()}
+
+
+def _layer_widths(graph, alive) -> dict:
+    """Output channels of every conv/linear layer before and after pruning."""
+    ext = torch.cat([alive.bool(), torch.ones(1, dtype=torch.bool)])
+    widths = {}
+    for c, out in zip(graph.calls, graph.call_out):
+        if c.name not in widths:
+            widths[c.name] = [len(out), int(ext[torch.as_tensor(out)].sum())]
+    return widths

@@ -91,9 +91,6 @@ def export_config(cfg: Config, model_cfg: dict) -> Config:
     out.custom_hooks = hooks
     out.load_from = None
     out.resume = False
-    optim = out.get('optim_wrapper')
-    if optim and optim.get('paramwise_cfg', {}).get('custom_keys'):
-        optim['paramwise_cfg']['custom_keys'].pop('gdp_gates', None)
     return out
 
 

@@ -3,8 +3,6 @@
 Add to a config that builds a ``GDPDetector``::
 
     custom_hooks = [dict(type='GDPHook', flops_target=0.5)]
-    optim_wrapper = dict(paramwise_cfg=dict(custom_keys={
-        'gdp_gates': dict(lr_mult=1.0, decay_mult=0.0)}))
 """
 from __future__ import annotations
 
@@ -18,17 +16,24 @@ from mmengine.hooks import Hook
 from .detector import find_gates, unwrap
 from .flops import FlopsModel
 
+# gate-value histogram bins of the snapshots (non-zero gates; normalized gates reach 1+eps)
+HIST_BINS = [i / 20 for i in range(23)]
+
 
 class GDPHook(Hook):
     """Drives GDP training of the model's gates towards a FLOPs budget.
 
-    Contract: before every train iteration sets ``eps`` on the geometric schedule
-    ``eps_start -> eps_end`` over ``gdp_iters`` (default: the whole training);
-    after every optimizer step applies the proximal soft-threshold
-    ``a <- sign(a) max(|a| - lr_a * lambda * w_c, 0)`` with ``w_c`` each channel's
+    Contract: the hook, not the model's optimizer, updates the gates: a proximal
+    SGD step with its own ``gate_lr`` (the optimizer never sees their gradient, so
+    no momentum or weight decay acts on them). Before every train iteration it sets
+    ``eps`` on the geometric schedule ``eps_start -> eps_end`` over ``gdp_iters``
+    (default: the whole training); after every optimizer step it applies
+    ``a <- a - gate_lr * dL/da`` and the soft-threshold
+    ``a <- sign(a) max(|a| - gate_lr * lambda * w_c, 0)`` with ``w_c`` each channel's
     FLOPs cost (relative to the full model) and adapts ``lambda``: multiplied by
     ``1 + lambda_rate`` while the exact FLOPs ratio is above ``flops_target``, by
-    ``1 - lambda_rate`` below it, and no channel is removed once the ratio is at or
+    ``1 - lambda_rate`` below it (default rate: lambda may grow 1e4-fold over the
+    first half of the phase), and no channel is removed once the ratio is at or
     below the target. ``min_channels`` channels per group always survive. Logs
     ``gdp/flops_ratio``, ``gdp/lambda``, ``gdp/eps``, ``gdp/zero_share`` and
     ``gdp/high_share`` (gates > 0.9). Its state is saved in checkpoints under
@@ -40,10 +45,11 @@ class GDPHook(Hook):
 
     def __init__(self, flops_target: float = 0.5, eps_start: float = 1.0,
                  eps_end: float = 1e-4, gdp_iters: Optional[int] = None,
-                 lambda_init: float = 1.0, lambda_rate: float = 0.02,
+                 gate_lr: float = 0.1, lambda_init: float = 1e-3,
+                 lambda_rate: Optional[float] = None,
                  min_channels: int = 1, channel_divisor: int = 1,
                  warmup_iters: int = 0, log_interval: int = 50, export: bool = True,
-                 interval: int = 1):
+                 num_snapshots: int = 6):
         if not 0 < flops_target <= 1:
             raise ValueError(f'GDPHook: flops_target must be in (0, 1], got {flops_target}')
         if eps_start <= 0 or eps_end <= 0:
@@ -51,14 +57,18 @@ class GDPHook(Hook):
         self.flops_target = flops_target
         self.eps_start, self.eps_end = eps_start, eps_end
         self.gdp_iters = gdp_iters
+        self.gate_lr = gate_lr
         self.lam = lambda_init
+        self.grad: Optional[torch.Tensor] = None  # the gates' last gradient
+        self.gates = None
         self.lambda_rate = lambda_rate
         self.min_channels = min_channels
         self.channel_divisor = channel_divisor
         self.warmup_iters = warmup_iters
         self.log_interval = log_interval
         self.export = export
-        self.interval = interval
+        self.num_snapshots = num_snapshots
+        self.snapshots = []  # [iter, zero count, histogram of non-zero gates in HIST_BINS]
         self.flops: Optional[FlopsModel] = None
         self.ratio = 1.0
         self.dead: Optional[torch.Tensor] = None  # gates zeroed by the proximal step
@@ -76,20 +86,18 @@ class GDPHook(Hook):
         t = min(max(it - self.warmup_iters, 0) / max(total - self.warmup_iters, 1), 1.0)
         return self.eps_start * (self.eps_end / self.eps_start) ** t
 
-    def _gate_lr(self, runner, gates) -> float:
-        opt = runner.optim_wrapper.optimizer
-        for group in opt.param_groups:
-            if any(p is gates.a for p in group['params']):
-                return group['lr']
-        raise RuntimeError('GDPHook: the gate parameters are not in the optimizer')
-
     # -- hook points -------------------------------------------------------------
     def before_train(self, runner) -> None:
         model = unwrap(runner.model)
-        self._gates(runner)
+        self.gates = self._gates(runner)
         self.flops = FlopsModel(model.gdp_graph)
+        runner.optim_wrapper.optimizer.register_step_pre_hook(self._take_gate_grad)
         if self.gdp_iters is None:
             self.gdp_iters = runner.max_iters
+        if self.lambda_rate is None:
+            # lambda can grow 1e4-fold over the first half of the GDP phase
+            span = max((self.gdp_iters - self.warmup_iters) / 2, 1)
+            self.lambda_rate = min(max(1e4 ** (1 / span) - 1, 1e-3), 0.5)
         self._check_reachable(model)
 
     def _check_reachable(self, model) -> None:
@@ -109,26 +117,38 @@ class GDPHook(Hook):
         if self.dead is None:  # first iteration, or just resumed: before the optimizer step
             self.dead = gates.a.detach() == 0
 
+    def _take_gate_grad(self, optimizer, args, kwargs) -> None:
+        """Optimizer step pre-hook: the gates' gradient is ours, not the optimizer's.
+
+        Runs after DDP's all-reduce and AMP's unscaling; setting ``grad`` to None makes
+        the optimizer skip the gates (no momentum, no weight decay on them).
+        """
+        a = self.gates.a
+        if a.grad is not None:
+            self.grad = a.grad.detach().clone()
+            a.grad = None
+
     @torch.no_grad()
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         gates = self._gates(runner)
         a = gates.a
-        # a gate at exactly 0 stays there (g'(0) = 0); optimizer momentum or weight
-        # decay must not revive it
-        a[self.dead] = 0
+        grad, self.grad = self.grad, None
         if runner.iter < self.warmup_iters or runner.iter >= self.gdp_iters:
-            self._log(runner, gates)
+            self._log(runner, gates)  # gates frozen outside the GDP phase
             return
-        alive = a.detach() != 0
-        self.ratio = self.flops.count(alive.cpu()) / self.flops.full
+        if grad is not None:  # gradient step of the task loss
+            a.sub_(self.gate_lr * grad.to(a))
+        a[self.dead] = 0  # a gate at exactly 0 stays there (g'(0) = 0)
+        alive = (a != 0).cpu()
+        self.ratio = self.flops.count(alive) / self.flops.full
         if self.ratio > self.flops_target:
-            w = self.flops.channel_weights(alive.cpu()) / self.flops.full
-            # normalise so lambda means "threshold per unit of average channel cost"
-            w = (w / w[alive.cpu()].mean().clamp_min(1e-12)).to(a)
-            lr = self._gate_lr(runner, gates)
-            new = torch.sign(a) * torch.clamp(a.abs() - lr * self.lam * w, min=0)
+            w = self.flops.channel_weights(alive) / self.flops.full
+            # normalised so that lambda is a threshold per unit of average channel cost
+            w = (w / w[alive].mean().clamp_min(1e-12)).to(a)
+            thresh = self.gate_lr * self.lam * w
+            new = torch.sign(a) * torch.clamp(a.abs() - thresh, min=0)
             new = self._keep_min_channels(gates, a, new)
-            new = self._stop_at_target(a, new, lr * self.lam * w)
+            new = self._stop_at_target(a, new, thresh)
             a.copy_(new)
             self.ratio = self.flops.count((a != 0).cpu()) / self.flops.full
             self.dead = a.detach() == 0
@@ -185,13 +205,21 @@ class GDPHook(Hook):
         for k, v in (('flops_ratio', self.ratio), ('lambda', self.lam), ('eps', eps),
                      ('zero_share', zero), ('high_share', high)):
             hub.update_scalar(f'train/gdp_{k}', v)
-        if runner.iter % self.log_interval == 0 or runner.iter + 1 == runner.max_iters:
+        last = runner.iter + 1 == runner.max_iters
+        if runner.iter % self.log_interval == 0 or last:
             self.history.append([runner.iter, self.ratio, self.lam, eps, zero, high])
+        every = max(self.gdp_iters // max(self.num_snapshots - 1, 1), 1)
+        if runner.iter % every == 0 or last:
+            nonzero = g[gates.a != 0].float().cpu()
+            hist = torch.histc(nonzero.clamp(max=HIST_BINS[-1]), len(HIST_BINS) - 1,
+                               HIST_BINS[0], HIST_BINS[-1])
+            self.snapshots.append([runner.iter, int((gates.a == 0).sum())] + hist.tolist())
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint['gdp_hook'] = dict(lam=float(self.lam), ratio=float(self.ratio),
                                       gdp_iters=int(self.gdp_iters or 0),
-                                      history=[list(map(float, h)) for h in self.history])
+                                      history=[list(map(float, h)) for h in self.history],
+                                      snapshots=[list(map(float, h)) for h in self.snapshots])
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('gdp_hook')
@@ -200,6 +228,7 @@ class GDPHook(Hook):
             self.ratio = state['ratio']
             self.gdp_iters = state['gdp_iters'] or self.gdp_iters
             self.history = [list(h) for h in state['history']]
+            self.snapshots = [list(h) for h in state.get('snapshots', [])]
 
     def after_train(self, runner) -> None:
         if not self.export or runner.rank != 0:
@@ -207,4 +236,6 @@ class GDPHook(Hook):
         from .api import prune_and_export
         prune_and_export(runner.cfg, unwrap(runner.model), osp.join(runner.work_dir, 'pruned'),
                          min_channels=self.min_channels, channel_divisor=self.channel_divisor,
-                         force=True, extra_report=dict(history=self.history))
+                         force=True, extra_report=dict(
+                             history=self.history, snapshots=self.snapshots,
+                             hist_bins=HIST_BINS, flops_target=self.flops_target))

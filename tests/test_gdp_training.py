@@ -51,8 +51,7 @@ def gdp_hook(runner):
 
 @pytest.mark.slow
 def test_gdp_reaches_budget_polarizes_and_exports(make_toy_cfg, tmp_path):
-    cfg = gdp_cfg(make_toy_cfg, tmp_path / 'run', epochs=12, flops_target=0.5,
-                  lambda_rate=0.1, log_interval=1)
+    cfg = gdp_cfg(make_toy_cfg, tmp_path / 'run', epochs=12, flops_target=0.5, log_interval=1)
     runner = Runner.from_cfg(cfg)
     runner.train()
     model = runner.model
@@ -74,7 +73,7 @@ def test_gdp_reaches_budget_polarizes_and_exports(make_toy_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_resume_restores_gates_eps_and_lambda(make_toy_cfg, tmp_path):
-    hook = dict(flops_target=0.6, lambda_rate=0.1, export=False)
+    hook = dict(flops_target=0.6, export=False)
     full = Runner.from_cfg(gdp_cfg(make_toy_cfg, tmp_path / 'full', epochs=4, **hook))
     full.train()
     part = Runner.from_cfg(gdp_cfg(make_toy_cfg, tmp_path / 'part', epochs=4, **hook))

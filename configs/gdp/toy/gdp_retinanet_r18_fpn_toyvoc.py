@@ -12,15 +12,11 @@ model = dict(
     detector={{_base_.model}},
     input_size=(224, 224))  # training scale, for the FLOPs model
 
-# 2) the GDP hook: eps schedule, proximal step, FLOPs budget, export at the end
+# 2) the GDP hook: eps schedule, proximal SGD on the gates, FLOPs budget, export
 custom_hooks = [
-    dict(type='GDPHook', flops_target=0.5, eps_start=1.0, eps_end=1e-4,
-         lambda_init=1.0, lambda_rate=0.02, min_channels=1, export=True)
+    dict(type='GDPHook', flops_target=0.5, eps_start=1.0, eps_end=1e-4, gate_lr=0.1,
+         lambda_init=1e-3, min_channels=1, export=True)
 ]
-
-# 3) gates in their own parameter group: no weight decay
-optim_wrapper = dict(
-    paramwise_cfg=dict(custom_keys={'gdp_gates': dict(lr_mult=1.0, decay_mult=0.0)}))
 
 max_epochs = 4
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)

@@ -1,0 +1,172 @@
+"""The whole job: baseline -> GDP phase -> prune/export -> fine-tune -> evaluate -> report.
+
+Each stage writes ``<work_dir>/<stage>/stage_done.json`` when it finishes; a rerun
+skips finished stages and resumes an interrupted training stage from its last
+checkpoint (mmengine's ``resume``).
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import os.path as osp
+import statistics
+import time
+from typing import Callable, Dict, Optional
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from .export import EXPORT_FILES
+from .report import atomic_write, write_report
+
+
+def gdp_config(cfg: Config, flops_target: float, load_from: Optional[str], epochs: int,
+               input_size=None, **hook) -> Config:
+    """The GDP-phase config of a plain detector config (what configs/gdp/ spell out)."""
+    out = copy.deepcopy(cfg)
+    if input_size is None:
+        input_size = _train_scale(cfg)
+    out.model = dict(type='GDPDetector', detector=cfg.model.to_dict(), input_size=input_size)
+    hooks = [h for h in out.get('custom_hooks', []) if h.get('type') != 'GDPHook']
+    hooks.append(dict(type='GDPHook', flops_target=flops_target, export=True, **hook))
+    out.custom_hooks = hooks
+    out.train_cfg.max_epochs = epochs
+    out.train_cfg.val_interval = epochs
+    out.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=True, begin=0,
+                                end=epochs)]
+    out.load_from = load_from
+    return out
+
+
+def _train_scale(cfg: Config):
+    for t in cfg.train_dataloader.dataset.get('pipeline', []):
+        if t.get('type') == 'Resize':
+            w, h = t['scale']
+            return (h, w)
+    return (512, 512)
+
+
+def _last_checkpoint(work_dir: str) -> Optional[str]:
+    marker = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(marker):
+        with open(marker) as f:
+            path = f.read().strip()
+        if osp.isfile(path):
+            return path
+    ckpts = sorted(glob.glob(osp.join(work_dir, '*.pth')), key=osp.getmtime)
+    return ckpts[-1] if ckpts else None
+
+
+def train(cfg: Config, work_dir: str) -> str:
+    """Train with ``cfg`` in ``work_dir`` (resuming if it holds checkpoints)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.work_dir = work_dir
+    if _last_checkpoint(work_dir):
+        cfg.resume = True
+        cfg.load_from = None  # resume from work_dir's last checkpoint
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return _last_checkpoint(work_dir)
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, checkpoint: str, work_dir: str, repeats: int = 10) -> Dict:
+    """Test-set metrics and median CPU latency of one image (same input, same process)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.work_dir = work_dir
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    model = runner.model.eval()
+    batch = next(iter(runner.test_dataloader))
+    batch = {k: v[:1] for k, v in batch.items()}
+    data = model.data_preprocessor(batch, False)
+    model(**data, mode='predict')  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(**data, mode='predict')
+        times.append(time.perf_counter() - t)
+    key = next((k for k in metrics if k.endswith('mAP')), next(iter(metrics)))
+    return dict(mAP=float(metrics[key]), metric=key, latency_ms=1000 * statistics.median(times),
+                metrics={k: float(v) for k, v in metrics.items()})
+
+
+def stage(work_dir: str, name: str, fn: Callable[[], Dict], log=print) -> Dict:
+    """Run ``fn`` once: its result is stored in ``<work_dir>/<name>/stage_done.json``."""
+    marker = osp.join(work_dir, name, 'stage_done.json')
+    if osp.isfile(marker):
+        log(f'[gdp pipeline] {name}: done earlier, skipped ({marker})')
+        with open(marker) as f:
+            return json.load(f)
+    log(f'[gdp pipeline] {name}: running')
+    os.makedirs(osp.dirname(marker), exist_ok=True)
+    result = fn()
+    atomic_write(marker, json.dumps(result, indent=2))
+    return result
+
+
+def run_pipeline(cfg: Config, work_dir: str, flops_target: float, gdp_epochs: int,
+                 finetune_epochs: int = 0, baseline_checkpoint: Optional[str] = None,
+                 hook: Optional[dict] = None, log=print) -> Dict:
+    """Run every stage; returns the report rows. See the module docstring."""
+    work_dir = osp.abspath(work_dir)
+    name = osp.splitext(osp.basename(cfg.filename or 'model'))[0]
+    if baseline_checkpoint:
+        base = dict(checkpoint=osp.abspath(baseline_checkpoint))
+    else:
+        base = stage(work_dir, 'baseline',
+                     lambda: dict(checkpoint=train(cfg, osp.join(work_dir, 'baseline'))), log)
+    gdp_dir = osp.join(work_dir, 'gdp')
+    gcfg = gdp_config(cfg, flops_target, base['checkpoint'], gdp_epochs, **(hook or {}))
+
+    def gdp_stage():
+        train(gcfg, gdp_dir)
+        files = [osp.join(gdp_dir, 'pruned', f.format(name=name)) for f in EXPORT_FILES]
+        return dict(config=files[0], checkpoint=files[1], report=files[2])
+
+    gdp = stage(work_dir, 'gdp', gdp_stage, log)
+    with open(gdp['report']) as f:
+        prune_report = json.load(f)
+    pruned_cfg = Config.fromfile(gdp['config'])
+    pruned = dict(config=gdp['config'], checkpoint=gdp['checkpoint'])
+    if finetune_epochs > 0:
+        def finetune():
+            fcfg = copy.deepcopy(pruned_cfg)
+            fcfg.load_from = gdp['checkpoint']
+            fcfg.train_cfg.max_epochs = finetune_epochs
+            fcfg.train_cfg.val_interval = finetune_epochs
+            return dict(config=gdp['config'],
+                        checkpoint=train(fcfg, osp.join(work_dir, 'finetune')))
+        finetuned = stage(work_dir, 'finetune', finetune, log)
+    ev = stage(work_dir, 'evaluate', lambda: dict(
+        baseline=evaluate(cfg, base['checkpoint'], osp.join(work_dir, 'eval_baseline')),
+        pruned=evaluate(pruned_cfg, pruned['checkpoint'], osp.join(work_dir, 'eval_pruned')),
+        finetuned=(evaluate(pruned_cfg, finetuned['checkpoint'],
+                            osp.join(work_dir, 'eval_finetuned'))
+                   if finetune_epochs > 0 else None)), log)
+    gflops = prune_report['flops_before'] / 1e9
+    rows = [dict(model='baseline', mAP=ev['baseline']['mAP'], GFLOPs=gflops,
+                 **{'FLOPs ratio': 1.0, 'params (M)': prune_report['params_before'] / 1e6,
+                    'latency (ms)': ev['baseline']['latency_ms']})]
+    pruned_row = {'GFLOPs': prune_report['flops_after'] / 1e9,
+                  'FLOPs ratio': prune_report['flops_ratio'],
+                  'params (M)': prune_report['params_after'] / 1e6}
+    rows.append(dict(model='GDP pruned (no fine-tune)', mAP=ev['pruned']['mAP'],
+                     **pruned_row, **{'latency (ms)': ev['pruned']['latency_ms'],
+                                      'max output diff': prune_report.get('max_rel_output_diff')}))
+    if ev.get('finetuned'):
+        rows.append(dict(model=f'GDP pruned + {finetune_epochs} ep fine-tune',
+                         mAP=ev['finetuned']['mAP'], **pruned_row,
+                         **{'latency (ms)': ev['finetuned']['latency_ms']}))
+    extra = (f'FLOPs target {flops_target}; FLOPs counted as multiply-accumulates of conv and '
+             f'linear layers at input {prune_report["input_size"]}; latency: median of '
+             f'repeated single-image CPU forwards (same process, same input); mAP metric '
+             f'`{ev["baseline"]["metric"]}`.')
+    write_report(work_dir, rows, prune_report, extra)
+    log(f'[gdp pipeline] report: {osp.join(work_dir, "report.md")}')
+    return dict(rows=rows)
