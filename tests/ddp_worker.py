@@ -1,0 +1,23 @@
+"""One rank of the 2-process CPU (gloo) GDP run in tests/test_ddp.py."""
+import os
+import sys
+
+
+def run_rank(rank: int, world: int, cfg_path: str, out_dir: str, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import torch
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    import gdp_det  # noqa: F401
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(cfg_path)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    gates = runner.model.module.gdp_gates
+    torch.save(dict(a=gates.a.detach().clone(), eps=gates.eps.clone()),
+               os.path.join(out_dir, f'gates_rank{rank}.pt'))
+    dist.destroy_process_group()
