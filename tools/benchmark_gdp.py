@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""Benchmarks of gdp-det on this machine; results go to benchmarks/RESULTS.md.
+
+    python tools/benchmark_gdp.py [--out benchmarks/RESULTS.md] [--quick]
+
+(a) GDP training-step time vs. the same detector without gates (ratio, one run);
+(b) prune + export time of Faster R-CNN R50-FPN;
+(c) CPU latency and FLOPs of RetinaNet / Faster R-CNN R50-FPN pruned to FLOPs
+    ratios 0.7 / 0.5 / 0.3 (uniform widths, with and without channel_divisor=8);
+(d) ONNX export of a pruned model: onnxruntime vs PyTorch difference and latency.
+"""
+import argparse
+import copy
+import os
+import os.path as osp
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import gdp_det  # noqa: E402,F401
+from gdp_det.cli import gdp_model_cfg, load_config  # noqa: E402
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def build(name, input_size, gated=True):
+    from mmdet.registry import MODELS
+    cfg = load_config(name)
+    if 'init_cfg' in cfg.model.get('backbone', {}):
+        cfg.model.backbone.init_cfg = None
+    if gated:
+        cfg.model = gdp_model_cfg(cfg, input_size)
+    return cfg, MODELS.build(cfg.model)
+
+
+def median_time(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def uniform_gates(model, target, divisor=1):
+    """Gates keeping the same share of every group, at the FLOPs target."""
+    from gdp_det.flops import FlopsModel
+    graph = model.gdp_graph
+    fm = FlopsModel(graph)
+
+    def alive_for(share):
+        alive = torch.zeros(graph.num_channels, dtype=torch.bool)
+        for i, g in enumerate(graph.groups):
+            k = max(1, int(round(share * g.size)))
+            if divisor > 1:
+                k = min(g.size, int(np.ceil(k / divisor) * divisor))
+            alive[graph.offsets[i]:graph.offsets[i] + k] = True
+        return alive
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if fm.count(alive_for(mid)) / fm.full > target:
+            hi = mid
+        else:
+            lo = mid
+    alive = alive_for(lo)
+    with torch.no_grad():
+        model.gdp_gates.a.copy_(alive.float())
+    return fm.count(alive) / fm.full
+
+
+def tensor_forward(model, size):
+    img = torch.randn(1, 3, *size)
+    from gdp_det.detector import detector_forward_fn
+    fn = detector_forward_fn(size)
+    return lambda: fn(model)
+
+
+def bench_train_overhead(repeats):
+    """(a) forward+backward+step of the toy RetinaNet, plain vs gated, interleaved."""
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    from gdp_det.detector import attach_gates
+    cfg = load_config(osp.join(REPO, 'configs/toy/retinanet_r18_fpn_toyvoc.py'))
+    torch.manual_seed(0)
+    plain = MODELS.build(cfg.model)
+    gated = attach_gates(copy.deepcopy(plain), (224, 224))
+    imgs = torch.randn(8, 3, 224, 224)
+    samples = []
+    for _ in range(8):
+        s = DetDataSample(metainfo=dict(img_shape=(224, 224), pad_shape=(224, 224),
+                                        batch_input_shape=(224, 224)))
+        s.gt_instances = InstanceData(bboxes=torch.tensor([[20., 30., 120., 140.]]),
+                                      labels=torch.tensor([1]))
+        samples.append(s)
+
+    def step_fn(model):
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+        model.train()
+
+        def step():
+            losses = model.loss(imgs, samples)
+            loss = sum(v if torch.is_tensor(v) else sum(v) for v in losses.values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return step
+    sp, sg = step_fn(plain), step_fn(gated)
+    tp, tg = [], []
+    for _ in range(repeats):  # interleaved so both see the same machine state
+        tp.append(median_time(sp, 1))
+        tg.append(median_time(sg, 1))
+    p, g = statistics.median(tp), statistics.median(tg)
+    return ['| model | plain step (s) | GDP step (s) | overhead |', '|---|---|---|---|',
+            f'| toy RetinaNet R18-FPN, batch 8 @224 | {p:.3f} | {g:.3f} | {100 * (g / p - 1):+.1f} % |']
+
+
+def bench_prune_time():
+    """(b) prune + export of Faster R-CNN R50-FPN (trace at 800x1333)."""
+    from gdp_det.api import prune_and_export
+    from tools.prune import randomize_gates
+    rows = ['| step | seconds |', '|---|---|']
+    t = time.perf_counter()
+    cfg, model = build('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', (800, 1333))
+    rows.append(f'| build + trace graph (800x1333) | {time.perf_counter() - t:.2f} |')
+    randomize_gates(model.gdp_gates, 0.5, 0)
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        prune_and_export(cfg, model, d, name='frcnn', verify=False)
+        rows.append(f'| prune + export (no verify) | {time.perf_counter() - t:.2f} |')
+        t = time.perf_counter()
+        prune_and_export(cfg, model, d, name='frcnn', verify=True, force=True)
+        rows.append(f'| prune + export + verify | {time.perf_counter() - t:.2f} |')
+    return rows
+
+
+def bench_latency(size, repeats, targets):
+    """(c) latency of tensor-mode forward of pruned R50 detectors."""
+    from gdp_det.api import count_params
+    from gdp_det.pruner import extract_pruned
+    rows = [f'| model | FLOPs ratio | divisor | GFLOPs @{size[0]}x{size[1]} | params (M) | '
+            'latency (ms) | speed-up | FLOPs cut |', '|---|---|---|---|---|---|---|---|']
+    for name in ('retinanet/retinanet_r50_fpn_1x_coco.py',
+                 'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'):
+        cfg, gated = build(f'mmdet::{name}', size)
+        from gdp_det.flops import FlopsModel
+        full = FlopsModel(gated.gdp_graph).full
+        _, plain = build(f'mmdet::{name}', size, gated=False)
+        base = median_time(tensor_forward(plain.eval(), size), repeats)
+        short = name.split('/')[1].split('_1x')[0]
+        rows.append(f'| {short} | 1.00 | - | {full / 1e9:.1f} | {count_params(plain) / 1e6:.1f} | '
+                    f'{1000 * base:.0f} | 1.00x | 1.00x |')
+        for target in targets:
+            for divisor in (1, 8):
+                model = copy.deepcopy(gated)
+                ratio = uniform_gates(model, target, divisor)
+                extract_pruned(model)
+                t = median_time(tensor_forward(model.eval(), size), repeats)
+                rows.append(f'| {short} | {ratio:.2f} | {divisor} | {ratio * full / 1e9:.1f} | '
+                            f'{count_params(model) / 1e6:.1f} | {1000 * t:.0f} | '
+                            f'{base / t:.2f}x | {1 / ratio:.2f}x |')
+    return rows
+
+
+def bench_onnx(size, repeats):
+    """(d) ONNX export of a pruned RetinaNet (tensor mode) and onnxruntime check."""
+    import onnxruntime as ort
+    from gdp_det.pruner import extract_pruned
+    cfg, model = build('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', size)
+    uniform_gates(model, 0.5)
+    extract_pruned(model)
+    model.eval()
+
+    class TensorMode(torch.nn.Module):
+        def __init__(self, det):
+            super().__init__()
+            self.det = det
+
+        def forward(self, x):
+            cls, reg = self.det._forward(x)
+            return tuple(cls) + tuple(reg)
+    wrapper = TensorMode(model)
+    x = torch.randn(1, 3, *size)
+    with tempfile.TemporaryDirectory() as d:
+        path = osp.join(d, 'pruned.onnx')
+        torch.onnx.export(wrapper, (x, ), path, opset_version=17, dynamo=False)
+        sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        with torch.no_grad():
+            ref = wrapper(x)
+        out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        diff = max(float(np.abs(o - r.numpy()).max() / max(np.abs(r.numpy()).max(), 1e-6))
+                   for o, r in zip(out, ref))
+        t_ort = median_time(lambda: sess.run(None, {sess.get_inputs()[0].name: x.numpy()}),
+                            repeats)
+        with torch.no_grad():
+            t_pt = median_time(lambda: wrapper(x), repeats)
+    return ['| model | max rel diff ORT vs PyTorch | ORT latency (ms) | PyTorch latency (ms) |',
+            '|---|---|---|---|',
+            f'| RetinaNet R50-FPN @ 0.5 FLOPs, {size[0]}x{size[1]} | {diff:.1e} | '
+            f'{1000 * t_ort:.0f} | {1000 * t_pt:.0f} |']
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
+    p.add_argument('--quick', action='store_true', help='fewer repeats (smoke run)')
+    args = p.parse_args(argv)
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    torch.manual_seed(0)
+    reps = 3 if args.quick else 7
+    size = (512, 512)
+    sections = [
+        ('(a) GDP training overhead', bench_train_overhead(reps)),
+        ('(b) Prune + export time, Faster R-CNN R50-FPN', bench_prune_time()),
+        ('(c) CPU latency vs FLOPs (tensor-mode forward, batch 1)',
+         bench_latency(size, reps, (0.7, 0.5, 0.3))),
+        ('(d) ONNX export of a pruned model', bench_onnx(size, reps)),
+    ]
+    head = [
+        '# gdp-det benchmarks', '',
+        f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
+        f'torch {torch.__version__}, {torch.get_num_threads()} threads. Command: '
+        f'`python tools/benchmark_gdp.py{" --quick" if args.quick else ""}` '
+        f'({time.strftime("%Y-%m-%d")}). Timings are medians of {reps} runs in one process.',
+        '']
+    body = []
+    for title, rows in sections:
+        body += [f'## {title}', ''] + rows + ['']
+    from gdp_det.report import atomic_write
+    atomic_write(args.out, '\n'.join(head + body))
+    print('\n'.join(head + body))
+
+
+if __name__ == '__main__':
+    main()
