@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from mmengine.structures import InstanceData
 
-from .gates import GDPGateSet
+from .gates import GDPGateSet, add_gates
 from .graph import ChannelGraph, trace_channel_graph
 
 
@@ -69,14 +69,9 @@ def attach_gates(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
                  normalize: bool = True, eps: float = 1.0) -> nn.Module:
     """Trace ``model``, add ``model.gdp_gates`` and gate every group's consumers."""
     graph = trace_detector(model, tuple(input_size), exclude, num_proposals)
-    gates = GDPGateSet(graph, normalize=normalize, eps=eps)
-    gates.attach(model)
-    model.gdp_gates = gates
-    # plain attributes (not modules): the graph and how it was traced
-    model.__dict__['gdp_graph'] = graph
-    model.__dict__['gdp_trace_cfg'] = dict(input_size=tuple(input_size), exclude=list(exclude),
-                                           num_proposals=num_proposals, normalize=normalize)
-    return model
+    return add_gates(model, graph, normalize, eps,
+                     dict(input_size=tuple(input_size), exclude=list(exclude),
+                          num_proposals=num_proposals))
 
 
 def find_gates(model: nn.Module) -> Optional[GDPGateSet]:

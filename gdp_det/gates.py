@@ -94,3 +94,15 @@ class GDPGateSet(nn.Module):
 
     def extra_repr(self) -> str:
         return f'groups={len(self.group_names)}, channels={self.a.numel()}'
+
+
+def add_gates(model: nn.Module, graph: ChannelGraph, normalize: bool = True,
+              eps: float = 1.0, trace_cfg: dict = None) -> nn.Module:
+    """Give ``model`` a ``gdp_gates`` set for ``graph`` and gate its consumers."""
+    gates = GDPGateSet(graph, normalize=normalize, eps=eps)
+    gates.attach(model)
+    model.gdp_gates = gates
+    # plain attributes (not modules): the graph and how it was traced
+    model.__dict__['gdp_graph'] = graph
+    model.__dict__['gdp_trace_cfg'] = dict(trace_cfg or {}, normalize=normalize)
+    return model
