@@ -10,6 +10,7 @@ hook and ``load_from`` of a plain checkpoint keeps working::
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -69,6 +70,11 @@ def attach_gates(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
                  normalize: bool = True, eps: float = 1.0) -> nn.Module:
     """Trace ``model``, add ``model.gdp_gates`` and gate every group's consumers."""
     graph = trace_detector(model, tuple(input_size), exclude, num_proposals)
+    notable = sorted(set(graph.fixed_reasons) - {'model output', 'input not traced'})
+    if notable:
+        from mmengine.logging import print_log
+        print_log('GDP: some channels stay unpruned (lossless, by design): '
+                  + '; '.join(notable), logger='current', level=logging.WARNING)
     return add_gates(model, graph, normalize, eps,
                      dict(input_size=tuple(input_size), exclude=list(exclude),
                           num_proposals=num_proposals))
