@@ -116,13 +116,18 @@ def run_pipeline(cfg: Config, work_dir: str, flops_target: float, gdp_epochs: in
     """Run every stage; returns the report rows. See the module docstring."""
     work_dir = osp.abspath(work_dir)
     name = osp.splitext(osp.basename(cfg.filename or 'model'))[0]
+    os.makedirs(work_dir, exist_ok=True)
+    gcfg = gdp_config(cfg, flops_target, None, gdp_epochs, **(hook or {}))
+    atomic_write(osp.join(work_dir, 'pipeline.json'), json.dumps(dict(
+        config=cfg.filename, flops_target=flops_target, gdp_epochs=gdp_epochs,
+        finetune_epochs=finetune_epochs, input_size=list(gcfg.model['input_size'])), indent=2))
     if baseline_checkpoint:
         base = dict(checkpoint=osp.abspath(baseline_checkpoint))
     else:
         base = stage(work_dir, 'baseline',
                      lambda: dict(checkpoint=train(cfg, osp.join(work_dir, 'baseline'))), log)
     gdp_dir = osp.join(work_dir, 'gdp')
-    gcfg = gdp_config(cfg, flops_target, base['checkpoint'], gdp_epochs, **(hook or {}))
+    gcfg.load_from = base['checkpoint']
 
     def gdp_stage():
         train(gcfg, gdp_dir)

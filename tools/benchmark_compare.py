@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Accuracy at equal FLOPs: GDP vs magnitude (L1, L2) and BN-scale channel pruning.
+
+    python tools/benchmark_compare.py --work-dir work_dirs/demo [--epochs N]
+
+Uses the finished pipeline run in ``--work-dir`` (its baseline checkpoint, its GDP
+result and FLOPs ratio). The other criteria are the importance scores of
+Torch-Pruning's MagnitudeImportance (p=1, p=2; group importance = mean over the
+group's producers) and BNScaleImportance (|gamma|), each applied to the same
+baseline on the same channel groups with the same per-group keep ratio search
+(Torch-Pruning's default, non-global pruning) to the same FLOPs, then fine-tuned for
+as many epochs as GDP trained (GDP phase + fine-tune). Results are appended to
+benchmarks/RESULTS.md.
+"""
+import argparse
+import copy
+import json
+import os.path as osp
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import gdp_det  # noqa: E402,F401
+from gdp_det.cli import load_config  # noqa: E402
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def importance(model, group, kind):
+    """Per-channel score of one group (higher = keep)."""
+    modules = dict(model.named_modules())
+    score = torch.zeros(group.size, dtype=torch.float64)
+    count = torch.zeros(group.size, dtype=torch.float64)
+    members = group.norms.items() if kind == 'bn' else group.producers.items()
+    for name, pos in members:
+        m = modules[name]
+        w = m.weight.detach().double()
+        if kind == 'bn':
+            s = w.abs()
+        else:
+            s = w.flatten(1).abs().pow(2 if kind == 'l2' else 1).sum(1)
+        sel = torch.as_tensor(pos >= 0)
+        score.index_add_(0, torch.as_tensor(pos[pos >= 0]), s[sel])
+        count.index_add_(0, torch.as_tensor(pos[pos >= 0]), torch.ones(int(sel.sum()),
+                                                                        dtype=torch.float64))
+    if kind == 'bn' and count.sum() == 0:  # no BN in this group: fall back to L1
+        return importance(model, group, 'l1')
+    return score / count.clamp_min(1)
+
+
+def prune_by_importance(model, kind, target):
+    """Gates 1/0 keeping the same share of each group, chosen by importance."""
+    from gdp_det.flops import FlopsModel
+    graph = model.gdp_graph
+    fm = FlopsModel(graph)
+    orders = [torch.argsort(importance(model, g, kind), descending=True) for g in graph.groups]
+
+    def alive_for(share):
+        alive = torch.zeros(graph.num_channels, dtype=torch.bool)
+        for i, g in enumerate(graph.groups):
+            k = max(1, int(round(share * g.size)))
+            alive[graph.offsets[i] + orders[i][:k]] = True
+        return alive
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if fm.count(alive_for(mid)) / fm.full > target else (mid, hi)
+    alive = alive_for(lo)
+    with torch.no_grad():
+        model.gdp_gates.a.copy_(alive.float())
+    return fm.count(alive) / fm.full
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument('--work-dir', required=True, help='a finished gdp_prune_pipeline run')
+    p.add_argument('--epochs', type=int, help='fine-tune epochs (default: GDP + fine-tune)')
+    p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
+    args = p.parse_args(argv)
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from gdp_det.api import prune_and_export
+    from gdp_det.cli import gdp_model_cfg, load_state_dict
+    from gdp_det.pipeline import evaluate, train
+    register_all_modules()
+    work = osp.abspath(args.work_dir)
+    base = json.load(open(osp.join(work, 'baseline', 'stage_done.json')))['checkpoint']
+    report = json.load(open(osp.join(work, 'report.json')))
+    rows = {r['model']: r for r in report['rows']}
+    gdp_row = next((r for k, r in rows.items() if k.startswith('GDP pruned +')),
+                   rows['GDP pruned (no fine-tune)'])
+    target = gdp_row['FLOPs ratio']
+    run = json.load(open(osp.join(work, 'pipeline.json')))
+    epochs = args.epochs or run['gdp_epochs'] + run['finetune_epochs']
+    cfg = load_config(run['config'])
+    results = [('baseline', rows['baseline']['mAP'], 1.0), (gdp_row['model'], gdp_row['mAP'],
+                                                            target)]
+    for kind, label in (('l1', 'L1 magnitude'), ('l2', 'L2 magnitude'), ('bn', 'BN scale')):
+        out = osp.join(work, f'compare_{kind}')
+        done = osp.join(out, 'result.json')
+        if osp.exists(done):
+            r = json.load(open(done))
+        else:
+            mcfg = copy.deepcopy(cfg)
+            mcfg.model = gdp_model_cfg(cfg)
+            mcfg.model['input_size'] = tuple(run['input_size'])
+            model = MODELS.build(mcfg.model)
+            model.load_state_dict(load_state_dict(base), strict=False)
+            ratio = prune_by_importance(model, kind, target)
+            _, rep, paths = prune_and_export(mcfg, model, osp.join(out, 'export'), name=kind,
+                                             force=True)
+            fcfg = Config.fromfile(paths[0])
+            fcfg.load_from = paths[1]
+            fcfg.train_cfg.max_epochs = epochs
+            fcfg.train_cfg.val_interval = epochs
+            ckpt = train(fcfg, osp.join(out, 'finetune'))
+            ev = evaluate(fcfg, ckpt, osp.join(out, 'eval'))
+            r = dict(mAP=ev['mAP'], ratio=rep['flops_ratio'])
+            json.dump(r, open(done, 'w'))
+        results.append((f'{label} + {epochs} ep fine-tune', r['mAP'], r['ratio']))
+    lines = ['', '## (e) Accuracy at equal FLOPs: GDP vs magnitude and BN-scale pruning', '',
+             f'Toy VOC val mAP@0.5, RetinaNet R18-FPN; command: `python tools/benchmark_compare.py '
+             f'--work-dir {args.work_dir}` after `make demo`. Criteria as Torch-Pruning\'s '
+             'MagnitudeImportance / BNScaleImportance on the same channel groups, uniform '
+             'per-group ratio to the same FLOPs.', '',
+             '| method | FLOPs ratio | mAP |', '|---|---|---|']
+    lines += [f'| {m} | {r:.3f} | {a:.4f} |' for m, a, r in results]
+    text = '\n'.join(lines) + '\n'
+    print(text)
+    with open(args.out, 'a') as f:
+        f.write(text)
+
+
+if __name__ == '__main__':
+    main()
