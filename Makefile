@@ -2,7 +2,7 @@
 # tools/setup_env.sh, idempotent).
 PY := .venv/bin/python
 DATA ?= data/toyvoc
-WORK_DIR ?= work_dirs/retinanet_r18_fpn_toyvoc
+DEMO_DIR ?= work_dirs/demo
 
 .PHONY: setup test demo
 
@@ -15,8 +15,12 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
+# The main job on the bundled toy data: baseline -> GDP to 50 % FLOPs -> lossless
+# prune/export -> fine-tune -> evaluation -> work_dirs/demo/report.md (+ plots).
+# Rerunning it skips the stages that finished.
 demo: setup
 	@if [ ! -f $(DATA)/VOC2007/ImageSets/Main/test.txt ]; then \
 	  $(PY) tools/make_toy_voc.py --out $(DATA) --num-train 480 --num-val 120 --seed 0 --coco; \
 	fi
-	$(PY) tools/train.py configs/toy/retinanet_r18_fpn_toyvoc.py --work-dir $(WORK_DIR)
+	$(PY) tools/gdp_prune_pipeline.py configs/toy/retinanet_r18_fpn_toyvoc.py \
+	  --flops-target 0.5 --gdp-epochs 3 --finetune-epochs 2 --work-dir $(DEMO_DIR)

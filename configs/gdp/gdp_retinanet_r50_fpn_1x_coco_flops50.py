@@ -3,17 +3,11 @@
 #   bash tools/dist_train.sh configs/gdp/gdp_retinanet_r50_fpn_1x_coco_flops50.py 8 \
 #       --cfg-options load_from=checkpoints/retinanet_r50_fpn_1x_coco.pth
 # The pruned config + checkpoint are exported into <work_dir>/pruned at the end.
-_base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
-custom_imports = dict(imports=['gdp_det'], allow_failed_imports=False)
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', './_base_/gdp_runtime.py']
 
 model = dict(
     _delete_=True,
     type='GDPDetector',
     detector={{_base_.model}},
     input_size=(800, 1333))  # the training scale (H, W), for the FLOPs model
-
-custom_hooks = [
-    dict(type='GDPHook', flops_target=0.5, eps_start=1.0, eps_end=1e-4, gate_lr=0.1,
-         lambda_init=1e-3, min_channels=8, channel_divisor=8, export=True)
-]
 load_from = None  # the trained baseline checkpoint
