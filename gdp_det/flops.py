@@ -82,3 +82,28 @@ class FlopsModel:
         w.index_add_(0, self.in_idx, w_in[self.in_call])
         w.index_add_(0, self.out_idx, w_out[self.out_call])
         return w[:-1]
+
+
+class Budget:
+    """One or more resource constraints ``model.count(alive) / model.full <= target``.
+
+    Contract: ``met(alive)`` when every constraint holds; ``weights(alive)`` sums,
+    over the violated constraints, each channel's cost relative to that model's
+    full count (the per-channel strength of the proximal step).
+    """
+
+    def __init__(self, constraints):
+        self.constraints = [(m, float(t)) for m, t in constraints if t is not None]
+
+    def ratios(self, alive: torch.Tensor):
+        return [m.count(alive) / m.full for m, _ in self.constraints]
+
+    def met(self, alive: torch.Tensor) -> bool:
+        return all(r <= t for r, (_, t) in zip(self.ratios(alive), self.constraints))
+
+    def weights(self, alive: torch.Tensor) -> torch.Tensor:
+        w = torch.zeros(self.constraints[0][0].num_channels, dtype=torch.float64)
+        for (m, t), r in zip(self.constraints, self.ratios(alive)):
+            if r > t:
+                w += m.channel_weights(alive) / m.full
+        return w

@@ -14,7 +14,7 @@ import torch
 from mmengine.hooks import Hook
 
 from .detector import find_gates, unwrap
-from .flops import FlopsModel
+from .flops import Budget, FlopsModel
 
 # gate-value histogram bins of the snapshots (non-zero gates; normalized gates reach 1+eps)
 HIST_BINS = [i / 20 for i in range(23)]
@@ -31,7 +31,8 @@ class GDPHook(Hook):
     ``a <- a - gate_lr * dL/da`` and the soft-threshold
     ``a <- sign(a) max(|a| - gate_lr * lambda * w_c, 0)`` with ``w_c`` each channel's
     FLOPs cost (relative to the full model) and adapts ``lambda``: multiplied by
-    ``1 + lambda_rate`` while the exact FLOPs ratio is above ``flops_target``, by
+    ``1 + lambda_rate`` while the exact FLOPs ratio is above ``flops_target`` (or the
+    weight ratio above the optional ``params_target``), by
     ``1 - lambda_rate`` below it (default rate: lambda may grow 1e4-fold over the
     first half of the phase), and no channel is removed once the ratio is at or
     below the target. ``min_channels`` channels per group always survive. Logs
@@ -49,12 +50,14 @@ class GDPHook(Hook):
                  lambda_rate: Optional[float] = None,
                  min_channels: int = 1, channel_divisor: int = 1,
                  warmup_iters: int = 0, log_interval: int = 50, export: bool = True,
-                 num_snapshots: int = 6):
-        if not 0 < flops_target <= 1:
-            raise ValueError(f'GDPHook: flops_target must be in (0, 1], got {flops_target}')
+                 num_snapshots: int = 6, params_target: Optional[float] = None):
+        for name, t in (('flops_target', flops_target), ('params_target', params_target)):
+            if t is not None and not 0 < t <= 1:
+                raise ValueError(f'GDPHook: {name} must be in (0, 1], got {t}')
         if eps_start <= 0 or eps_end <= 0:
             raise ValueError('GDPHook: eps_start and eps_end must be > 0')
         self.flops_target = flops_target
+        self.params_target = params_target
         self.eps_start, self.eps_end = eps_start, eps_end
         self.gdp_iters = gdp_iters
         self.gate_lr = gate_lr
@@ -70,6 +73,7 @@ class GDPHook(Hook):
         self.num_snapshots = num_snapshots
         self.snapshots = []  # [iter, zero count, histogram of non-zero gates in HIST_BINS]
         self.flops: Optional[FlopsModel] = None
+        self.budget: Optional[Budget] = None
         self.ratio = 1.0
         self.dead: Optional[torch.Tensor] = None  # gates zeroed by the proximal step
         self.history = []  # (iter, ratio, lambda, eps, zero_share, high_share)
@@ -91,6 +95,8 @@ class GDPHook(Hook):
         model = unwrap(runner.model)
         self.gates = self._gates(runner)
         self.flops = FlopsModel(model.gdp_graph)
+        self.budget = Budget([(self.flops, self.flops_target),
+                              (FlopsModel(model.gdp_graph, params=True), self.params_target)])
         runner.optim_wrapper.optimizer.register_step_pre_hook(self._take_gate_grad)
         if self.gdp_iters is None:
             self.gdp_iters = runner.max_iters
@@ -105,11 +111,13 @@ class GDPHook(Hook):
         alive = torch.zeros(graph.num_channels, dtype=torch.bool)
         for i, g in enumerate(graph.groups):
             alive[graph.offsets[i]:graph.offsets[i] + min(self.min_channels, g.size)] = True
-        floor = self.flops.count(alive) / self.flops.full
-        if floor > self.flops_target:
-            raise ValueError(f'GDPHook: flops_target={self.flops_target} is unreachable with '
-                             f'min_channels={self.min_channels}; the smallest reachable FLOPs '
-                             f'ratio is {floor:.4f}')
+        names = ('flops_target', 'params_target')
+        for (_, target), floor, name in zip(self.budget.constraints,
+                                            self.budget.ratios(alive), names):
+            if floor > target:
+                raise ValueError(f'GDPHook: {name}={target} is unreachable with '
+                                 f'min_channels={self.min_channels}; the smallest reachable '
+                                 f'ratio is {floor:.4f}')
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         gates = self._gates(runner)
@@ -141,8 +149,8 @@ class GDPHook(Hook):
         a[self.dead] = 0  # a gate at exactly 0 stays there (g'(0) = 0)
         alive = (a != 0).cpu()
         self.ratio = self.flops.count(alive) / self.flops.full
-        if self.ratio > self.flops_target:
-            w = self.flops.channel_weights(alive) / self.flops.full
+        if not self.budget.met(alive):
+            w = self.budget.weights(alive)
             # normalised so that lambda is a threshold per unit of average channel cost
             w = (w / w[alive].mean().clamp_min(1e-12)).to(a)
             thresh = self.gate_lr * self.lam * w
@@ -168,7 +176,7 @@ class GDPHook(Hook):
         dropped = ((old != 0) & (new == 0)).nonzero().flatten()
         if dropped.numel() == 0:
             return new
-        if self.flops.count((new != 0).cpu()) / self.flops.full >= self.flops_target:
+        if not self.budget.met((new != 0).cpu()):
             return new
         order = dropped[torch.argsort(old.abs()[dropped] - thresh[dropped])]
         alive = (new != 0).cpu()
@@ -177,7 +185,7 @@ class GDPHook(Hook):
             mid = (lo + hi) // 2
             trial = alive.clone()
             trial[order[mid + 1:].cpu()] = True
-            if self.flops.count(trial) / self.flops.full <= self.flops_target:
+            if self.budget.met(trial):
                 hi = mid
             else:
                 lo = mid + 1

@@ -58,14 +58,16 @@ def test_all_zero_group_keeps_min_channels_exactly():
 
 def test_unreachable_budget_names_the_smallest_reachable_ratio():
     net, _ = small_net()
+    from gdp_det.flops import Budget
+    flops = FlopsModel(net.gdp_graph)
     hook = GDPHook(flops_target=0.01, min_channels=4)
-    hook.flops = FlopsModel(net.gdp_graph)
-    with pytest.raises(ValueError, match=r'unreachable with min_channels=4; the smallest '
-                                         r'reachable FLOPs ratio is 0\.\d+'):
+    hook.budget = Budget([(flops, 0.01)])
+    with pytest.raises(ValueError, match=r'flops_target=0.01 is unreachable with min_channels=4;'
+                                         r' the smallest reachable ratio is 0\.\d+'):
         hook._check_reachable(net)
     ok = GDPHook(flops_target=0.5, min_channels=4)
-    ok.flops = hook.flops
-    ok._check_reachable(net)
+    ok.budget = Budget([(flops, 0.5)])
+    ok._check_reachable(net)  # reachable: no error
 
 
 def test_channel_divisor_rounds_up_with_exact_zero_gates():
@@ -79,3 +81,23 @@ def test_channel_divisor_rounds_up_with_exact_zero_gates():
     extract_pruned(pruned, channel_divisor=4)
     assert pruned[3].out_channels == 8
     assert torch.allclose(pruned(x), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_budget_with_params_target():
+    from gdp_det.flops import Budget
+    net, _ = small_net()
+    flops = FlopsModel(net.gdp_graph)
+    params = FlopsModel(net.gdp_graph, params=True)
+    alive = torch.ones(flops.num_channels, dtype=torch.bool)
+    alive[:4] = False  # half of the first conv's outputs
+    budget = Budget([(flops, 0.9), (params, None)])
+    assert len(budget.constraints) == 1
+    both = Budget([(flops, 1.0), (params, 0.5)])
+    r_flops, r_params = both.ratios(alive)
+    assert r_params < 1 and r_flops < 1
+    assert both.met(alive) == (r_params <= 0.5)
+    # only the violated constraint contributes to the weights
+    w = both.weights(torch.ones_like(alive))
+    assert torch.allclose(w, params.channel_weights(torch.ones_like(alive)) / params.full)
+    with pytest.raises(ValueError, match='params_target must be in'):
+        GDPHook(params_target=2.0)
