@@ -49,3 +49,18 @@ def test_pipeline_report_and_resume(make_toy_cfg, tmp_path):
     assert any('evaluate: running' in m for m in logs)
     assert os.path.getmtime(gdp_ckpt) == mtime
     assert (work / 'report.md').exists()
+
+
+def test_plot_tool_draws_from_a_prune_report(tmp_path):
+    from tools.plot_gdp import main as plot_main
+    report = dict(
+        flops_target=0.5, hist_bins=[i / 20 for i in range(23)],
+        history=[[0, 1.0, 0.1, 1.0, 0.0, 0.5], [10, 0.7, 0.2, 0.1, 0.2, 0.7],
+                 [20, 0.5, 0.1, 1e-4, 0.4, 0.6]],
+        snapshots=[[0, 0] + [0] * 20 + [10, 0], [20, 4] + [0] * 19 + [6, 0, 0]],
+        layer_widths={'backbone.conv1': [64, 30], 'neck.fpn_convs.0.conv': [256, 101]})
+    (tmp_path / 'prune_report.json').write_text(json.dumps(report))
+    assert plot_main([str(tmp_path)]) == 0
+    for f in ('gate_histograms.png', 'flops_ratio.png', 'layer_widths.png'):
+        assert (tmp_path / f).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert plot_main([str(tmp_path / 'missing')]) == 2
