@@ -69,8 +69,9 @@ if ! "$VENV/bin/python" -c "import mmcv, sys; from mmcv.ops import nms, RoIAlign
   fi
   "${PIP[@]}" --no-deps "$WHEELDIR"/mmcv-*.whl || fail "installing the cached mmcv wheel (delete $WHEELDIR to rebuild)"
 fi
-# torch declares setuptools>=77; put it back after the mmcv build.
-"${PIP[@]}" "setuptools>=77" || fail "restoring setuptools"
+# torch declares setuptools>=77; put it back after the mmcv build. <81 still ships
+# pkg_resources, which mmengine uses to resolve `mmdet::` configs.
+"${PIP[@]}" "setuptools>=77,<81" || fail "restoring setuptools"
 echo "[setup] gdp_det (editable) and test dependencies"
 "${PIP[@]}" -e ".[test]" || fail "installing gdp_det"
 "$VENV/bin/python" -c "import mmcv, mmdet, mmengine, gdp_det; from mmcv.ops import nms, RoIAlign" \

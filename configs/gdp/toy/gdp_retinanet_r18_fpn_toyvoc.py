@@ -2,7 +2,7 @@
 # train gates until the detector is at 50 % of its FLOPs, then export the pruned
 # model into <work_dir>/pruned. Usage:
 #   python tools/train.py configs/gdp/toy/gdp_retinanet_r18_fpn_toyvoc.py \
-#       --cfg-options load_from=work_dirs/retinanet_r18_fpn_toyvoc/epoch_12.pth
+#       --cfg-options load_from=work_dirs/retinanet_r18_fpn_toyvoc/epoch_16.pth
 _base_ = '../../toy/retinanet_r18_fpn_toyvoc.py'
 
 # 1) wrap the detector: one gate vector per group of coupled channels
