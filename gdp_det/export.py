@@ -73,10 +73,18 @@ def _write_mmdet_fields(cfg: dict, shapes: Dict[str, dict]) -> None:
         if s is not None:
             in_ch[i] = s['in_channels']
     neck['in_channels'] = type(neck['in_channels'])(in_ch)
-    outs = {s['out_channels'] for n, s in shapes.items()
-            if n.startswith('neck.fpn_convs.') and n.endswith('.conv')}
+    # FPN-style necks build lateral and output convs from one ``out_channels``, but
+    # they are different channel groups: write it only when every one agrees.
+    outs = {shapes.get(n, {}).get('out_channels', neck.get('out_channels'))
+            for n in _neck_conv_names(shapes, neck)}
     if len(outs) == 1:
         neck['out_channels'] = outs.pop()
+
+
+def _neck_conv_names(shapes: Dict[str, dict], neck: dict) -> List[str]:
+    num_ins = len(neck['in_channels'])
+    names = [f'neck.{k}.{i}.conv' for k in ('lateral_convs', 'fpn_convs') for i in range(num_ins)]
+    return names + [n for n in shapes if n.startswith('neck.fpn_convs.') and n not in names]
 
 
 def export_config(cfg: Config, model_cfg: dict) -> Config:

@@ -5,7 +5,11 @@ import os.path as osp
 import pytest
 import torch
 
+from mmdet.utils import register_all_modules
+
 from tools.prune import main as prune_main
+
+register_all_modules()
 
 COVERAGE = [
     ('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', (256, 256)),
@@ -65,3 +69,24 @@ def test_export_loads_in_plain_mmdet_and_detects(tmp_path):
     assert len(a) > 0 and len(a) == len(b)
     assert torch.allclose(a.scores, b.scores, rtol=1e-4, atol=1e-5)
     assert torch.allclose(a.bboxes, b.bboxes, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize('group', ['neck.fpn_convs.0.conv', 'neck.lateral_convs.0.conv'])
+def test_pruning_one_fpn_group_keeps_the_other(group, tmp_path):
+    """FPN lateral and output convs share mmdet's ``out_channels`` but are different
+    groups; pruning one alone must export and verify."""
+    from mmdet.registry import MODELS
+    from gdp_det.api import prune_and_export
+    from gdp_det.cli import gdp_model_cfg, load_config
+
+    cfg = load_config('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
+    cfg.model.backbone.init_cfg = None
+    cfg.model = gdp_model_cfg(cfg, (128, 128))
+    model = MODELS.build(cfg.model)
+    gates = model.gdp_gates
+    i = gates.group_names.index(group)
+    with torch.no_grad():
+        gates.a[gates.group_slices[i].start:gates.group_slices[i].start + 200] = 0
+    _, report, _ = prune_and_export(cfg, model, str(tmp_path), name='r50')
+    assert report['max_rel_output_diff'] <= 1e-4
+    assert report['widths'][group]['out_channels'] == 56
