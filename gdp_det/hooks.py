@@ -15,6 +15,7 @@ from mmengine.hooks import Hook
 
 from .detector import find_gates, unwrap
 from .flops import Budget, FlopsModel
+from .pruner import group_minimum
 
 # gate-value histogram bins of the snapshots (non-zero gates; normalized gates reach 1+eps)
 HIST_BINS = [i / 20 for i in range(23)]
@@ -35,7 +36,8 @@ class GDPHook(Hook):
     weight ratio above the optional ``params_target``), by
     ``1 - lambda_rate`` below it (default rate: lambda may grow 1e4-fold over the
     first half of the phase), and no channel is removed once the ratio is at or
-    below the target. ``min_channels`` channels per group always survive. Logs
+    below the target. ``min_channels`` channels per group always survive (a count, or
+    a share of each group when in (0, 1), e.g. 0.25 against layer collapse). Logs
     ``gdp/flops_ratio``, ``gdp/lambda``, ``gdp/eps``, ``gdp/zero_share`` and
     ``gdp/high_share`` (gates > 0.9). Its state is saved in checkpoints under
     ``'gdp_hook'`` and restored on resume. With ``export=True`` the pruned model is
@@ -48,7 +50,7 @@ class GDPHook(Hook):
                  eps_end: float = 1e-4, gdp_iters: Optional[int] = None,
                  gate_lr: float = 0.1, lambda_init: float = 1e-3,
                  lambda_rate: Optional[float] = None,
-                 min_channels: int = 1, channel_divisor: int = 1,
+                 min_channels: float = 1, channel_divisor: int = 1,
                  warmup_iters: int = 0, log_interval: int = 50, export: bool = True,
                  num_snapshots: int = 6, params_target: Optional[float] = None):
         for name, t in (('flops_target', flops_target), ('params_target', params_target)):
@@ -110,7 +112,7 @@ class GDPHook(Hook):
         graph = model.gdp_graph
         alive = torch.zeros(graph.num_channels, dtype=torch.bool)
         for i, g in enumerate(graph.groups):
-            alive[graph.offsets[i]:graph.offsets[i] + min(self.min_channels, g.size)] = True
+            alive[graph.offsets[i]:graph.offsets[i] + group_minimum(self.min_channels, g.size)] = True
         names = ('flops_target', 'params_target')
         for (_, target), floor, name in zip(self.budget.constraints,
                                             self.budget.ratios(alive), names):
@@ -194,11 +196,11 @@ class GDPHook(Hook):
         return new
 
     def _keep_min_channels(self, gates, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        if self.min_channels <= 0:
-            return new
         for sl in gates.group_slices:
             seg = new[sl]
-            n = min(self.min_channels, seg.numel())
+            n = group_minimum(self.min_channels, seg.numel())
+            if n == 0:
+                continue
             if int((seg != 0).sum()) < n:
                 top = old[sl].abs().topk(n).indices
                 seg[top] = torch.where(seg[top] != 0, seg[top], old[sl][top])

@@ -21,7 +21,15 @@ import torch.nn as nn
 from .graph import ChannelGraph
 
 
-def choose_kept(graph: ChannelGraph, gates: torch.Tensor, min_channels: int = 1,
+def group_minimum(min_channels: float, size: int) -> int:
+    """Channels a group of ``size`` keeps at least: ``min_channels`` as a count, or
+    as a share of the group when it is a fraction in (0, 1)."""
+    if 0 < min_channels < 1:
+        return min(size, int(np.ceil(min_channels * size)))
+    return min(size, max(int(min_channels), 0))
+
+
+def choose_kept(graph: ChannelGraph, gates: torch.Tensor, min_channels: float = 1,
                 channel_divisor: int = 1) -> List[np.ndarray]:
     """Sorted channel indices to keep, per group."""
     g = gates.detach().cpu().double().numpy()
@@ -29,7 +37,7 @@ def choose_kept(graph: ChannelGraph, gates: torch.Tensor, min_channels: int = 1,
     for i, grp in enumerate(graph.groups):
         vals = g[graph.offsets[i]:graph.offsets[i + 1]]
         keep = np.flatnonzero(vals != 0)
-        want = max(len(keep), min(min_channels, grp.size))
+        want = max(len(keep), group_minimum(min_channels, grp.size))
         if channel_divisor > 1:
             want = min(grp.size, int(np.ceil(want / channel_divisor) * channel_divisor))
         if len(keep) == 0 and want > 0:

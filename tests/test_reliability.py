@@ -101,3 +101,19 @@ def test_budget_with_params_target():
     assert torch.allclose(w, params.channel_weights(torch.ones_like(alive)) / params.full)
     with pytest.raises(ValueError, match='params_target must be in'):
         GDPHook(params_target=2.0)
+
+
+def test_min_channels_as_a_share_of_each_group():
+    from gdp_det.pruner import group_minimum
+    assert group_minimum(0.25, 64) == 16 and group_minimum(0.25, 3) == 1
+    assert group_minimum(8, 4) == 4 and group_minimum(0, 10) == 0
+    net, x = small_net()
+    with torch.no_grad():
+        net.gdp_gates.a.zero_()
+        ref = net(x)
+    pruned = copy.deepcopy(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        extract_pruned(pruned, min_channels=0.5)
+    assert (pruned[0].out_channels, pruned[3].out_channels) == (4, 8)
+    assert torch.allclose(pruned(x), ref, atol=1e-6)

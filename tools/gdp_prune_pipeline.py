@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     p.add_argument('--finetune-epochs', type=int, default=0)
     p.add_argument('--lambda-rate', type=float, help='default: grow 1e4-fold over half the GDP phase')
     p.add_argument('--gate-lr', type=float, default=0.1)
-    p.add_argument('--min-channels', type=int, default=1)
+    p.add_argument('--min-channels', type=float, default=1,
+                   help='channels each group keeps at least (a share of the group if < 1)')
     p.add_argument('--channel-divisor', type=int, default=1)
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = p.parse_args(argv)

@@ -31,7 +31,8 @@ def parse_args(argv=None):
     p.add_argument('--random-gates', type=float, metavar='P',
                    help='no checkpoint: zero a random share P of every group\'s gates')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--min-channels', type=int, default=1)
+    p.add_argument('--min-channels', type=float, default=1,
+                   help='channels each group keeps at least (a share of the group if < 1)')
     p.add_argument('--channel-divisor', type=int, default=1)
     p.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
                    help='input size for tracing and FLOPs (default: the config\'s)')
