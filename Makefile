@@ -23,4 +23,5 @@ demo: setup
 	  $(PY) tools/make_toy_voc.py --out $(DATA) --num-train 480 --num-val 120 --seed 0 --coco; \
 	fi
 	$(PY) tools/gdp_prune_pipeline.py configs/toy/retinanet_r18_fpn_toyvoc.py \
-	  --flops-target 0.5 --gdp-epochs 2 --finetune-epochs 1 --work-dir $(DEMO_DIR)
+	  --flops-target 0.5 --min-channels 0.25 --gdp-epochs 2 --finetune-epochs 1 \
+	  --work-dir $(DEMO_DIR)
