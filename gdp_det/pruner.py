@@ -47,8 +47,20 @@ def choose_kept(graph: ChannelGraph, gates: torch.Tensor, min_channels: float = 
             order = np.argsort(-vals, kind='stable')
             extra = [c for c in order if c not in set(keep.tolist())][:want - len(keep)]
             keep = np.concatenate([keep, np.array(extra, dtype=np.int64)])
-        kept.append(np.sort(keep))
+        kept.append(_every_member_keeps_one(grp, np.sort(keep), vals))
     return kept
+
+
+def _every_member_keeps_one(grp, keep: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """A group can span several producers (a concat feeding a depthwise conv); none
+    may lose all its channels. Adds each such producer's highest-gate channel (exact:
+    a zero gate is absorbed as 0)."""
+    extra = []
+    for pos in list(grp.producers.values()) + list(grp.carriers.values()):
+        own = pos[pos >= 0]
+        if len(own) and not np.isin(own, keep).any():
+            extra.append(int(own[np.argmax(vals[own])]))
+    return np.unique(np.concatenate([keep, np.array(extra, dtype=np.int64)])) if extra else keep
 
 
 def _masks(graph: ChannelGraph, kept: List[np.ndarray]):

@@ -10,7 +10,7 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from gdp_det.gates import add_gates
 from gdp_det.graph import trace_channel_graph
@@ -82,7 +82,8 @@ def randomize_bn(model, gen):
             m.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
+@example(kinds=['cat', 'dw'], widths=[4, 6, 4, 4, 4], fpn=4, share=0.5, seed=1)  # found in CI
 @given(kinds=st.lists(st.sampled_from(['res', 'cat', 'dw', 'group']), min_size=1, max_size=4),
        widths=st.lists(st.sampled_from([4, 6, 8, 12]), min_size=5, max_size=5),
        fpn=st.sampled_from([4, 8]), share=st.floats(0.0, 0.9), seed=st.integers(0, 2 ** 16))
