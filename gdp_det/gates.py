@@ -25,23 +25,30 @@ def gate_value(a: torch.Tensor, eps: float, normalize: bool = True) -> torch.Ten
 
 
 class _GateInput:
-    """Forward pre-hook multiplying a layer's input channels by their gates."""
+    """Forward pre-hook multiplying a layer's input channels by their gates.
 
-    def __init__(self, gates: 'GDPGateSet', index: torch.Tensor, is_linear: bool):
+    Only the slice ``[lo, hi)`` of the gate vector that this layer reads is
+    evaluated; ``index`` maps each input position into that slice (-1: fixed).
+    """
+
+    def __init__(self, gates: 'GDPGateSet', index: np.ndarray, is_linear: bool):
+        valid = index[index >= 0]
+        self.lo, self.hi = int(valid.min()), int(valid.max()) + 1
+        local = np.where(index >= 0, index - self.lo, self.hi - self.lo)
         self.gates = gates
-        self.index = index
+        self.index = torch.as_tensor(local, dtype=torch.long)
         self.is_linear = is_linear
 
     def __call__(self, module: nn.Module, args):
-        g = self.gates.extended_values()
+        gates = self.gates
+        a = gates.a[self.lo:self.hi]
+        g = torch.cat([gate_value(a, float(gates.eps), gates.normalize), a.new_ones(1)])
         if self.index.device != g.device:
             self.index = self.index.to(g.device)
         g = g[self.index]
         x = args[0]
         if self.is_linear:
             x = x * g
-        elif isinstance(module, nn.ConvTranspose2d) or x.dim() == 4:
-            x = x * g.view(1, -1, 1, 1)
         else:
             x = x * g.view(1, -1, *([1] * (x.dim() - 2)))
         return (x, ) + tuple(args[1:])
@@ -70,18 +77,13 @@ class GDPGateSet(nn.Module):
     def values(self) -> torch.Tensor:
         return gate_value(self.a, float(self.eps), self.normalize)
 
-    def extended_values(self) -> torch.Tensor:
-        """Gate values with a trailing 1 that fixed positions (index -1) read."""
-        return torch.cat([self.values(), self.a.new_ones(1)])
-
     def attach(self, model: nn.Module) -> None:
         modules = dict(model.named_modules())
         for name, idx in self._consumer_index.items():
             if (idx < 0).all():
                 continue
             module = modules[name]
-            index = torch.as_tensor(idx, dtype=torch.long)
-            hook = _GateInput(self, index, isinstance(module, nn.Linear))
+            hook = _GateInput(self, idx, isinstance(module, nn.Linear))
             self._handles.append(module.register_forward_pre_hook(hook))
 
     def detach_hooks(self) -> None:
