@@ -120,7 +120,8 @@ def run_pipeline(cfg: Config, work_dir: str, flops_target: float, gdp_epochs: in
     gcfg = gdp_config(cfg, flops_target, None, gdp_epochs, **(hook or {}))
     atomic_write(osp.join(work_dir, 'pipeline.json'), json.dumps(dict(
         config=cfg.filename, flops_target=flops_target, gdp_epochs=gdp_epochs,
-        finetune_epochs=finetune_epochs, input_size=list(gcfg.model['input_size'])), indent=2))
+        finetune_epochs=finetune_epochs, input_size=list(gcfg.model['input_size']),
+        baseline_checkpoint=baseline_checkpoint and osp.abspath(baseline_checkpoint)), indent=2))
     if baseline_checkpoint:
         base = dict(checkpoint=osp.abspath(baseline_checkpoint))
     else:

@@ -87,13 +87,14 @@ def main(argv=None):
     from gdp_det.pipeline import evaluate, train
     register_all_modules()
     work = osp.abspath(args.work_dir)
-    base = json.load(open(osp.join(work, 'baseline', 'stage_done.json')))['checkpoint']
+    run = json.load(open(osp.join(work, 'pipeline.json')))
+    base = run.get('baseline_checkpoint') or json.load(
+        open(osp.join(work, 'baseline', 'stage_done.json')))['checkpoint']
     report = json.load(open(osp.join(work, 'report.json')))
     rows = {r['model']: r for r in report['rows']}
     gdp_row = next((r for k, r in rows.items() if k.startswith('GDP pruned +')),
                    rows['GDP pruned (no fine-tune)'])
     target = gdp_row['FLOPs ratio']
-    run = json.load(open(osp.join(work, 'pipeline.json')))
     epochs = args.epochs or run['gdp_epochs'] + run['finetune_epochs']
     cfg = load_config(run['config'])
     results = [('baseline', rows['baseline']['mAP'], 1.0), (gdp_row['model'], gdp_row['mAP'],
