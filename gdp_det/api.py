@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os.path as osp
 from typing import Optional, Tuple
 
 import torch
@@ -11,21 +12,12 @@ from mmengine.config import Config
 from .detector import detector_forward_fn
 from .export import export_config, pruned_model_cfg, write_export
 from .flops import FlopsModel
+from .graph import flat_tensors
 from .pruner import extract_pruned, kept_mask
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not n.startswith('gdp_gates'))
-
-
-def _flat(obj):
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _flat(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _flat(o)]
-    return []
 
 
 @torch.no_grad()
@@ -39,7 +31,7 @@ def max_output_difference(model_a: nn.Module, model_b: nn.Module,
         for m in (model_a, model_b):
             m.eval()
             torch.manual_seed(seed)
-            outs.append(_flat(fn(m)))
+            outs.append(flat_tensors(fn(m)))
         for x, y in zip(*outs):
             if x.shape != y.shape:
                 return float('inf')
@@ -59,7 +51,6 @@ def prune_and_export(cfg: Config, gated: nn.Module, out_dir: str, name: Optional
     model; a difference above ``tolerance`` raises ``RuntimeError``.
     """
     from mmdet.registry import MODELS
-    import os.path as osp
     name = name or osp.splitext(osp.basename(cfg.filename or 'model'))[0]
     graph = gated.gdp_graph
     trace_cfg = gated.gdp_trace_cfg
@@ -87,8 +78,7 @@ def prune_and_export(cfg: Config, gated: nn.Module, out_dir: str, name: Optional
     report['params_ratio'] = report['params_after'] / report['params_before']
     if verify:
         rebuilt = MODELS.build(copy.deepcopy(model_cfg))
-        missing = rebuilt.load_state_dict(pruned.state_dict(), strict=True)
-        del missing
+        rebuilt.load_state_dict(pruned.state_dict(), strict=True)
         diff = max_output_difference(gated.cpu(), rebuilt, trace_cfg['input_size'])
         gated.to(device)
         report['max_rel_output_diff'] = diff

@@ -82,10 +82,7 @@ def attach_gates(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
 
 def find_gates(model: nn.Module) -> Optional[GDPGateSet]:
     """The gate set of a (possibly DDP-wrapped) GDP model, or None."""
-    from mmengine.model import is_model_wrapper
-    if is_model_wrapper(model):
-        model = model.module
-    return getattr(model, 'gdp_gates', None)
+    return getattr(unwrap(model), 'gdp_gates', None)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

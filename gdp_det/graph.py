@@ -190,16 +190,17 @@ class ChannelGraph:
         return '\n'.join(lines)
 
 
-def _flat_tensors(obj) -> List[torch.Tensor]:
+def flat_tensors(obj) -> List[torch.Tensor]:
+    """Every tensor inside nested lists, tuples, dicts and InstanceData-like objects."""
     if isinstance(obj, torch.Tensor):
         return [obj]
     if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _flat_tensors(o)]
+        return [t for o in obj for t in flat_tensors(o)]
     if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _flat_tensors(o)]
+        return [t for o in obj.values() for t in flat_tensors(o)]
     if hasattr(obj, 'items') and callable(obj.items):  # InstanceData and the like
         try:
-            return [t for _, o in obj.items() for t in _flat_tensors(o)]
+            return [t for _, o in obj.items() for t in flat_tensors(o)]
         except Exception:  # pragma: no cover - exotic containers
             return []
     return []
@@ -244,7 +245,7 @@ class _Tracer(TorchFunctionMode):
                 self.fixed_reasons.setdefault(reason, reason)
 
     def fix_all(self, objs, reason: str) -> None:
-        for t in _flat_tensors(objs):
+        for t in flat_tensors(objs):
             lay = self.layout(t)
             if lay is not None:
                 self.fix(lay.atoms, reason)
@@ -281,7 +282,6 @@ class _Tracer(TorchFunctionMode):
         groups = kwargs.get('groups', args[6] if len(args) > 6 else 1)
         transposed = func.__name__ == 'conv_transpose2d'
         if transposed:
-            groups = kwargs.get('groups', args[6] if len(args) > 6 else 1)
             cin, cout = weight.shape[0], weight.shape[1] * groups
         else:
             cout, cin = weight.shape[0], weight.shape[1] * groups
@@ -588,10 +588,10 @@ class _Tracer(TorchFunctionMode):
     # -- module hooks --------------------------------------------------------------
     def module_hook(self, module, inputs, output):
         """Leaf modules whose data path the mode cannot see (compiled ops)."""
-        ins = [t for t in _flat_tensors(inputs) if self.layout(t) is not None]
+        ins = [t for t in flat_tensors(inputs) if self.layout(t) is not None]
         if not ins:
             return
-        outs = _flat_tensors(output)
+        outs = flat_tensors(output)
         if isinstance(module, self.passthrough_types) and outs:
             lay = self.layout(ins[0])
             self.passthrough_in.setdefault(self.names[module], lay.atoms)

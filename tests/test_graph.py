@@ -1,7 +1,6 @@
 """Channel groups found by tracing real mmdet detectors (PEER_NOTES cases)."""
 import numpy as np
 import pytest
-import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 
@@ -123,7 +122,8 @@ def test_groupnorm_channels_stay_unpruned():
 def test_exclude_keeps_a_part_unpruned():
     model = build('retinanet/retinanet_r50_fpn_1x_coco.py')
     graph = trace_detector(model, (256, 256), exclude=['bbox_head'])
-    members = all_members(graph)
-    assert not any(n.startswith('bbox_head') and n in
-                   {p for g in graph.groups for p in g.producers} for n in members)
-    torch.manual_seed(0)
+    assert not any(n.startswith('bbox_head') for n in all_members(graph))
+    # the rest stays prunable (the FPN outputs do not: their only readers are excluded)
+    producers = {p for g in graph.groups for p in g.producers}
+    assert 'backbone.layer2.0.conv3' in producers
+    assert 'neck.fpn_convs.0.conv' not in producers

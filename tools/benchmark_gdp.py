@@ -77,7 +77,6 @@ def uniform_gates(model, target, divisor=1):
 
 
 def tensor_forward(model, size):
-    img = torch.randn(1, 3, *size)
     from gdp_det.detector import detector_forward_fn
     fn = detector_forward_fn(size)
     return lambda: fn(model)
