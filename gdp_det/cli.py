@@ -34,7 +34,7 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
 
 
 def gdp_model_cfg(cfg: Config, input_size: Optional[Sequence[int]] = None,
-                  exclude: Sequence[str] = ()) -> dict:
+                  exclude: Sequence[str] = (), on_unsupported: Optional[str] = None) -> dict:
     """The config's model as a ``GDPDetector`` (wrapping it when it is a plain one)."""
     model = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
     if model.get('type') != 'GDPDetector':
@@ -43,6 +43,8 @@ def gdp_model_cfg(cfg: Config, input_size: Optional[Sequence[int]] = None,
         model['input_size'] = tuple(input_size)
     if exclude:
         model['exclude'] = list(model.get('exclude', [])) + list(exclude)
+    if on_unsupported is not None:
+        model['on_unsupported'] = on_unsupported
     return model
 
 
@@ -78,3 +80,27 @@ def check_state_dict(model: torch.nn.Module, state: dict, path: str,
         if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all():
             raise UserError(f'{path}: {k} contains NaN/Inf; the training diverged, use an '
                             'earlier checkpoint')
+
+
+def check_checkpoint_for_model(model: torch.nn.Module, path: Optional[str],
+                               full: bool = True) -> None:
+    """Refuse a checkpoint that the built ``model`` would load only in part.
+
+    A GDP-trained checkpoint (it holds ``gdp_gates``) given to a plain detector would
+    lose its gates, so the model would compute something else. With ``full``, also
+    refuse mismatching shapes and missing weights (mmengine would skip them with a
+    warning).
+    """
+    if not path or path.startswith(('http://', 'https://')):
+        return
+    from .detector import unwrap
+    model = unwrap(model)
+    state = load_state_dict(path)
+    if any(k.startswith('gdp_gates.') for k in state) and not hasattr(model, 'gdp_gates'):
+        raise UserError(
+            f'{path} was written by GDP training: its gates are part of the model, and this '
+            'plain config would drop them. Use the GDP config it was trained with, or export '
+            'the pruned model (tools/prune.py GDP_CONFIG CHECKPOINT --out-dir DIR) and use '
+            'DIR/<name>_pruned.py with DIR/<name>_pruned.pth')
+    if full:
+        check_state_dict(model, state, path, need_gates=False)

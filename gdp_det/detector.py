@@ -65,11 +65,40 @@ def trace_detector(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
     return trace_channel_graph(model, detector_forward_fn(input_size, num_proposals), exclude)
 
 
+class UnsupportedModuleError(ValueError):
+    """The tracer met ops it cannot prune through; the message names the modules."""
+
+
+def check_supported(graph, on_unsupported: str = 'error') -> None:
+    """Refuse (or, with ``on_unsupported='keep'``, accept) modules the tracer does not
+    understand. Their channels are kept unpruned either way, so the result is exact."""
+    if on_unsupported not in ('error', 'keep'):
+        raise ValueError(f"on_unsupported must be 'error' or 'keep', got {on_unsupported!r}")
+    if not graph.unsupported or on_unsupported == 'keep':
+        return
+    names = list(graph.unsupported)
+    shown = '; '.join(f'{n}: {graph.unsupported[n]}' for n in names[:5])
+    more = f' (and {len(names) - 5} more)' if len(names) > 5 else ''
+    tops = sorted({n.split('.')[0] for n in names})
+    raise UnsupportedModuleError(
+        f'GDP cannot follow channels through {len(names)} module(s): {shown}{more}. '
+        f'Leave that part unpruned with exclude={tops} in the GDPDetector config '
+        f'(tools/prune.py: --exclude {" ".join(tops)}), or keep only the channels these '
+        "modules touch unpruned with on_unsupported='keep' (tools/prune.py: "
+        '--keep-unsupported).')
+
+
 def attach_gates(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
                  exclude: Sequence[str] = (), num_proposals: int = 256,
-                 normalize: bool = True, eps: float = 1.0) -> nn.Module:
-    """Trace ``model``, add ``model.gdp_gates`` and gate every group's consumers."""
+                 normalize: bool = True, eps: float = 1.0,
+                 on_unsupported: str = 'error') -> nn.Module:
+    """Trace ``model``, add ``model.gdp_gates`` and gate every group's consumers.
+
+    Raises :class:`UnsupportedModuleError` if the tracer meets modules it cannot
+    prune through, unless ``on_unsupported='keep'``.
+    """
     graph = trace_detector(model, tuple(input_size), exclude, num_proposals)
+    check_supported(graph, on_unsupported)
     notable = sorted(set(graph.fixed_reasons) - {'model output', 'input not traced'})
     if notable:
         from mmengine.logging import print_log
@@ -77,7 +106,7 @@ def attach_gates(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
                   + '; '.join(notable), logger='current', level=logging.WARNING)
     return add_gates(model, graph, normalize, eps,
                      dict(input_size=tuple(input_size), exclude=list(exclude),
-                          num_proposals=num_proposals))
+                          num_proposals=num_proposals, on_unsupported=on_unsupported))
 
 
 def find_gates(model: nn.Module) -> Optional[GDPGateSet]:
@@ -92,8 +121,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def build_gdp_detector(detector: dict, input_size: Sequence[int] = (512, 512),
                        exclude: Sequence[str] = (), num_proposals: int = 256,
-                       normalize: bool = True, eps: float = 1.0) -> nn.Module:
+                       normalize: bool = True, eps: float = 1.0,
+                       on_unsupported: str = 'error') -> nn.Module:
     """Registered as ``GDPDetector``: build ``detector`` and attach GDP gates."""
     from mmdet.registry import MODELS
     model = MODELS.build(detector)
-    return attach_gates(model, tuple(input_size), exclude, num_proposals, normalize, eps)
+    return attach_gates(model, tuple(input_size), exclude, num_proposals, normalize, eps,
+                        on_unsupported)

@@ -145,15 +145,19 @@ class ChannelGraph:
     Contract: ``groups`` lists every prunable group; ``consumer_index[name]`` maps
     each input position of a gated layer to ``(group index, group channel)`` or
     ``(-1, -1)`` for fixed positions; ``calls`` hold every conv/linear call with its
-    atoms mapped to global channel ids (see :mod:`gdp_det.flops`).
+    atoms mapped to global channel ids (see :mod:`gdp_det.flops`). ``unsupported``
+    maps each module in which the tracer met an op it does not understand to that
+    op; the channels that op touched are fixed (kept unpruned).
     """
 
     def __init__(self, groups: List[ChannelGroup], calls: List[LayerCall],
                  class_of_atom: Callable[[np.ndarray], np.ndarray],
                  fixed_reasons: Dict[str, str],
-                 passthrough_in: Optional[Dict[str, np.ndarray]] = None):
+                 passthrough_in: Optional[Dict[str, np.ndarray]] = None,
+                 unsupported: Optional[Dict[str, str]] = None):
         self.groups = groups
         self.fixed_reasons = fixed_reasons
+        self.unsupported = dict(unsupported or {})
         offsets = np.cumsum([0] + [g.size for g in groups])
         self.offsets = offsets
         self.num_channels = int(offsets[-1])
@@ -227,6 +231,9 @@ class _Tracer(TorchFunctionMode):
         self.fixed_reasons: Dict[str, str] = {}
         self.passthrough_types = passthrough_types
         self.passthrough_in: Dict[str, np.ndarray] = {}
+        self.stack: List[str] = []  # names of the modules whose forward is running
+        self.unsupported: Dict[str, str] = {}  # module name -> what was not understood
+        self.pending: List[Tuple[str, str, np.ndarray]] = []  # see fix_unsupported
 
     # -- layouts ---------------------------------------------------------------
     def layout(self, t) -> Optional[Layout]:
@@ -249,6 +256,35 @@ class _Tracer(TorchFunctionMode):
             lay = self.layout(t)
             if lay is not None:
                 self.fix(lay.atoms, reason)
+
+    def fix_unsupported(self, objs, what: str, module: Optional[str] = None) -> None:
+        """Note an op the tracer does not understand; see :meth:`resolve_unsupported`."""
+        atoms = [lay.atoms for lay in map(self.layout, flat_tensors(objs)) if lay is not None]
+        if atoms:
+            where = module or (self.stack[-1] if self.stack else '') or '(model)'
+            self.pending.append((where, what, np.concatenate(atoms)))
+
+    def resolve_unsupported(self, exclude: Sequence[str]) -> None:
+        """Fix the channels of every op noted by :meth:`fix_unsupported`.
+
+        Called once the rest is known: an op whose channels are fixed anyway (model
+        outputs, GroupNorm, excluded modules) costs nothing; the others are listed
+        in ``unsupported`` (module name -> op).
+        """
+        for where, what, atoms in self.pending:
+            if not is_under(where, exclude) and any(self.uf.find(a) != FIXED
+                                                    for a in atoms.tolist()):
+                self.unsupported.setdefault(where, what)
+        for where, what, atoms in self.pending:
+            self.fix(atoms, f'{what} in {where} is not understood by the tracer')
+        self.pending = []
+
+    def push(self, module, args) -> None:
+        self.stack.append(self.names[module])
+
+    def pop(self, module, args, output) -> None:
+        if self.stack:
+            self.stack.pop()
 
     def input_atoms(self, x: torch.Tensor, dim: int, size: int, reason: str) -> np.ndarray:
         lay = self.layout(x)
@@ -277,7 +313,7 @@ class _Tracer(TorchFunctionMode):
         x, weight = args[0], args[1]
         m = self.param_owner.get(id(weight))
         if m is None or not isinstance(out, torch.Tensor):
-            self.fix_all(args, f'{func.__name__} with a computed weight')
+            self.fix_unsupported(args, f'{func.__name__} with a computed weight')
             return
         groups = kwargs.get('groups', args[6] if len(args) > 6 else 1)
         transposed = func.__name__ == 'conv_transpose2d'
@@ -309,7 +345,7 @@ class _Tracer(TorchFunctionMode):
         x, weight = args[0], args[1]
         m = self.param_owner.get(id(weight))
         if m is None:
-            self.fix_all(args, 'linear with a computed weight')
+            self.fix_unsupported(args, 'linear with a computed weight')
             return
         name = self.names[m]
         in_atoms = self.input_atoms(x, -1, weight.shape[1], f'{name}: input layout unknown')
@@ -469,7 +505,8 @@ class _Tracer(TorchFunctionMode):
         try:
             self.handle(func, args, kwargs, out)
         except Exception as e:  # never let tracing hide the real forward's result
-            self.fix_all((args, kwargs), f'tracer error in {getattr(func, "__name__", func)}: {e}')
+            self.fix_unsupported((args, kwargs),
+                                 f'{getattr(func, "__name__", func)} (tracer error: {e})')
         return out
 
     def handle(self, func, args, kwargs, out) -> None:
@@ -533,12 +570,12 @@ class _Tracer(TorchFunctionMode):
                 self.set_layout(out, Layout(lay.atoms[start:start + length], lay.dim))
         if name == '__getitem__':
             if not self.getitem(lay, x, args[1], out):
-                self.fix(lay.atoms, 'channel indexing')
+                self.fix_unsupported(x, 'channel indexing')
             return
         if name in ('view', 'reshape', 'flatten', 'view_as', 'reshape_as', 'squeeze',
                     'unsqueeze'):
             if not (isinstance(out, torch.Tensor) and self.reshape_any(name, lay, x, args, out)):
-                self.fix(lay.atoms, f'{name} mixes the channel dim')
+                self.fix_unsupported(x, f'{name} that mixes the channel dim')
             return
         if name in ('permute', 'transpose'):
             if name == 'permute':
@@ -565,7 +602,7 @@ class _Tracer(TorchFunctionMode):
             else:
                 self.set_layout(res, Layout(lay.atoms, lay.dim - sum(d < lay.dim for d in dims)))
             return
-        self.fix_all((args, kwargs), f'{name} is not understood by the tracer')
+        self.fix_unsupported((args, kwargs), name)
 
     def reshape_any(self, name, lay, x, args, out) -> bool:
         if name == 'unsqueeze':
@@ -600,9 +637,7 @@ class _Tracer(TorchFunctionMode):
                     self.set_layout(o, lay)
             return
         if outs and all(self.layout(o) is None for o in outs):
-            for t in ins:
-                self.fix(self.layout(t).atoms, f'{type(module).__name__} ({self.names[module]}) '
-                         'is opaque to the tracer')
+            self.fix_unsupported(ins, f'{type(module).__name__} (opaque)', self.names[module])
 
 
 def default_passthrough_types() -> Tuple[type, ...]:
@@ -618,6 +653,11 @@ def default_passthrough_types() -> Tuple[type, ...]:
     return tuple(types)
 
 
+def is_under(name: str, prefixes: Sequence[str]) -> bool:
+    """Whether module ``name`` is one of ``prefixes`` or inside one of them."""
+    return any(name == p or name.startswith(p + '.') for p in prefixes)
+
+
 def trace_channel_graph(model: nn.Module, forward_fn: Callable[[nn.Module], object],
                         exclude: Sequence[str] = (),
                         passthrough_types: Optional[Tuple[type, ...]] = None) -> ChannelGraph:
@@ -630,6 +670,9 @@ def trace_channel_graph(model: nn.Module, forward_fn: Callable[[nn.Module], obje
     tracer = _Tracer(model, passthrough_types or default_passthrough_types())
     handles = [m.register_forward_hook(tracer.module_hook)
                for m in model.modules() if not list(m.children())]
+    for m in model.modules():
+        handles += [m.register_forward_pre_hook(tracer.push),
+                    m.register_forward_hook(tracer.pop, always_call=True)]
     was_training = model.training
     model.eval()
     try:
@@ -643,9 +686,10 @@ def trace_channel_graph(model: nn.Module, forward_fn: Callable[[nn.Module], obje
     uf = tracer.uf
     for m, atoms in tracer.out_atoms.items():
         name = tracer.names[m]
-        if any(name == e or name.startswith(e + '.') for e in exclude):
+        if is_under(name, exclude):
             tracer.fix(atoms, f'{name}: excluded by the user')
             tracer.fix(tracer.in_atoms.get(m, np.zeros(0, np.int64)), f'{name}: excluded')
+    tracer.resolve_unsupported(exclude)
     return _build_groups(tracer, uf)
 
 
@@ -720,4 +764,4 @@ def _build_groups(tracer: _Tracer, uf: UnionFind) -> ChannelGraph:
         return out
 
     return ChannelGraph(groups, tracer.calls, class_of_atom, tracer.fixed_reasons,
-                        tracer.passthrough_in)
+                        tracer.passthrough_in, tracer.unsupported)

@@ -73,13 +73,16 @@ def _assert_same(a, b, path='state'):
 
 
 def _run_tool(tool, argv):
-    """Run ``tools/<tool>.py`` in this process with ``argv``."""
+    """Run ``tools/<tool>.py`` in this process with ``argv``; returns its exit code."""
     old = sys.argv
     sys.argv = [tool] + [str(a) for a in argv]
     try:
         runpy.run_path(osp.join(REPO, 'tools', tool), run_name='__main__')
+    except SystemExit as e:
+        return e.code or 0
     finally:
         sys.argv = old
+    return 0
 
 
 @pytest.fixture(scope='module')
@@ -103,7 +106,7 @@ def trained(toy_data, tmp_path_factory):
         })
     cfg_file = str(work / 'cfg.py')
     cfg.dump(cfg_file)
-    _run_tool('train.py', [cfg_file, '--work-dir', cfg.work_dir])
+    assert _run_tool('train.py', [cfg_file, '--work-dir', cfg.work_dir]) == 0
     ckpt = osp.join(cfg.work_dir, 'epoch_1.pth')
     assert osp.isfile(ckpt)
     return dict(cfg_file=cfg_file, work_dir=cfg.work_dir, ckpt=ckpt,
@@ -226,10 +229,10 @@ def test_resume_continues(trained):
     iteration with its optimizer and scheduler state, and trains on."""
     saved = torch.load(trained['ckpt'])
     PROBE.clear()
-    _run_tool('train.py', [
+    assert _run_tool('train.py', [
         trained['cfg_file'], '--work-dir', trained['work_dir'], '--resume',
         '--cfg-options', 'train_cfg.max_epochs=2'
-    ])
+    ]) == 0
     assert PROBE['start_iter'] == ITERS_PER_EPOCH
     assert PROBE['start_epoch'] == 1
     _assert_same(PROBE['optimizer']['state'], saved['optimizer']['state'],
@@ -258,10 +261,10 @@ def test_resume_continues(trained):
 def test_resume_from_path(trained, tmp_path):
     """``--resume PATH`` resumes from that file into another work dir."""
     PROBE.clear()
-    _run_tool('train.py', [
+    assert _run_tool('train.py', [
         trained['cfg_file'], '--work-dir', tmp_path / 'other', '--resume',
         trained['ckpt'], '--cfg-options', 'train_cfg.max_epochs=2'
-    ])
+    ]) == 0
     assert PROBE['start_iter'] == ITERS_PER_EPOCH
     assert PROBE['iters'][-1] == 2 * ITERS_PER_EPOCH
     assert osp.isfile(tmp_path / 'other' / 'epoch_2.pth')
@@ -269,10 +272,10 @@ def test_resume_from_path(trained, tmp_path):
 
 def test_tools_test_dumps_predictions(trained, toy_data, tmp_path):
     out = tmp_path / 'preds.pkl'
-    _run_tool('test.py', [
+    assert _run_tool('test.py', [
         trained['cfg_file'], trained['ckpt'], '--work-dir', tmp_path / 'test',
         '--out', out
-    ])
+    ]) == 0
     with open(out, 'rb') as f:
         preds = pickle.load(f)
     assert len(preds) == toy_data.num_val
@@ -281,6 +284,35 @@ def test_tools_test_dumps_predictions(trained, toy_data, tmp_path):
         toy_data.num_train + 1, toy_data.num_train + toy_data.num_val + 1))
     for p in preds:
         assert p['pred_instances']['bboxes'].shape[-1] == 4
+
+
+def test_gdp_checkpoint_with_a_plain_config_is_refused(trained, tmp_path, capsys):
+    """The reverse of a plain checkpoint given to tools/prune.py: a GDP-trained
+    checkpoint (with gates) would silently lose its gates in a plain detector."""
+    ckpt = torch.load(trained['ckpt'], map_location='cpu', weights_only=False)
+    ckpt['state_dict']['gdp_gates.a'] = torch.zeros(10)
+    ckpt['state_dict']['gdp_gates.eps'] = torch.tensor(1e-4)
+    gdp_ckpt = tmp_path / 'gdp.pth'
+    torch.save(ckpt, gdp_ckpt)
+    rc = _run_tool('test.py', [trained['cfg_file'], gdp_ckpt, '--work-dir', tmp_path / 't'])
+    assert rc == 2 and 'written by GDP training' in capsys.readouterr().err
+    rc = _run_tool('train.py', [trained['cfg_file'], '--work-dir', tmp_path / 'ft',
+                                '--cfg-options', f'load_from={gdp_ckpt}'])
+    assert rc == 2 and 'tools/prune.py' in capsys.readouterr().err
+    assert not list((tmp_path / 'ft').glob('*.pth'))
+
+
+def test_tools_test_refuses_a_mismatching_checkpoint(trained, tmp_path, capsys):
+    """mmengine would skip a weight of another shape with a warning and test a
+    partly random model; tools/test.py names the weight and stops."""
+    ckpt = torch.load(trained['ckpt'], map_location='cpu', weights_only=False)
+    key = 'neck.fpn_convs.0.conv.weight'
+    ckpt['state_dict'][key] = ckpt['state_dict'][key][:5]
+    bad = tmp_path / 'bad.pth'
+    torch.save(ckpt, bad)
+    rc = _run_tool('test.py', [trained['cfg_file'], bad, '--work-dir', tmp_path / 't'])
+    err = capsys.readouterr().err
+    assert rc == 2 and key in err and 'does not match the config' in err
 
 
 def test_faster_rcnn_trains_and_saves(toy_data, tmp_path):

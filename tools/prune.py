@@ -38,6 +38,9 @@ def parse_args(argv=None):
                    help='input size for tracing and FLOPs (default: the config\'s)')
     p.add_argument('--exclude', nargs='*', default=[],
                    help='module name prefixes to leave unpruned')
+    p.add_argument('--keep-unsupported', action='store_true',
+                   help='keep the channels of modules the tracer does not understand '
+                        'unpruned instead of stopping with an error')
     p.add_argument('--force', action='store_true', help='replace an existing export')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     return p.parse_args(argv)
@@ -69,7 +72,8 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.cfg_options)
         name = osp.splitext(osp.basename(args.config))[0]
         check_out_dir(args.out_dir, name, args.force)
-        cfg.model = gdp_model_cfg(cfg, args.input_size, args.exclude)
+        cfg.model = gdp_model_cfg(cfg, args.input_size, args.exclude,
+                                  'keep' if args.keep_unsupported else None)
         if args.checkpoint is None and 'init_cfg' in cfg.model['detector'].get('backbone', {}):
             cfg.model['detector']['backbone']['init_cfg'] = None  # no download for a check
         model = MODELS.build(cfg.model)

@@ -13,6 +13,7 @@ from copy import deepcopy
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import gdp_det  # noqa: F401,E402
+from gdp_det.cli import UserError, check_checkpoint_for_model  # noqa: E402
 from mmengine import ConfigDict  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -141,6 +142,11 @@ def main():
         # build customized runner from the registry
         # if 'runner_type' is set in the cfg
         runner = RUNNERS.build(cfg)
+    try:  # mmengine would test a partly loaded model with only a warning
+        check_checkpoint_for_model(runner.model, cfg.load_from)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
 
     # add `DumpResults` dummy metric
     if args.out is not None:
@@ -154,4 +160,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import gdp_det  # noqa: F401,E402
+from gdp_det.cli import UserError, check_checkpoint_for_model  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
@@ -132,10 +133,16 @@ def main():
         # build customized runner from the registry
         # if 'runner_type' is set in the cfg
         runner = RUNNERS.build(cfg)
+    if not cfg.get('resume'):
+        try:  # fine-tuning may load a checkpoint in part, but never drop GDP gates
+            check_checkpoint_for_model(runner.model, cfg.get('load_from'), full=False)
+        except UserError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 2
 
     # start training
     runner.train()
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
