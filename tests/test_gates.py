@@ -40,3 +40,36 @@ def test_inserting_gates_keeps_outputs(eps):
     with torch.no_grad():
         gated.gdp_gates.a[gated.gdp_gates.group_slices[-1]] = 0
     assert max_output_difference(plain, gated, (224, 224)) > 1e-3
+
+
+def test_kernel_gating_equals_input_gating(monkeypatch):
+    """Convs are gated through their kernel (cheaper); outputs and gate gradients
+    must equal those of gating the input activation."""
+    import copy
+    from gdp_det import gates as gates_mod
+    from gdp_det.detector import detector_forward_fn
+    from gdp_det.graph import flat_tensors
+    cfg = load_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')
+    cfg.model.backbone.init_cfg = None
+    kernel = attach_gates(MODELS.build(cfg.model), (128, 128))
+    with torch.no_grad():
+        kernel.gdp_gates.a.uniform_(0, 1.5)
+        kernel.gdp_gates.a[::7] = 0
+        kernel.gdp_gates.eps.fill_(0.1)
+    assert any(isinstance(h, torch.nn.Module) for h in kernel.gdp_gates._handles)
+    inputs = copy.deepcopy(kernel)
+    inputs.gdp_gates.detach_hooks()
+    monkeypatch.setattr(gates_mod, '_weight_gated', lambda m: False)
+    inputs.gdp_gates.attach(inputs)
+    fn = detector_forward_fn((128, 128))
+    results = []
+    for model in (kernel, inputs):
+        model.eval()
+        torch.manual_seed(0)
+        outs = flat_tensors(fn(model))
+        sum(o.float().sum() for o in outs if o.requires_grad).backward()
+        results.append((outs, model.gdp_gates.a.grad))
+    (out_k, grad_k), (out_i, grad_i) = results
+    for x, y in zip(out_k, out_i):
+        assert float((x - y).abs().max()) <= 1e-5 * max(float(y.abs().max()), 1.0)
+    assert float((grad_k - grad_i).abs().max()) <= 1e-4 * float(grad_i.abs().max())

@@ -67,8 +67,11 @@ def test_export_loads_in_plain_mmdet_and_detects(tmp_path):
     a = inference_detector(gated, img).pred_instances
     b = inference_detector(pruned, img).pred_instances
     assert len(a) > 0 and len(a) == len(b)
-    assert torch.allclose(a.scores, b.scores, rtol=1e-4, atol=1e-5)
-    assert torch.allclose(a.bboxes, b.bboxes, rtol=1e-4, atol=1e-3)
+    # the same detections; near-tied scores of a random model may come in another order
+    ka = torch.cat([a.bboxes, 1e3 * a.scores[:, None], a.labels[:, None].float()], 1)
+    kb = torch.cat([b.bboxes, 1e3 * b.scores[:, None], b.labels[:, None].float()], 1)
+    dist = (ka[:, None] - kb[None]).abs().amax(-1)
+    assert float(dist.amin(1).max()) < 1e-2 and float(dist.amin(0).max()) < 1e-2
 
 
 @pytest.mark.parametrize('group', ['neck.fpn_convs.0.conv', 'neck.lateral_convs.0.conv'])
