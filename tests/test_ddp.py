@@ -1,4 +1,5 @@
-"""GDP under torch DDP: 2 CPU processes (gloo) keep identical gates."""
+"""GDP under torch DDP: 2 CPU processes (gloo), each loading data with a worker
+process (num_workers > 0), keep identical gates."""
 import socket
 
 import pytest
@@ -21,6 +22,7 @@ def test_two_process_gdp_keeps_gates_equal(make_toy_cfg, tmp_path):
     cfg.launcher = 'pytorch'
     cfg.batch_size = 2
     cfg.train_dataloader.batch_size = 2
+    cfg.train_dataloader.update(num_workers=1, persistent_workers=True)
     # CPU DDP: no device ids
     cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
                                  broadcast_buffers=False)
