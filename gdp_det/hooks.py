@@ -30,35 +30,49 @@ class GDPHook(Hook):
     ``eps`` on the geometric schedule ``eps_start -> eps_end`` over ``gdp_iters``
     (default: the whole training); after every optimizer step it applies
     ``a <- a - gate_lr * dL/da`` and the soft-threshold
-    ``a <- sign(a) max(|a| - gate_lr * lambda * w_c, 0)`` with ``w_c`` each channel's
-    FLOPs cost (relative to the full model) and adapts ``lambda``: multiplied by
-    ``1 + lambda_rate`` while the exact FLOPs ratio is above ``flops_target`` (or the
-    weight ratio above the optional ``params_target``), by
-    ``1 - lambda_rate`` below it (default rate: lambda may grow 1e4-fold over the
-    first half of the phase), and no channel is removed once the ratio is at or
-    below the target. ``min_channels`` channels per group always survive (a count, or
-    a share of each group when in (0, 1), e.g. 0.25 against layer collapse). Logs
-    ``gdp/flops_ratio``, ``gdp/lambda``, ``gdp/eps``, ``gdp/zero_share`` and
-    ``gdp/high_share`` (gates > 0.9). Its state is saved in checkpoints under
-    ``'gdp_hook'`` and restored on resume. With ``export=True`` the pruned model is
-    exported into ``<work_dir>/pruned`` after training.
+    ``a <- sign(a) max(|a| - gate_lr * lambda * w_c, 0)``. With ``grad_norm`` (default)
+    ``dL/da`` is divided by its running RMS over all live gates: one scalar, so the
+    task loss still ranks the gates, but ``gate_lr`` means the same step size
+    whatever the detector's loss scale. ``w_c`` is each channel's FLOPs cost
+    (relative to the full model, normalised to mean 1) raised to ``cost_power``:
+    1 is the paper's FLOPs-weighted penalty, the default 0 a plain L1 that lets the
+    task loss alone rank the channels while the budget decides how many go (on the
+    toy set the FLOPs-weighted form removes the costly high-resolution channels
+    first and loses 0.2-0.3 mAP; see benchmarks/RESULTS.md). ``lambda`` starts at
+    ``lambda_init`` and is multiplied by ``1 + lambda_rate`` while the exact FLOPs
+    ratio is above ``flops_target`` (or the weight ratio above the optional
+    ``params_target``), by ``1 - lambda_rate`` below it (default rate: lambda may
+    grow 1e4-fold over the first half of the phase, so the gates first learn which
+    channels matter and the cut comes around mid-phase), and no step removes more
+    channels than the budget needs. ``min_channels`` channels per group always
+    survive (a count, or a share of each group when in (0, 1), e.g. 0.25 against
+    layer collapse). Logs ``gdp/flops_ratio``, ``gdp/lambda``, ``gdp/eps``,
+    ``gdp/zero_share`` and ``gdp/high_share`` (gates > 0.9). Its state is saved in
+    checkpoints under ``'gdp_hook'`` and restored on resume. With ``export=True``
+    the pruned model is exported into ``<work_dir>/pruned`` after training.
     """
 
     priority = 'LOW'  # after the optimizer step of the train loop
 
-    def __init__(self, flops_target: float = 0.5, eps_start: float = 1.0,
-                 eps_end: float = 1e-4, gdp_iters: Optional[int] = None,
-                 gate_lr: float = 0.1, lambda_init: float = 1e-3,
+    def __init__(self, flops_target: float = 0.5, eps_start: float = 1e-2,
+                 eps_end: float = 1e-6, gdp_iters: Optional[int] = None,
+                 gate_lr: float = 0.03, lambda_init: float = 1e-3,
                  lambda_rate: Optional[float] = None,
                  min_channels: float = 1, channel_divisor: int = 1,
                  warmup_iters: int = 0, log_interval: int = 50, export: bool = True,
-                 num_snapshots: int = 6, params_target: Optional[float] = None):
+                 num_snapshots: int = 6, params_target: Optional[float] = None,
+                 cost_power: float = 0.0, grad_norm: bool = True):
         for name, t in (('flops_target', flops_target), ('params_target', params_target)):
             if t is not None and not 0 < t <= 1:
                 raise ValueError(f'GDPHook: {name} must be in (0, 1], got {t}')
+        if cost_power < 0:
+            raise ValueError(f'GDPHook: cost_power must be >= 0, got {cost_power}')
         if eps_start <= 0 or eps_end <= 0:
             raise ValueError('GDPHook: eps_start and eps_end must be > 0')
         self.flops_target = flops_target
+        self.cost_power = cost_power
+        self.grad_norm = grad_norm
+        self.grad_sq: Optional[float] = None  # running mean of the gates' squared gradient
         self.params_target = params_target
         self.eps_start, self.eps_end = eps_start, eps_end
         self.gdp_iters = gdp_iters
@@ -147,12 +161,15 @@ class GDPHook(Hook):
             self._log(runner, gates)  # gates frozen outside the GDP phase
             return
         if grad is not None:  # gradient step of the task loss
-            a.sub_(self.gate_lr * grad.to(a))
+            grad = grad.to(a)
+            if self.grad_norm:
+                grad = grad / self._grad_rms(grad[~self.dead])
+            a.sub_(self.gate_lr * grad)
         a[self.dead] = 0  # a gate at exactly 0 stays there (g'(0) = 0)
         alive = (a != 0).cpu()
         self.ratio = self.flops.count(alive) / self.flops.full
         if not self.budget.met(alive):
-            w = self.budget.weights(alive)
+            w = self.budget.weights(alive) ** self.cost_power
             # normalised so that lambda is a threshold per unit of average channel cost
             w = (w / w[alive].mean().clamp_min(1e-12)).to(a)
             thresh = self.gate_lr * self.lam * w
@@ -166,6 +183,13 @@ class GDPHook(Hook):
         else:
             self.lam = max(self.lam * (1 - self.lambda_rate), 0.0)
         self._log(runner, gates)
+
+    def _grad_rms(self, grad: torch.Tensor) -> float:
+        """Running RMS of the live gates' gradient (one scalar for all gates, so the
+        task loss still ranks them; only its overall scale is taken out)."""
+        sq = float(grad.pow(2).mean()) if grad.numel() else 0.0
+        self.grad_sq = sq if self.grad_sq is None else 0.99 * self.grad_sq + 0.01 * sq
+        return max(math.sqrt(self.grad_sq), 1e-12)
 
     def _stop_at_target(self, old: torch.Tensor, new: torch.Tensor,
                         thresh: torch.Tensor) -> torch.Tensor:
@@ -227,6 +251,7 @@ class GDPHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint['gdp_hook'] = dict(lam=float(self.lam), ratio=float(self.ratio),
+                                      grad_sq=self.grad_sq,
                                       gdp_iters=int(self.gdp_iters or 0),
                                       history=[list(map(float, h)) for h in self.history],
                                       snapshots=[list(map(float, h)) for h in self.snapshots])
@@ -236,6 +261,7 @@ class GDPHook(Hook):
         if state:
             self.lam = state['lam']
             self.ratio = state['ratio']
+            self.grad_sq = state.get('grad_sq')
             self.gdp_iters = state['gdp_iters'] or self.gdp_iters
             self.history = [list(h) for h in state['history']]
             self.snapshots = [list(h) for h in state.get('snapshots', [])]

@@ -23,8 +23,28 @@ from .export import EXPORT_FILES
 from .report import atomic_write, write_report
 
 
+def phase_schedule(out: Config, cfg: Config, epochs: int, lr_factor: float = 0.1,
+                   warmup_iters: int = 50) -> Config:
+    """Give ``out`` the schedule of a phase that starts from a trained model.
+
+    ``cfg``'s optimizer with its learning rate times ``lr_factor`` (a trained model
+    is at the end of its own schedule: restarting at the full rate, with a fresh
+    optimizer state, undoes much of its training), a linear warm-up over
+    ``warmup_iters`` iterations, then a constant rate for ``epochs`` epochs.
+    """
+    out.optim_wrapper = copy.deepcopy(cfg.optim_wrapper)
+    optimizer = out.optim_wrapper.get('optimizer')
+    if optimizer is not None and 'lr' in optimizer:
+        optimizer['lr'] = optimizer['lr'] * lr_factor
+    out.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0,
+                                end=max(warmup_iters, 1))]
+    out.train_cfg.max_epochs = epochs
+    out.train_cfg.val_interval = epochs
+    return out
+
+
 def gdp_config(cfg: Config, flops_target: float, load_from: Optional[str], epochs: int,
-               input_size=None, **hook) -> Config:
+               input_size=None, lr_factor: float = 0.1, **hook) -> Config:
     """The GDP-phase config of a plain detector config (what configs/gdp/ spell out)."""
     out = copy.deepcopy(cfg)
     if input_size is None:
@@ -33,10 +53,7 @@ def gdp_config(cfg: Config, flops_target: float, load_from: Optional[str], epoch
     hooks = [h for h in out.get('custom_hooks', []) if h.get('type') != 'GDPHook']
     hooks.append(dict(type='GDPHook', flops_target=flops_target, export=True, **hook))
     out.custom_hooks = hooks
-    out.train_cfg.max_epochs = epochs
-    out.train_cfg.val_interval = epochs
-    out.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=True, begin=0,
-                                end=epochs)]
+    phase_schedule(out, cfg, epochs, lr_factor)
     out.load_from = load_from
     return out
 
@@ -112,15 +129,16 @@ def stage(work_dir: str, name: str, fn: Callable[[], Dict], log=print) -> Dict:
 
 def run_pipeline(cfg: Config, work_dir: str, flops_target: float, gdp_epochs: int,
                  finetune_epochs: int = 0, baseline_checkpoint: Optional[str] = None,
-                 hook: Optional[dict] = None, log=print) -> Dict:
+                 hook: Optional[dict] = None, lr_factor: float = 0.1, log=print) -> Dict:
     """Run every stage; returns the report rows. See the module docstring."""
     work_dir = osp.abspath(work_dir)
     name = osp.splitext(osp.basename(cfg.filename or 'model'))[0]
     os.makedirs(work_dir, exist_ok=True)
-    gcfg = gdp_config(cfg, flops_target, None, gdp_epochs, **(hook or {}))
+    gcfg = gdp_config(cfg, flops_target, None, gdp_epochs, lr_factor=lr_factor, **(hook or {}))
     atomic_write(osp.join(work_dir, 'pipeline.json'), json.dumps(dict(
         config=cfg.filename, flops_target=flops_target, gdp_epochs=gdp_epochs,
-        finetune_epochs=finetune_epochs, input_size=list(gcfg.model['input_size']),
+        finetune_epochs=finetune_epochs, lr_factor=lr_factor,
+        input_size=list(gcfg.model['input_size']),
         baseline_checkpoint=baseline_checkpoint and osp.abspath(baseline_checkpoint)), indent=2))
     if baseline_checkpoint:
         base = dict(checkpoint=osp.abspath(baseline_checkpoint))
@@ -142,10 +160,8 @@ def run_pipeline(cfg: Config, work_dir: str, flops_target: float, gdp_epochs: in
     pruned = dict(config=gdp['config'], checkpoint=gdp['checkpoint'])
     if finetune_epochs > 0:
         def finetune():
-            fcfg = copy.deepcopy(pruned_cfg)
+            fcfg = phase_schedule(copy.deepcopy(pruned_cfg), cfg, finetune_epochs, lr_factor)
             fcfg.load_from = gdp['checkpoint']
-            fcfg.train_cfg.max_epochs = finetune_epochs
-            fcfg.train_cfg.val_interval = finetune_epochs
             return dict(config=gdp['config'],
                         checkpoint=train(fcfg, osp.join(work_dir, 'finetune')))
         finetuned = stage(work_dir, 'finetune', finetune, log)

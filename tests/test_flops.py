@@ -64,3 +64,4 @@ def test_channel_weights_are_the_linearised_cost():
         off[c] = False
         # removing one channel saves exactly its weight (bilinear, no self-product)
         assert fm.full - fm.count(off) == pytest.approx(float(w[c]), rel=1e-9)
+

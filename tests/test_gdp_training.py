@@ -69,6 +69,9 @@ def test_gdp_reaches_budget_polarizes_and_exports(make_toy_cfg, tmp_path):
     # the history was logged: the ratio fell from 1 to the target
     ratios = [h[1] for h in report['history']]
     assert ratios[0] > 0.9 and abs(ratios[-1] - 0.5) <= 0.02
+    # ... not before the gates had time to learn (lambda grows from lambda_init)
+    first = next(i for i, r in enumerate(ratios) if r <= 0.51)
+    assert 0.2 * len(ratios) < first <= 0.8 * len(ratios)
 
 
 @pytest.mark.slow

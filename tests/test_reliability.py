@@ -119,17 +119,62 @@ def test_min_channels_as_a_share_of_each_group():
     assert torch.allclose(pruned(x), ref, atol=1e-6)
 
 
+def drive_hook(model, hook, iters, grad_fn, on_iter=None):
+    """Run ``hook`` as mmengine would for ``iters`` iterations, with the gates'
+    gradient given by ``grad_fn(it)`` instead of a forward/backward pass."""
+    from types import SimpleNamespace
+
+    from mmengine.logging import MessageHub
+    optimizer = torch.optim.SGD([p for n, p in model.named_parameters()
+                                 if not n.startswith('gdp_gates')], lr=0.1)
+    runner = SimpleNamespace(model=model, iter=0, max_iters=iters, rank=0,
+                             message_hub=MessageHub.get_instance('gdp_drive_hook'),
+                             optim_wrapper=SimpleNamespace(optimizer=optimizer))
+    hook.before_train(runner)
+    for it in range(iters):
+        runner.iter = it
+        hook.before_train_iter(runner, it)
+        model.gdp_gates.a.grad = grad_fn(it)
+        hook._take_gate_grad(optimizer, (), {})
+        hook.after_train_iter(runner, it)
+        if on_iter:
+            on_iter(it)
+
+
+def test_normalized_gate_gradient_lets_the_task_loss_rank_channels():
+    """With cost_power=0 the task loss alone ranks channels: gates whose (noisy,
+    tiny) gradient consistently asks for them survive; the budget is met by
+    cutting the others. grad_norm makes the run independent of the loss scale."""
+    net, _ = small_net()
+    n = net.gdp_gates.a.numel()
+    wanted = torch.zeros(n, dtype=torch.bool)
+    wanted[::2] = True
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.where(wanted, -1.0, 1.0) + 3 * torch.randn(n, generator=gen)
+             for _ in range(300)]
+    finals = []
+    for scale in (1.0, 1e-6):
+        run, _ = small_net()
+        hook = GDPHook(flops_target=0.5, gate_lr=0.01, cost_power=0, grad_norm=True,
+                       export=False)
+        drive_hook(run, hook, 300, lambda it: scale * grads[it])
+        alive = run.gdp_gates.a != 0
+        assert hook.flops.count(alive) / hook.flops.full <= 0.5
+        assert (alive | ~wanted).all()  # no wanted channel was cut
+        finals.append(run.gdp_gates.a.detach().clone())
+    assert torch.equal(finals[0] == 0, finals[1] == 0)
+    assert torch.allclose(finals[0], finals[1], rtol=1e-4, atol=1e-6)
+
+
 def test_hook_memory_does_not_grow_per_iteration():
     """500 GDP iterations of the hook on a real detector's gates (gradients given,
     no forward): process RSS at iteration 500 within 5 % of iteration 50, and the
     Python heap grows by less than 1 MB (history is kept every log_interval only)."""
     import gc
     import tracemalloc
-    from types import SimpleNamespace
 
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
-    from mmengine.logging import MessageHub
 
     from gdp_det.cli import load_config
     from gdp_det.detector import attach_gates
@@ -142,25 +187,18 @@ def test_hook_memory_does_not_grow_per_iteration():
     cfg = load_config('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
     cfg.model.backbone.init_cfg = None
     model = attach_gates(MODELS.build(cfg.model), (128, 128))
-    optimizer = torch.optim.SGD([p for n, p in model.named_parameters()
-                                 if not n.startswith('gdp_gates')], lr=0.1)
-    runner = SimpleNamespace(model=model, iter=0, max_iters=600, rank=0,
-                             message_hub=MessageHub.get_instance('gdp_mem_test'),
-                             optim_wrapper=SimpleNamespace(optimizer=optimizer))
-    hook = GDPHook(flops_target=0.3, log_interval=50, export=False)
-    hook.before_train(runner)
+    hook = GDPHook(flops_target=0.3, log_interval=50, export=False, gdp_iters=600)
     gen = torch.Generator().manual_seed(0)
     measured = {}
-    tracemalloc.start()
-    for it in range(500):
-        runner.iter = it
-        hook.before_train_iter(runner, it)
-        model.gdp_gates.a.grad = 1e-3 * torch.randn(model.gdp_gates.a.shape, generator=gen)
-        hook._take_gate_grad(optimizer, (), {})
-        hook.after_train_iter(runner, it)
+
+    def measure(it):
         if it + 1 in (50, 500):
             gc.collect()
             measured[it + 1] = (rss(), tracemalloc.get_traced_memory()[0])
+
+    tracemalloc.start()
+    drive_hook(model, hook, 500,
+               lambda it: 1e-3 * torch.randn(model.gdp_gates.a.shape, generator=gen), measure)
     tracemalloc.stop()
     assert (model.gdp_gates.a == 0).any()  # it really pruned along the way
     (rss50, py50), (rss500, py500) = measured[50], measured[500]

@@ -9,8 +9,8 @@ Torch-Pruning's MagnitudeImportance (p=1, p=2; group importance = mean over the
 group's producers) and BNScaleImportance (|gamma|), each applied to the same
 baseline on the same channel groups with the same per-group keep ratio search
 (Torch-Pruning's default, non-global pruning) to the same FLOPs, then fine-tuned for
-as many epochs as GDP trained (GDP phase + fine-tune). Results are appended to
-benchmarks/RESULTS.md.
+as many epochs as GDP trained (GDP phase + fine-tune), on the same schedule
+(``gdp_det.pipeline.phase_schedule``). Results are appended to benchmarks/RESULTS.md.
 """
 import argparse
 import copy
@@ -84,7 +84,7 @@ def main(argv=None):
     from mmengine.config import Config
     from gdp_det.api import prune_and_export
     from gdp_det.cli import gdp_model_cfg, load_state_dict
-    from gdp_det.pipeline import evaluate, train
+    from gdp_det.pipeline import evaluate, phase_schedule, train
     register_all_modules()
     work = osp.abspath(args.work_dir)
     run = json.load(open(osp.join(work, 'pipeline.json')))
@@ -113,10 +113,10 @@ def main(argv=None):
             ratio = prune_by_importance(model, kind, target)
             _, rep, paths = prune_and_export(mcfg, model, osp.join(out, 'export'), name=kind,
                                              force=True)
-            fcfg = Config.fromfile(paths[0])
+            # the same fine-tune schedule as the pipeline's GDP and fine-tune phases
+            fcfg = phase_schedule(Config.fromfile(paths[0]), cfg, epochs,
+                                  run.get('lr_factor', 0.1))
             fcfg.load_from = paths[1]
-            fcfg.train_cfg.max_epochs = epochs
-            fcfg.train_cfg.val_interval = epochs
             ckpt = train(fcfg, osp.join(out, 'finetune'))
             ev = evaluate(fcfg, ckpt, osp.join(out, 'eval'))
             r = dict(mAP=ev['mAP'], ratio=rep['flops_ratio'])

@@ -27,10 +27,14 @@ def main(argv=None) -> int:
     p.add_argument('--gdp-epochs', type=int, default=4)
     p.add_argument('--finetune-epochs', type=int, default=0)
     p.add_argument('--lambda-rate', type=float, help='default: grow 1e4-fold over half the GDP phase')
-    p.add_argument('--gate-lr', type=float, default=0.1)
+    p.add_argument('--gate-lr', type=float, help="the GDPHook's gate step (default 0.03)")
     p.add_argument('--min-channels', type=float, default=1,
                    help='channels each group keeps at least (a share of the group if < 1)')
     p.add_argument('--channel-divisor', type=int, default=1)
+    p.add_argument('--lr-factor', type=float, default=0.1,
+                   help="GDP and fine-tune phases train at the config's lr times this")
+    p.add_argument('--gdp-options', nargs='+', action=DictAction, default={},
+                   help='more GDPHook arguments, e.g. cost_power=1 eps_start=1.0')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = p.parse_args(argv)
     from mmdet.utils import register_all_modules
@@ -45,10 +49,12 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    hook = dict(lambda_rate=args.lambda_rate, gate_lr=args.gate_lr,
+                min_channels=args.min_channels, channel_divisor=args.channel_divisor)
+    hook = {k: v for k, v in hook.items() if v is not None}
     run_pipeline(cfg, args.work_dir, args.flops_target, args.gdp_epochs, args.finetune_epochs,
-                 args.baseline_checkpoint,
-                 hook=dict(lambda_rate=args.lambda_rate, gate_lr=args.gate_lr, min_channels=args.min_channels,
-                           channel_divisor=args.channel_divisor))
+                 args.baseline_checkpoint, hook={**hook, **args.gdp_options},
+                 lr_factor=args.lr_factor)
     return 0
 
 

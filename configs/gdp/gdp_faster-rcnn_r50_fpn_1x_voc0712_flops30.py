@@ -2,6 +2,5 @@
 _base_ = './gdp_faster-rcnn_r50_fpn_1x_voc0712_flops50.py'
 
 custom_hooks = [
-    dict(type='GDPHook', flops_target=0.3, eps_start=1.0, eps_end=1e-4, gate_lr=0.1,
-         lambda_init=1e-3, min_channels=8, channel_divisor=8, export=True)
+    dict(type='GDPHook', flops_target=0.3, min_channels=8, channel_divisor=8, export=True)
 ]

@@ -2,6 +2,5 @@
 # FLOPs, widths rounded to multiples of 8 for hardware-friendly shapes).
 custom_imports = dict(imports=['gdp_det'], allow_failed_imports=False)
 custom_hooks = [
-    dict(type='GDPHook', flops_target=0.5, eps_start=1.0, eps_end=1e-4, gate_lr=0.1,
-         lambda_init=1e-3, min_channels=8, channel_divisor=8, export=True)
+    dict(type='GDPHook', flops_target=0.5, min_channels=8, channel_divisor=8, export=True)
 ]

@@ -14,11 +14,14 @@ model = dict(
 
 # 2) the GDP hook: eps schedule, proximal SGD on the gates, FLOPs budget, export
 custom_hooks = [
-    dict(type='GDPHook', flops_target=0.5, eps_start=1.0, eps_end=1e-4, gate_lr=0.1,
-         lambda_init=1e-3, min_channels=1, export=True)
+    dict(type='GDPHook', flops_target=0.5, min_channels=1, export=True)
 ]
 
+# 3) the schedule of a phase that starts from a trained model: a tenth of the
+#    baseline's learning rate after a short warm-up (restarting AdamW at the full
+#    rate with a fresh state undoes much of the baseline's training)
 max_epochs = 4
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
-param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=True, begin=0, end=max_epochs)]
+optim_wrapper = dict(optimizer=dict(lr=1e-4))
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50)]
 load_from = None
