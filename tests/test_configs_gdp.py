@@ -17,6 +17,11 @@ def test_gdp_config_builds(path):
     assert cfg.model.type == 'GDPDetector'
     hook = next(h for h in cfg.custom_hooks if h.type == 'GDPHook')
     assert hook.flops_target == (0.3 if 'flops30' in path else 0.5)
+    # the GDP phase runs at a tenth of its baseline config's learning rate
+    name = osp.basename(path)[len('gdp_'):].split('_flops')[0] + '.py'
+    folder = 'pascal_voc' if 'voc' in name else name.split('_')[0].replace('-', '_')
+    base = load_config(f'mmdet::{folder}/{name}')
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(0.1 * base.optim_wrapper.optimizer.lr)
     cfg.model.detector.backbone.init_cfg = None
     cfg.model.input_size = (128, 128)  # the trace only; keeps the test fast
     model = MODELS.build(cfg.model)

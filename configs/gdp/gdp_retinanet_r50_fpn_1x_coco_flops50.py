@@ -11,3 +11,6 @@ model = dict(
     detector={{_base_.model}},
     input_size=(800, 1333))  # the training scale (H, W), for the FLOPs model
 load_from = None  # the trained baseline checkpoint
+# a tenth of the baseline's learning rate: the GDP phase starts from a trained model
+# (restarting at the full rate undoes part of its training; see README, "GDP schedule")
+optim_wrapper = dict(optimizer=dict(lr=0.001))
