@@ -43,6 +43,27 @@ def test_random_gates_export_is_lossless(name, size, tmp_path):
     assert 'gdp_gates.a' not in state['state_dict']
 
 
+RANDOMIZED = [(name, seed, share) for name, size in COVERAGE
+              if name.split('/')[0] in ('faster_rcnn', 'yolox', 'ssd', 'rtmdet', 'gfl')
+              and 'x101' not in name and 'ssd300' not in name
+              for seed, share in ((1, 0.3), (2, 0.9))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name,seed,share', RANDOMIZED,
+                         ids=[f'{n.split("/")[1][:12]}-{s}-{p}' for n, s, p in RANDOMIZED])
+def test_other_random_gate_patterns_are_lossless(name, seed, share, tmp_path):
+    """More seeds and shares (0.9: nearly every gate of every group is zero)."""
+    out = tmp_path / 'export'
+    size = '320' if 'ssdlite' in name else '192'
+    rc = prune_main([f'mmdet::{name}', '--random-gates', str(share), '--seed', str(seed),
+                     '--verify', '--out-dir', str(out), '--input-size', size, size])
+    assert rc == 0
+    report = json.loads((out / 'prune_report.json').read_text())
+    assert report['max_rel_output_diff'] <= 1e-4
+    assert report['flops_ratio'] < (0.6 if share == 0.9 else 0.95)
+
+
 def test_export_loads_in_plain_mmdet_and_detects(tmp_path):
     """init_detector + inference_detector on the exported files match the gated model."""
     import numpy as np
