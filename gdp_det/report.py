@@ -10,13 +10,32 @@ from __future__ import annotations
 import json
 import os
 import os.path as osp
+import re
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def update_sections(path: str, sections: List[Tuple[str, List[str]]],
+                    head: Optional[List[str]] = None) -> str:
+    """Replace the ``## title`` sections of the markdown file ``path`` (or append them),
+    keeping every other section, and ``head`` (the text before the first section) if
+    given. Sections are kept in title order. Written atomically; returns the text."""
+    old = open(path).read() if osp.isfile(path) else ''
+    parts = re.split(r'^(?=## )', old, flags=re.M)
+    old_head, blocks = parts[0], {}
+    for part in parts[1:]:
+        blocks[part.splitlines()[0][3:].strip()] = part.rstrip('\n') + '\n'
+    for title, rows in sections:
+        blocks[title] = '\n'.join([f'## {title}', ''] + rows) + '\n'
+    text = ('\n'.join(head) + '\n' if head is not None else old_head.rstrip('\n') + '\n')
+    text += ''.join('\n' + blocks[t] for t in sorted(blocks))
+    atomic_write(path, text)
+    return text
 
 
 def atomic_write(path: str, text: str) -> None:

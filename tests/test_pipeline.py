@@ -64,3 +64,17 @@ def test_plot_tool_draws_from_a_prune_report(tmp_path):
     for f in ('gate_histograms.png', 'flops_ratio.png', 'layer_widths.png'):
         assert (tmp_path / f).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert plot_main([str(tmp_path / 'missing')]) == 2
+
+
+def test_update_sections_replaces_only_its_own(tmp_path):
+    from gdp_det.report import update_sections
+    path = tmp_path / 'RESULTS.md'
+    path.write_text('# title\n\nmachine\n\n## (a) one\n\nold a\n\n## (e) five\n\nkeep e\n')
+    update_sections(str(path), [('(a) one', ['new a']), ('(b) two', ['b'])])
+    text = path.read_text()
+    assert text.startswith('# title\n\nmachine\n')
+    assert 'new a' in text and 'old a' not in text and 'keep e' in text
+    assert text.index('## (a)') < text.index('## (b)') < text.index('## (e)')
+    update_sections(str(path), [('(b) two', ['b2'])], head=['# new title'])
+    text = path.read_text()
+    assert text.startswith('# new title\n') and text.count('## (b)') == 1 and 'b2' in text

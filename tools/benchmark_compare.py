@@ -10,7 +10,8 @@ group's producers) and BNScaleImportance (|gamma|), each applied to the same
 baseline on the same channel groups with the same per-group keep ratio search
 (Torch-Pruning's default, non-global pruning) to the same FLOPs, then fine-tuned for
 as many epochs as GDP trained (GDP phase + fine-tune), on the same schedule
-(``gdp_det.pipeline.phase_schedule``). Results are appended to benchmarks/RESULTS.md.
+(``gdp_det.pipeline.phase_schedule``). The results replace section (e) of
+benchmarks/RESULTS.md.
 """
 import argparse
 import copy
@@ -26,6 +27,7 @@ import gdp_det  # noqa: E402,F401
 from gdp_det.cli import load_config  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SECTION = '(e) Accuracy at equal FLOPs: GDP vs magnitude and BN-scale pruning'
 
 
 def importance(model, group, kind):
@@ -85,6 +87,7 @@ def main(argv=None):
     from gdp_det.api import prune_and_export
     from gdp_det.cli import gdp_model_cfg, load_state_dict
     from gdp_det.pipeline import evaluate, phase_schedule, train
+    from gdp_det.report import update_sections
     register_all_modules()
     work = osp.abspath(args.work_dir)
     run = json.load(open(osp.join(work, 'pipeline.json')))
@@ -122,17 +125,13 @@ def main(argv=None):
             r = dict(mAP=ev['mAP'], ratio=rep['flops_ratio'])
             json.dump(r, open(done, 'w'))
         results.append((f'{label} + {epochs} ep fine-tune', r['mAP'], r['ratio']))
-    lines = ['', '## (e) Accuracy at equal FLOPs: GDP vs magnitude and BN-scale pruning', '',
-             f'Toy VOC val mAP@0.5, RetinaNet R18-FPN; command: `python tools/benchmark_compare.py '
-             f'--work-dir {args.work_dir}` after `make demo`. Criteria as Torch-Pruning\'s '
-             'MagnitudeImportance / BNScaleImportance on the same channel groups, uniform '
-             'per-group ratio to the same FLOPs.', '',
-             '| method | FLOPs ratio | mAP |', '|---|---|---|']
-    lines += [f'| {m} | {r:.3f} | {a:.4f} |' for m, a, r in results]
-    text = '\n'.join(lines) + '\n'
-    print(text)
-    with open(args.out, 'a') as f:
-        f.write(text)
+    rows = [f'Toy VOC val mAP@0.5, RetinaNet R18-FPN; command: `python tools/benchmark_compare.py '
+            f'--work-dir {args.work_dir}` after the pipeline run there. Criteria as '
+            "Torch-Pruning's MagnitudeImportance / BNScaleImportance on the same channel groups, "
+            'uniform per-group ratio to the same FLOPs, fine-tuned on the same schedule.', '',
+            '| method | FLOPs ratio | mAP |', '|---|---|---|']
+    rows += [f'| {m} | {r:.3f} | {a:.4f} |' for m, a, r in results]
+    print(update_sections(args.out, [(SECTION, rows)]))
 
 
 if __name__ == '__main__':

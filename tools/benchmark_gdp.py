@@ -211,32 +211,30 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
     p.add_argument('--quick', action='store_true', help='fewer repeats (smoke run)')
+    p.add_argument('--only', nargs='+', choices='abcd', default=list('abcd'),
+                   help='run only these sections; the file keeps the others')
     args = p.parse_args(argv)
     from mmdet.utils import register_all_modules
     register_all_modules()
     torch.manual_seed(0)
     reps = 3 if args.quick else 7
     size = (512, 512)
-    sections = [
-        ('(a) GDP training overhead', bench_train_overhead(reps)),
-        ('(b) Prune + export time, Faster R-CNN R50-FPN', bench_prune_time()),
-        ('(c) CPU latency vs FLOPs (tensor-mode forward, batch 1)',
-         bench_latency(size, reps, (0.7, 0.5, 0.3))),
-        ('(d) ONNX export of a pruned model', bench_onnx(size, reps)),
-    ]
+    benches = dict(
+        a=('(a) GDP training overhead', lambda: bench_train_overhead(reps)),
+        b=('(b) Prune + export time, Faster R-CNN R50-FPN', bench_prune_time),
+        c=('(c) CPU latency vs FLOPs (tensor-mode forward, batch 1)',
+           lambda: bench_latency(size, reps, (0.7, 0.5, 0.3))),
+        d=('(d) ONNX export of a pruned model', lambda: bench_onnx(size, reps)))
+    sections = [(benches[k][0], benches[k][1]() + [
+        '', f'Command: `python tools/benchmark_gdp.py --only {k}` ({time.strftime("%Y-%m-%d")}), '
+        f'{reps} repeats.']) for k in args.only]
     head = [
         '# gdp-det benchmarks', '',
         f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
-        f'torch {torch.__version__}, {torch.get_num_threads()} threads. Command: '
-        f'`python tools/benchmark_gdp.py{" --quick" if args.quick else ""}` '
-        f'({time.strftime("%Y-%m-%d")}). Timings are medians of {reps} runs in one process.',
-        '']
-    body = []
-    for title, rows in sections:
-        body += [f'## {title}', ''] + rows + ['']
-    from gdp_det.report import atomic_write
-    atomic_write(args.out, '\n'.join(head + body))
-    print('\n'.join(head + body))
+        f'torch {torch.__version__}, {torch.get_num_threads()} threads. Timings are medians '
+        'of repeated runs in one process; each section names its command and date.']
+    from gdp_det.report import update_sections
+    print(update_sections(args.out, sections, head))
 
 
 if __name__ == '__main__':
