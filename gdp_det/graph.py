@@ -361,23 +361,32 @@ class _Tracer(TorchFunctionMode):
         lay = self.layout(x)
         if lay is None:
             return
-        if func.__name__ == 'batch_norm' and lay.dim == 1:
-            owner = None
-            for p in args[1:5]:
-                if isinstance(p, torch.Tensor) and id(p) in self.param_owner:
-                    owner = self.param_owner[id(p)]
-                    break
-            if owner is not None:
-                prev = self.norm_atoms.get(owner)
-                if prev is None:
-                    self.norm_atoms[owner] = lay.atoms
-                else:
-                    self.uf.union_arrays(prev, lay.atoms)
-                self.set_layout(out, lay)
-                return
-        # GroupNorm/LayerNorm mix a channel's statistics with its neighbours':
-        # removing one would change the others, so these channels stay.
-        self.fix(lay.atoms, f'{func.__name__} normalises across channels')
+        name = func.__name__
+        owner = None
+        for p in list(args[1:5]) + list(kwargs.values()):
+            if isinstance(p, torch.Tensor) and id(p) in self.param_owner:
+                owner = self.param_owner[id(p)]
+                break
+        if lay.dim == 1 and owner is not None and name in ('batch_norm', 'group_norm'):
+            if name == 'group_norm':
+                # statistics are shared within each of the num_groups blocks: the
+                # channels of a block are pruned together (one gate), so the other
+                # blocks' statistics do not change and num_groups follows
+                blocks = kwargs.get('num_groups', args[1] if len(args) > 1 else None)
+                size = len(lay.atoms) // blocks
+                for b in range(blocks):
+                    block = lay.atoms[b * size:(b + 1) * size]
+                    self.uf.union_arrays(block[:-1], block[1:])
+            prev = self.norm_atoms.get(owner)
+            if prev is None:
+                self.norm_atoms[owner] = lay.atoms
+            else:
+                self.uf.union_arrays(prev, lay.atoms)
+            self.set_layout(out, lay)
+            return
+        # LayerNorm/InstanceNorm (and norms without affine parameters): a channel's
+        # statistics mix with its neighbours', so these channels stay.
+        self.fix(lay.atoms, f'{name} normalises across channels')
 
     # -- generic ops -------------------------------------------------------------
     def binary(self, args, out):

@@ -25,7 +25,7 @@ def _empty_param(shape, like: torch.Tensor, requires_grad: bool) -> nn.Parameter
 
 
 def narrow_module(m: nn.Module, shape: dict) -> None:
-    """Give conv/linear/BN module ``m`` the widths in ``shape`` (weights zeroed)."""
+    """Give conv/linear/BN/GN module ``m`` the widths in ``shape`` (weights zeroed)."""
     if isinstance(m, nn.ConvTranspose2d):
         cin, cout, groups = shape['in_channels'], shape['out_channels'], shape['groups']
         m.weight = _empty_param((cin, cout // groups) + tuple(m.kernel_size), m.weight,
@@ -42,14 +42,17 @@ def narrow_module(m: nn.Module, shape: dict) -> None:
         if m.bias is not None:
             m.bias = _empty_param((shape['out_features'], ), m.bias, m.bias.requires_grad)
         return
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-        n = shape['num_features']
-        m.num_features = n
+    elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+        if isinstance(m, nn.GroupNorm):
+            n = m.num_channels = shape['num_channels']
+            m.num_groups = shape['num_groups']
+        else:
+            n = m.num_features = shape['num_features']
         for attr in ('weight', 'bias'):
             p = getattr(m, attr)
             if p is not None:
                 setattr(m, attr, _empty_param((n, ), p, p.requires_grad))
-        if m.running_mean is not None:
+        if getattr(m, 'running_mean', None) is not None:
             m.running_mean = m.running_mean.new_zeros(n)
             m.running_var = m.running_var.new_ones(n)
         return

@@ -5,8 +5,8 @@ it (1) multiplies each gated layer's input-channel slices of the kernel by their
 gates, (2) decides per group which channels to keep (non-zero gates, topped up to
 ``min_channels`` and a multiple of ``channel_divisor`` with zero-gated channels,
 which stay exact because their absorbed gate is 0), and (3) slices every member
-module: producers' outputs, consumers' inputs, BatchNorm channels and depthwise
-convs (in = out, ``groups`` follows). The result has no gates and plain
+module: producers' outputs, consumers' inputs, BatchNorm channels, GroupNorm
+blocks (``num_groups`` follows) and depthwise convs (in = out, ``groups`` follows). The result has no gates and plain
 ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.Linear`` modules.
 """
 from __future__ import annotations
@@ -151,18 +151,22 @@ def slice_module(name: str, m: nn.Module, out_mask, in_mask) -> None:
         if in_mask is not None:
             m.weight = nn.Parameter(_sel(m.weight, in_mask, 1))
             m.in_features = int(in_mask.sum())
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+    elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
         if out_mask is None:
             return
+        if isinstance(m, nn.GroupNorm):  # whole blocks go (the tracer ties them)
+            m.num_groups = int(out_mask.sum()) // (m.num_channels // m.num_groups)
+            m.num_channels = int(out_mask.sum())
         for attr in ('weight', 'bias'):
             p = getattr(m, attr)
             if p is not None:
                 setattr(m, attr, nn.Parameter(_sel(p, out_mask, 0), requires_grad=p.requires_grad))
         for attr in ('running_mean', 'running_var'):
-            b = getattr(m, attr)
+            b = getattr(m, attr, None)
             if b is not None:
                 setattr(m, attr, _sel(b, out_mask, 0))
-        m.num_features = int(out_mask.sum())
+        if not isinstance(m, nn.GroupNorm):
+            m.num_features = int(out_mask.sum())
     else:
         raise TypeError(f'GDP cannot prune {name} ({type(m).__name__}); '
                         f'exclude it with exclude=["{name}"]')
@@ -195,6 +199,8 @@ def module_shape(m: nn.Module) -> dict:
         return dict(in_features=m.in_features, out_features=m.out_features)
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return dict(num_features=m.num_features)
+    if isinstance(m, nn.GroupNorm):
+        return dict(num_channels=m.num_channels, num_groups=m.num_groups)
     raise TypeError(type(m).__name__)
 
 

@@ -112,11 +112,17 @@ def test_depthwise_convs_carry_their_input_group():
             assert name not in g.consumers  # depthwise convs get no gate of their own
 
 
-def test_groupnorm_channels_stay_unpruned():
+def test_groupnorm_blocks_share_one_gate():
+    """GroupNorm (FCOS head: 32 groups of 8 channels) is pruned by whole blocks: the
+    8 channels of a block are one group channel, so the other blocks' statistics
+    stay and num_groups follows."""
     graph = trace_detector(build('fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py'), (256, 256))
-    producers = {n for g in graph.groups for n in g.producers}
-    assert not any(n.startswith('bbox_head.cls_convs') for n in producers)
-    assert 'group_norm normalises across channels' in graph.fixed_reasons
+    grp = next(g for g in graph.groups if 'bbox_head.cls_convs.0.gn' in g.norms)
+    pos = grp.norms['bbox_head.cls_convs.0.gn']
+    assert len(pos) == 256 and len(set(pos.tolist())) == 32
+    assert all(len(set(pos[b * 8:(b + 1) * 8].tolist())) == 1 for b in range(32))
+    assert 'bbox_head.cls_convs.0.conv' in grp.producers
+    assert not any('group_norm' in r for r in graph.fixed_reasons)
 
 
 def test_exclude_keeps_a_part_unpruned():

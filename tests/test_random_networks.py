@@ -1,7 +1,8 @@
 """Property test: random CNNs with every coupling pattern prune losslessly.
 
 Networks are drawn from residual blocks (identity and projection shortcuts),
-concatenations, depthwise separable and grouped convs, an FPN-style top-down add
+concatenations, depthwise separable and grouped convs, GroupNorm (2 blocks), an
+FPN-style top-down add
 over two levels and a head shared across the levels. Random gates are zeroed,
 the network is pruned, and its outputs must not change.
 """
@@ -34,6 +35,9 @@ class Block(nn.Module):
             self.a, self.b = cbr(cin, cout // 2, 1), cbr(cin, cout - cout // 2, 3)
         elif kind == 'dw':
             self.body = nn.Sequential(cbr(cin, cin, 3, groups=cin), cbr(cin, cout, 1))
+        elif kind == 'gn':
+            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, 1, 1), nn.GroupNorm(2, cout),
+                                      nn.ReLU())
         elif kind == 'group':
             self.body = nn.Sequential(cbr(cin, 2 * cout), cbr(2 * cout, 2 * cout, groups=2),
                                       cbr(2 * cout, cout, 1))
@@ -74,17 +78,20 @@ class RandNet(nn.Module):
 
 def randomize_bn(model, gen):
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            n = m.weight.numel()
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
 @example(kinds=['cat', 'dw'], widths=[4, 6, 4, 4, 4], fpn=4, share=0.5, seed=1)  # found in CI
-@given(kinds=st.lists(st.sampled_from(['res', 'cat', 'dw', 'group']), min_size=1, max_size=4),
+@example(kinds=['gn', 'res'], widths=[4, 8, 8, 4, 4], fpn=4, share=0.5, seed=2)
+@given(kinds=st.lists(st.sampled_from(['res', 'cat', 'dw', 'group', 'gn']), min_size=1,
+                      max_size=4),
        widths=st.lists(st.sampled_from([4, 6, 8, 12]), min_size=5, max_size=5),
        fpn=st.sampled_from([4, 8]), share=st.floats(0.0, 0.9), seed=st.integers(0, 2 ** 16))
 def test_random_network_prunes_losslessly(kinds, widths, fpn, share, seed):
