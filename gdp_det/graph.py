@@ -6,7 +6,9 @@ architecture. Every output channel of a conv/linear layer is an *atom*. The trac
 dimension through the forward and unions atoms that must be pruned together:
 elementwise adds (residuals, FPN top-down), depthwise convs (carry their input
 channels), modules called several times (heads shared across FPN levels: the same
-weight reads channel ``j`` of every level), and so on. Concatenations and channel
+weight reads channel ``j`` of every level), the channels of one GroupNorm group
+(pruned whole), channel ``j`` of every group of a grouped conv (pruned balanced),
+and so on. Concatenations and channel
 slices keep per-position atom lists, so they need no special grouping.
 
 Anything the tracer does not understand is treated conservatively: the channels
@@ -328,11 +330,16 @@ class _Tracer(TorchFunctionMode):
         self.depthwise[m] = depthwise
         if depthwise:
             self.uf.union_arrays(in_atoms, out_atoms)
+        elif groups > 1 and transposed:
+            self.fix(in_atoms, f'{name}: grouped transposed conv')
+            self.fix(out_atoms, f'{name}: grouped transposed conv')
         elif groups > 1:
-            # grouped convs (ResNeXt): channels per conv group must stay balanced;
-            # kept unpruned for now (lossless, conservative)
-            self.fix(in_atoms, f'{name}: grouped conv')
-            self.fix(out_atoms, f'{name}: grouped conv')
+            # grouped convs (ResNeXt) stay balanced: channel j of every conv group is
+            # tied to one gate, so each group keeps the same channels
+            for atoms in (in_atoms, out_atoms):
+                per_group = atoms.reshape(groups, -1)
+                for k in range(1, groups):
+                    self.uf.union_arrays(per_group[0], per_group[k])
         self.module_in(m, in_atoms)
         k = weight.shape[2] * weight.shape[3]
         spatial = x.shape[2] * x.shape[3] if transposed else out.shape[2] * out.shape[3]

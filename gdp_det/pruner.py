@@ -98,7 +98,10 @@ def absorb_gates(model: nn.Module, consumer_index: Dict[str, np.ndarray],
         if isinstance(m, nn.ConvTranspose2d):
             m.weight.mul_(scale.view(-1, 1, 1, 1))
         elif isinstance(m, nn.Conv2d):
-            m.weight.mul_(scale.view(1, -1, 1, 1))
+            # output o of conv group k reads inputs k * (C_in / groups) + j
+            per_group = scale.view(m.groups, -1)
+            m.weight.mul_(per_group.repeat_interleave(m.out_channels // m.groups, 0)
+                          .view(m.out_channels, -1, 1, 1))
         elif isinstance(m, nn.Linear):
             m.weight.mul_(scale.view(1, -1))
         else:
@@ -138,9 +141,11 @@ def slice_module(name: str, m: nn.Module, out_mask, in_mask) -> None:
                 m.bias = nn.Parameter(_sel(m.bias, out_mask, 0))
             m.out_channels = int(out_mask.sum())
         if in_mask is not None:
-            if m.groups != 1:
-                raise ValueError(f'{name}: cannot remove input channels of a grouped conv')
-            m.weight = nn.Parameter(_sel(m.weight, in_mask, 1))
+            per_group = in_mask.reshape(m.groups, -1)
+            if not (per_group == per_group[:1]).all():
+                raise ValueError(f'{name}: the kept input channels differ between the conv '
+                                 'groups (the tracer ties them; was the graph edited?)')
+            m.weight = nn.Parameter(_sel(m.weight, per_group[0], 1))
             m.in_channels = int(in_mask.sum())
     elif isinstance(m, nn.Linear):
         if out_mask is not None:
