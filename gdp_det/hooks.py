@@ -56,7 +56,7 @@ class GDPHook(Hook):
 
     def __init__(self, flops_target: float = 0.5, eps_start: float = 1e-2,
                  eps_end: float = 1e-6, gdp_iters: Optional[int] = None,
-                 gate_lr: float = 0.03, lambda_init: float = 1e-3,
+                 gate_lr: float = 0.1, lambda_init: float = 1e-3,
                  lambda_rate: Optional[float] = None,
                  min_channels: float = 1, channel_divisor: int = 1,
                  warmup_iters: int = 0, log_interval: int = 50, export: bool = True,

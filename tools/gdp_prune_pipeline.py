@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     p.add_argument('--gdp-epochs', type=int, default=4)
     p.add_argument('--finetune-epochs', type=int, default=0)
     p.add_argument('--lambda-rate', type=float, help='default: grow 1e4-fold over half the GDP phase')
-    p.add_argument('--gate-lr', type=float, help="the GDPHook's gate step (default 0.03)")
+    p.add_argument('--gate-lr', type=float, help="the GDPHook's gate step (default 0.1)")
     p.add_argument('--min-channels', type=float, default=1,
                    help='channels each group keeps at least (a share of the group if < 1)')
     p.add_argument('--channel-divisor', type=int, default=1)
