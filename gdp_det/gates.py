@@ -36,13 +36,17 @@ class _GateInput:
         self.lo, self.hi = int(valid.min()), int(valid.max()) + 1
         local = np.where(index >= 0, index - self.lo, self.hi - self.lo)
         self.gates = gates
+        # the common case, every position gated in order: a slice, no gather
+        self.identity = bool((local == np.arange(len(local))).all()) and len(local) == self.hi - self.lo
         self.index = torch.as_tensor(local, dtype=torch.long)
 
     def vector(self) -> torch.Tensor:
         """The gate of every input position of the layer (1 where fixed)."""
         gates = self.gates
-        a = gates.a[self.lo:self.hi]
-        g = torch.cat([gate_value(a, float(gates.eps), gates.normalize), a.new_ones(1)])
+        g = gate_value(gates.a[self.lo:self.hi], float(gates.eps), gates.normalize)
+        if self.identity:
+            return g
+        g = torch.cat([g, g.new_ones(1)])
         if self.index.device != g.device:
             self.index = self.index.to(g.device)
         return g[self.index]
@@ -55,9 +59,10 @@ class _GateInput:
 
 
 class _GateConvWeight(_GateInput):
-    """Gates a (non-grouped) conv through its kernel: ``conv(x * g, W)`` equals
-    ``conv(x, W * g)`` exactly (zero padding stays zero), and scaling the kernel
-    costs far less than scaling the activation, in the forward and the backward.
+    """Gates a (non-grouped) conv through whichever of its kernel and its input is
+    smaller: ``conv(x * g, W)`` equals ``conv(x, W * g)`` exactly (zero padding stays
+    zero); at high resolution the kernel is far smaller than the activation (the
+    forward and the backward then scale the kernel), at low resolution the reverse.
 
     Installed as the layer's own ``_conv_forward`` (what ``nn.ConvNd.forward``
     calls), so mmcv's conv wrappers and every caller are covered.
@@ -68,8 +73,10 @@ class _GateConvWeight(_GateInput):
         self.conv_forward = conv_forward
 
     def __call__(self, x, weight, bias):
-        g = self.vector()
-        return self.conv_forward(x, weight * g.view(1, -1, *([1] * (weight.dim() - 2))), bias)
+        g = self.vector().view(1, -1, *([1] * (weight.dim() - 2)))
+        if weight.numel() <= x.numel():
+            return self.conv_forward(x, weight * g, bias)
+        return self.conv_forward(x * g, weight, bias)
 
 
 def _weight_gated(module: nn.Module) -> bool:
