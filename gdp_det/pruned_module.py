@@ -5,7 +5,7 @@ stacked convs and so on. An exported config wraps such a component::
 
     backbone=dict(type='GDPPrunedModule', module=dict(type='ResNet', ...),
                   shapes=[dict(name='layer1.0.conv1', in_channels=64, out_channels=23,
-                               groups=1), ...],
+                               groups=1), ...],  # constant=True: a ConstantConv
                   attrs=[])
 
 The builder returns the plain mmdet module (same class, same state-dict keys)
@@ -63,6 +63,32 @@ def narrow_module(m: nn.Module, shape: dict) -> None:
         m.bias = _empty_param((cout, ), m.bias, m.bias.requires_grad)
 
 
+class ConstantConv(nn.Module):
+    """A conv whose kernel is all zero once the gates are absorbed (every channel it
+    reads has a zero gate): its output is its bias (or 0) at every position, so it
+    computes nothing. Keeps the conv's ``bias`` state-dict key. E.g. the second conv
+    of a residual block whose inner group was switched off: the block reduces to its
+    shortcut plus the constant of its last norm."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.out_channels = conv.out_channels
+        for attr in ('kernel_size', 'stride', 'padding', 'dilation'):
+            setattr(self, attr, tuple(getattr(conv, attr)))
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+
+    def forward(self, x):
+        h, w = ((x.shape[2 + i] + 2 * self.padding[i] - self.dilation[i] *
+                 (self.kernel_size[i] - 1) - 1) // self.stride[i] + 1 for i in range(2))
+        out = x.new_zeros(x.shape[0], self.out_channels, h, w)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition('.')
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
 def apply_pruned_shapes(root: nn.Module, shapes: List[dict],
                         attrs: Optional[List[dict]] = None) -> nn.Module:
     modules = dict(root.named_modules())
@@ -72,7 +98,10 @@ def apply_pruned_shapes(root: nn.Module, shapes: List[dict],
         if name not in modules:
             raise KeyError(f'GDPPrunedModule: no layer named {name!r} in '
                            f'{type(root).__name__}; the config does not match this export')
+        constant = entry.pop('constant', False)
         narrow_module(modules[name], entry)
+        if constant:
+            replace_module(root, name, ConstantConv(modules[name]))
     for entry in attrs or []:
         entry = dict(entry)
         target = modules[entry.pop('name')]

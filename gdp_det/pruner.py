@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .graph import ChannelGraph
+from .pruned_module import ConstantConv, replace_module
 
 
 def group_minimum(min_channels: float, size: int) -> int:
@@ -209,6 +210,18 @@ def module_shape(m: nn.Module) -> dict:
     raise TypeError(type(m).__name__)
 
 
+def replace_zero_kernels(model: nn.Module, consumers, shapes: Dict[str, dict]) -> None:
+    """Gated convs whose kernel is all zero after absorption (all they read has a zero
+    gate) become :class:`ConstantConv`: exact, and they compute nothing."""
+    modules = dict(model.named_modules())
+    for name in consumers:
+        m = modules[name]
+        if (isinstance(m, nn.Conv2d) and not isinstance(m, nn.ConvTranspose2d)
+                and not m.weight.any()):
+            shapes[name] = dict(shapes.get(name) or module_shape(m), constant=True)
+            replace_module(model, name, ConstantConv(m))
+
+
 def kept_mask(graph: ChannelGraph, kept: List[np.ndarray]) -> np.ndarray:
     """Boolean mask over the graph's global channel ids: True where kept."""
     alive = np.zeros(graph.num_channels, bool)
@@ -245,7 +258,9 @@ def extract_pruned(model: nn.Module, min_channels: int = 1, channel_divisor: int
 
     Returns ``(shapes, attrs)``: the new widths of the sliced modules and the updated
     width attributes of other modules. The result computes what the gated model
-    computed (up to float rounding).
+    computed (up to float rounding). A conv that reads only zero-gated channels (a
+    residual block's second conv when the block's inner group is all zero) becomes a
+    :class:`ConstantConv`, leaving the block its shortcut and a constant.
     """
     gates = model.gdp_gates
     graph: ChannelGraph = model.gdp_graph
@@ -258,6 +273,7 @@ def extract_pruned(model: nn.Module, min_channels: int = 1, channel_divisor: int
     del model.gdp_gates
     kept = choose_kept(graph, values, min_channels, channel_divisor)
     shapes = prune_channels(model, graph, kept)
+    replace_zero_kernels(model, gates.consumer_index(), shapes)
     attrs = fix_width_attributes(model, graph, kept)
     model.__dict__['gdp_kept'] = kept
     return shapes, attrs

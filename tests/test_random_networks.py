@@ -118,6 +118,18 @@ def test_random_network_prunes_losslessly(kinds, widths, fpn, share, seed):
         out = pruned(x)
     for r, o in zip(ref, out):
         assert torch.allclose(r, o, rtol=1e-5, atol=1e-5 * float(r.abs().max()))
+    # a group with only zero gates: the convs that read only it become ConstantConv
+    # (min_channels=0: nothing is kept beyond what the export needs) and the output
+    # still does not change
+    with torch.no_grad():
+        sl = model.gdp_gates.group_slices[seed % len(model.gdp_gates.group_slices)]
+        model.gdp_gates.a[sl] = 0
+        ref = model(x)
+        emptied = copy.deepcopy(model)
+        extract_pruned(emptied, min_channels=0)
+        out = emptied(x)
+    for r, o in zip(ref, out):
+        assert torch.allclose(r, o, rtol=1e-5, atol=1e-5 * float(r.abs().max()))
     n_params = sum(p.numel() for p in pruned.parameters())
     if share > 0.3:
         assert n_params < sum(p.numel() for n, p in model.named_parameters()

@@ -204,3 +204,37 @@ def test_hook_memory_does_not_grow_per_iteration():
     (rss50, py50), (rss500, py500) = measured[50], measured[500]
     assert rss500 <= 1.05 * rss50, (rss50, rss500)
     assert py500 - py50 < 1 << 20, (py50, py500)
+
+
+def test_block_with_all_zero_inner_group_is_removed(tmp_path):
+    """The inner group of a residual block (conv1 -> conv2) has only zero gates:
+    conv1 keeps one channel (min_channels=0; torch has no 0-channel conv), conv2
+    reads only zero-gated channels and becomes its constant output (ConstantConv),
+    so the block is its shortcut plus its last BN's constant. Exact, cheaper, and
+    the export rebuilds it."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from conftest import REPO
+    from gdp_det.api import prune_and_export
+    from gdp_det.cli import gdp_model_cfg, load_config
+    from gdp_det.pruned_module import ConstantConv
+    register_all_modules()
+    cfg = load_config(f'{REPO}/configs/toy/retinanet_r18_fpn_toyvoc.py')
+    cfg.model = gdp_model_cfg(cfg, (128, 128))
+    gated = MODELS.build(cfg.model)
+    gates = gated.gdp_gates
+    with torch.no_grad():
+        gates.a.uniform_(0.5, 1.5)
+        gates.a[gates.group_slices[gates.group_names.index('backbone.layer2.1.conv1')]] = 0
+        for m in gated.modules():  # non-trivial BN constants
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.bias.uniform_(-0.5, 0.5)
+    pruned, report, _ = prune_and_export(cfg, gated, str(tmp_path / 'out'), name='r18',
+                                         min_channels=0)
+    block = pruned.backbone.layer2[1]
+    assert block.conv1.out_channels == 1 and isinstance(block.conv2, ConstantConv)
+    assert sum(p.numel() for p in block.conv2.parameters()) == 0  # no bias in ResNet
+    assert report['max_rel_output_diff'] < 1e-5  # rebuilt from the exported files
+    assert report['flops_ratio'] < 0.95
