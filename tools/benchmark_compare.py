@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Accuracy at equal FLOPs: GDP vs magnitude (L1, L2) and BN-scale channel pruning.
 
-    python tools/benchmark_compare.py --work-dir work_dirs/demo [--epochs N]
+    python tools/benchmark_compare.py --work-dir work_dirs/demo [--epochs N] [--torch-pruning]
 
 Uses the finished pipeline run in ``--work-dir`` (its baseline checkpoint, its GDP
 result and FLOPs ratio). The other criteria are the importance scores of
@@ -10,12 +10,14 @@ group's producers) and BNScaleImportance (|gamma|), each applied to the same
 baseline on the same channel groups with the same per-group keep ratio search
 (Torch-Pruning's default, non-global pruning) to the same FLOPs, then fine-tuned for
 as many epochs as GDP trained (GDP phase + fine-tune), on the same schedule
-(``gdp_det.pipeline.phase_schedule``). The results replace section (e) of
-benchmarks/RESULTS.md.
+(``gdp_det.pipeline.phase_schedule``). With ``--torch-pruning`` the Torch-Pruning
+package itself (its DependencyGraph and MetaPruner with the same importances) prunes
+the same baseline too. The results replace section (e) of benchmarks/RESULTS.md.
 """
 import argparse
 import copy
 import json
+import os
 import os.path as osp
 import sys
 
@@ -75,11 +77,53 @@ def prune_by_importance(model, kind, target):
     return fm.count(alive) / fm.full
 
 
+def torch_pruning_model(cfg, base: str, kind: str, target: float, input_size):
+    """The baseline pruned by the Torch-Pruning package itself (MetaPruner, uniform
+    ratio, its own DependencyGraph), the ratio bisected to ``target`` FLOPs as
+    counted by tp.utils.count_ops_and_params. Returns (detector, FLOPs ratio)."""
+    import torch.nn as nn
+    import torch_pruning as tp
+    from mmdet.registry import MODELS
+    from gdp_det.cli import load_state_dict
+
+    class TensorMode(nn.Module):  # what TP traces: image -> every head output
+        def __init__(self, det):
+            super().__init__()
+            self.det = det
+
+        def forward(self, x):
+            return [t for level in self.det._forward(x) for t in level]
+
+    def pruned(ratio):
+        det = MODELS.build(cfg.model)
+        det.load_state_dict(load_state_dict(base))
+        det.eval()
+        wrap, x = TensorMode(det), torch.randn(1, 3, *input_size)
+        full = tp.utils.count_ops_and_params(wrap, x)[0]
+        head = det.bbox_head
+        outputs = [m for n, m in head.named_children() if n in ('retina_cls', 'retina_reg',
+                                                                 'conv_cls', 'conv_reg')]
+        imp = {'l1': tp.importance.GroupMagnitudeImportance(p=1),
+               'l2': tp.importance.GroupMagnitudeImportance(p=2),
+               'bn': tp.importance.BNScaleImportance()}[kind]
+        tp.pruner.MetaPruner(wrap, x, importance=imp, pruning_ratio=ratio,
+                             ignored_layers=outputs).step()
+        return det, tp.utils.count_ops_and_params(wrap, x)[0] / full
+
+    lo, hi = 0.0, 0.9
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if pruned(mid)[1] > target else (lo, mid)
+    return pruned(hi)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument('--work-dir', required=True, help='a finished gdp_prune_pipeline run')
     p.add_argument('--epochs', type=int, help='fine-tune epochs (default: GDP + fine-tune)')
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
+    p.add_argument('--torch-pruning', action='store_true',
+                   help='also run the Torch-Pruning package itself (pip install torch-pruning)')
     args = p.parse_args(argv)
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -125,6 +169,28 @@ def main(argv=None):
             r = dict(mAP=ev['mAP'], ratio=rep['flops_ratio'])
             json.dump(r, open(done, 'w'))
         results.append((f'{label} + {epochs} ep fine-tune', r['mAP'], r['ratio']))
+    kinds = (('l1', 'GroupMagnitudeImportance(p=1)'), ('l2', 'GroupMagnitudeImportance(p=2)'),
+             ('bn', 'BNScaleImportance'))
+    for kind, label in kinds if args.torch_pruning else ():
+        out = osp.join(work, f'compare_tp_{kind}')
+        done = osp.join(out, 'result.json')
+        if osp.exists(done):
+            r = json.load(open(done))
+        else:
+            from mmengine.runner import Runner
+            det, ratio = torch_pruning_model(cfg, base, kind, target, run['input_size'])
+            fcfg = phase_schedule(copy.deepcopy(cfg), cfg, epochs, run.get('lr_factor', 0.1))
+            fcfg.work_dir, fcfg.load_from, fcfg.resume = out, None, False
+            runner = Runner.from_cfg(fcfg)
+            runner.model = det  # the TP-pruned module (no config can rebuild it)
+            runner.train()
+            metrics = runner.test()
+            key = next(k for k in metrics if k.endswith('mAP'))
+            r = dict(mAP=float(metrics[key]), ratio=ratio)
+            os.makedirs(out, exist_ok=True)
+            json.dump(r, open(done, 'w'))
+        results.append((f'Torch-Pruning 1.6 MetaPruner, {label} + {epochs} ep fine-tune',
+                        r['mAP'], r['ratio']))
     rows = [f'Toy VOC val mAP@0.5, RetinaNet R18-FPN; command: `python tools/benchmark_compare.py '
             f'--work-dir {args.work_dir}` after the pipeline run there. Criteria as '
             "Torch-Pruning's MagnitudeImportance / BNScaleImportance on the same channel groups, "
