@@ -92,3 +92,11 @@ def test_prune_cli_exits_2_and_writes_nothing(tmp_path, capsys):
     rc = prune_main([str(path), '--random-gates', '0.5', '--out-dir', str(out),
                      '--input-size', '64', '64', '--keep-unsupported', '--verify'])
     assert rc == 0 and (out / 'shuffle_pruned.pth').is_file()
+
+
+def test_analyze_groups_lists_unsupported_modules(tmp_path, capsys):
+    from tools.analyze_groups import main as analyze_main
+    path = tmp_path / 'shuffle.py'
+    config().dump(str(path))
+    assert analyze_main([str(path), '--input-size', '64', '64']) == 0
+    assert 'backbone: view that mixes the channel dim' in capsys.readouterr().out

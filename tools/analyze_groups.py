@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    model_cfg = gdp_model_cfg(cfg, args.input_size, args.exclude)
+    # analysis lists modules the tracer cannot follow instead of stopping at them
+    model_cfg = gdp_model_cfg(cfg, args.input_size, args.exclude, on_unsupported='keep')
     if 'init_cfg' in model_cfg['detector'].get('backbone', {}):
         model_cfg['detector']['backbone']['init_cfg'] = None
     model = MODELS.build(model_cfg)
@@ -39,6 +40,10 @@ def main(argv=None) -> int:
     print(graph.summary())
     print(f'FLOPs (MACs) at {model.gdp_trace_cfg["input_size"]}: {flops.full / 1e9:.3f} G')
     print('channels kept unpruned because of: ' + '; '.join(sorted(graph.fixed_reasons)))
+    if graph.unsupported:
+        print('modules the tracer cannot follow channels through (GDPDetector refuses them '
+              'unless excluded or on_unsupported="keep"): '
+              + '; '.join(f'{n}: {w}' for n, w in graph.unsupported.items()))
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(groups=[dict(name=g.name, channels=g.size,
@@ -47,6 +52,7 @@ def main(argv=None) -> int:
                                         batchnorms=sorted(g.norms),
                                         depthwise=sorted(g.carriers)) for g in graph.groups],
                            fixed_reasons=sorted(graph.fixed_reasons),
+                           unsupported=graph.unsupported,
                            flops=flops.full), f, indent=2)
     return 0
 
