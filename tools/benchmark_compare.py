@@ -179,15 +179,17 @@ def main(argv=None):
         else:
             from mmengine.runner import Runner
             det, ratio = torch_pruning_model(cfg, base, kind, target, run['input_size'])
+            os.makedirs(out, exist_ok=True)
+            weights = osp.join(out, 'tp_pruned.pth')  # loaded after the runner's init_weights
+            torch.save(dict(state_dict=det.state_dict()), weights)
             fcfg = phase_schedule(copy.deepcopy(cfg), cfg, epochs, run.get('lr_factor', 0.1))
-            fcfg.work_dir, fcfg.load_from, fcfg.resume = out, None, False
+            fcfg.work_dir, fcfg.load_from, fcfg.resume = out, weights, False
             runner = Runner.from_cfg(fcfg)
             runner.model = det  # the TP-pruned module (no config can rebuild it)
             runner.train()
             metrics = runner.test()
             key = next(k for k in metrics if k.endswith('mAP'))
             r = dict(mAP=float(metrics[key]), ratio=ratio)
-            os.makedirs(out, exist_ok=True)
             json.dump(r, open(done, 'w'))
         results.append((f'Torch-Pruning 1.6 MetaPruner, {label} + {epochs} ep fine-tune',
                         r['mAP'], r['ratio']))
