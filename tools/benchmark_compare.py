@@ -125,6 +125,13 @@ def main(argv=None):
     p.add_argument('--torch-pruning', action='store_true',
                    help='also run the Torch-Pruning package itself (pip install torch-pruning)')
     args = p.parse_args(argv)
+    if args.torch_pruning:
+        try:
+            import torch_pruning  # noqa: F401
+        except ImportError:
+            print('error: --torch-pruning needs the Torch-Pruning package: '
+                  '.venv/bin/pip install torch-pruning==1.6.1', file=sys.stderr)
+            return 2
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
@@ -203,4 +210,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
