@@ -281,6 +281,11 @@ class _Tracer(TorchFunctionMode):
             self.fix(atoms, f'{what} in {where} is not understood by the tracer')
         self.pending = []
 
+    def tie_rows(self, table: np.ndarray) -> None:
+        """Union every row of a 2-D atom table with its first row, elementwise: column
+        ``j`` becomes one channel (one gate)."""
+        self.uf.union_arrays(np.tile(table[0], len(table) - 1), table[1:].reshape(-1))
+
     def push(self, module, args) -> None:
         self.stack.append(self.names[module])
 
@@ -336,10 +341,8 @@ class _Tracer(TorchFunctionMode):
         elif groups > 1:
             # grouped convs (ResNeXt) stay balanced: channel j of every conv group is
             # tied to one gate, so each group keeps the same channels
-            for atoms in (in_atoms, out_atoms):
-                per_group = atoms.reshape(groups, -1)
-                for k in range(1, groups):
-                    self.uf.union_arrays(per_group[0], per_group[k])
+            self.tie_rows(in_atoms.reshape(groups, -1))
+            self.tie_rows(out_atoms.reshape(groups, -1))
         self.module_in(m, in_atoms)
         k = weight.shape[2] * weight.shape[3]
         spatial = x.shape[2] * x.shape[3] if transposed else out.shape[2] * out.shape[3]
@@ -380,10 +383,7 @@ class _Tracer(TorchFunctionMode):
                 # channels of a block are pruned together (one gate), so the other
                 # blocks' statistics do not change and num_groups follows
                 blocks = kwargs.get('num_groups', args[1] if len(args) > 1 else None)
-                size = len(lay.atoms) // blocks
-                for b in range(blocks):
-                    block = lay.atoms[b * size:(b + 1) * size]
-                    self.uf.union_arrays(block[:-1], block[1:])
+                self.tie_rows(lay.atoms.reshape(blocks, -1).T)
             prev = self.norm_atoms.get(owner)
             if prev is None:
                 self.norm_atoms[owner] = lay.atoms

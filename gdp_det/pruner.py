@@ -160,9 +160,12 @@ def slice_module(name: str, m: nn.Module, out_mask, in_mask) -> None:
     elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
         if out_mask is None:
             return
+        n = int(out_mask.sum())
         if isinstance(m, nn.GroupNorm):  # whole blocks go (the tracer ties them)
-            m.num_groups = int(out_mask.sum()) // (m.num_channels // m.num_groups)
-            m.num_channels = int(out_mask.sum())
+            m.num_groups = n // (m.num_channels // m.num_groups)
+            m.num_channels = n
+        else:
+            m.num_features = n
         for attr in ('weight', 'bias'):
             p = getattr(m, attr)
             if p is not None:
@@ -171,8 +174,6 @@ def slice_module(name: str, m: nn.Module, out_mask, in_mask) -> None:
             b = getattr(m, attr, None)
             if b is not None:
                 setattr(m, attr, _sel(b, out_mask, 0))
-        if not isinstance(m, nn.GroupNorm):
-            m.num_features = int(out_mask.sum())
     else:
         raise TypeError(f'GDP cannot prune {name} ({type(m).__name__}); '
                         f'exclude it with exclude=["{name}"]')

@@ -17,7 +17,6 @@ the same baseline too. The results replace section (e) of benchmarks/RESULTS.md.
 import argparse
 import copy
 import json
-import os
 import os.path as osp
 import sys
 
@@ -94,9 +93,11 @@ def torch_pruning_model(cfg, base: str, kind: str, target: float, input_size):
         def forward(self, x):
             return [t for level in self.det._forward(x) for t in level]
 
+    state = load_state_dict(base)
+
     def pruned(ratio):
         det = MODELS.build(cfg.model)
-        det.load_state_dict(load_state_dict(base))
+        det.load_state_dict(state)
         det.eval()
         wrap, x = TensorMode(det), torch.randn(1, 3, *input_size)
         full = tp.utils.count_ops_and_params(wrap, x)[0]
@@ -137,7 +138,7 @@ def main(argv=None):
     from mmengine.config import Config
     from gdp_det.api import prune_and_export
     from gdp_det.cli import gdp_model_cfg, load_state_dict
-    from gdp_det.pipeline import evaluate, phase_schedule, train
+    from gdp_det.pipeline import evaluate, phase_schedule, stage, train
     from gdp_det.report import update_sections
     register_all_modules()
     work = osp.abspath(args.work_dir)
@@ -153,51 +154,47 @@ def main(argv=None):
     cfg = load_config(run['config'])
     results = [('baseline', rows['baseline']['mAP'], 1.0), (gdp_row['model'], gdp_row['mAP'],
                                                             target)]
-    for kind, label in (('l1', 'L1 magnitude'), ('l2', 'L2 magnitude'), ('bn', 'BN scale')):
+    lr_factor = run.get('lr_factor', 0.1)
+
+    def ours(kind):
         out = osp.join(work, f'compare_{kind}')
-        done = osp.join(out, 'result.json')
-        if osp.exists(done):
-            r = json.load(open(done))
-        else:
-            mcfg = copy.deepcopy(cfg)
-            mcfg.model = gdp_model_cfg(cfg)
-            mcfg.model['input_size'] = tuple(run['input_size'])
-            model = MODELS.build(mcfg.model)
-            model.load_state_dict(load_state_dict(base), strict=False)
-            ratio = prune_by_importance(model, kind, target)
-            _, rep, paths = prune_and_export(mcfg, model, osp.join(out, 'export'), name=kind,
-                                             force=True)
-            # the same fine-tune schedule as the pipeline's GDP and fine-tune phases
-            fcfg = phase_schedule(Config.fromfile(paths[0]), cfg, epochs,
-                                  run.get('lr_factor', 0.1))
-            fcfg.load_from = paths[1]
-            ckpt = train(fcfg, osp.join(out, 'finetune'))
-            ev = evaluate(fcfg, ckpt, osp.join(out, 'eval'))
-            r = dict(mAP=ev['mAP'], ratio=rep['flops_ratio'])
-            json.dump(r, open(done, 'w'))
+        mcfg = copy.deepcopy(cfg)
+        mcfg.model = gdp_model_cfg(cfg)
+        mcfg.model['input_size'] = tuple(run['input_size'])
+        model = MODELS.build(mcfg.model)
+        model.load_state_dict(load_state_dict(base), strict=False)
+        prune_by_importance(model, kind, target)
+        _, rep, paths = prune_and_export(mcfg, model, osp.join(out, 'export'), name=kind,
+                                         force=True)
+        # the same fine-tune schedule as the pipeline's GDP and fine-tune phases
+        fcfg = phase_schedule(Config.fromfile(paths[0]), cfg, epochs, lr_factor)
+        fcfg.load_from = paths[1]
+        ckpt = train(fcfg, osp.join(out, 'finetune'))
+        ev = evaluate(fcfg, ckpt, osp.join(out, 'eval'))
+        return dict(mAP=ev['mAP'], ratio=rep['flops_ratio'])
+
+    def theirs(kind):
+        from mmengine.runner import Runner
+        out = osp.join(work, f'compare_tp_{kind}')
+        det, ratio = torch_pruning_model(cfg, base, kind, target, run['input_size'])
+        weights = osp.join(out, 'tp_pruned.pth')  # loaded after the runner's init_weights
+        torch.save(dict(state_dict=det.state_dict()), weights)
+        fcfg = phase_schedule(copy.deepcopy(cfg), cfg, epochs, lr_factor)
+        fcfg.work_dir, fcfg.load_from, fcfg.resume = out, weights, False
+        runner = Runner.from_cfg(fcfg)
+        runner.model = det  # the TP-pruned module (no config can rebuild it)
+        runner.train()
+        metrics = runner.test()
+        key = next(k for k in metrics if k.endswith('mAP'))
+        return dict(mAP=float(metrics[key]), ratio=ratio)
+
+    for kind, label in (('l1', 'L1 magnitude'), ('l2', 'L2 magnitude'), ('bn', 'BN scale')):
+        r = stage(work, f'compare_{kind}', lambda: ours(kind))
         results.append((f'{label} + {epochs} ep fine-tune', r['mAP'], r['ratio']))
     kinds = (('l1', 'GroupMagnitudeImportance(p=1)'), ('l2', 'GroupMagnitudeImportance(p=2)'),
              ('bn', 'BNScaleImportance'))
     for kind, label in kinds if args.torch_pruning else ():
-        out = osp.join(work, f'compare_tp_{kind}')
-        done = osp.join(out, 'result.json')
-        if osp.exists(done):
-            r = json.load(open(done))
-        else:
-            from mmengine.runner import Runner
-            det, ratio = torch_pruning_model(cfg, base, kind, target, run['input_size'])
-            os.makedirs(out, exist_ok=True)
-            weights = osp.join(out, 'tp_pruned.pth')  # loaded after the runner's init_weights
-            torch.save(dict(state_dict=det.state_dict()), weights)
-            fcfg = phase_schedule(copy.deepcopy(cfg), cfg, epochs, run.get('lr_factor', 0.1))
-            fcfg.work_dir, fcfg.load_from, fcfg.resume = out, weights, False
-            runner = Runner.from_cfg(fcfg)
-            runner.model = det  # the TP-pruned module (no config can rebuild it)
-            runner.train()
-            metrics = runner.test()
-            key = next(k for k in metrics if k.endswith('mAP'))
-            r = dict(mAP=float(metrics[key]), ratio=ratio)
-            json.dump(r, open(done, 'w'))
+        r = stage(work, f'compare_tp_{kind}', lambda: theirs(kind))
         results.append((f'Torch-Pruning 1.6 MetaPruner, {label} + {epochs} ep fine-tune',
                         r['mAP'], r['ratio']))
     rows = [f'Toy VOC val mAP@0.5, RetinaNet R18-FPN; command: `python tools/benchmark_compare.py '
