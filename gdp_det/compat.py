@@ -1,6 +1,11 @@
-"""Compatibility of mmengine 0.10.7 / mmdet 3.3.0 with the pinned stack.
+"""Compatibility patches for mmengine 0.10.x / mmdet 3.3.x on recent torch/setuptools.
 
-Imported by ``gdp_det/__init__.py``; every patch here is idempotent.
+Nothing is patched on import: :func:`apply` (idempotent) applies every patch and is
+called by the entry points that need them: the tools (checkpoints, ``mmdet::`` configs,
+VOC evaluation), ``GDPDetector``'s build (so a config with ``custom_imports`` gets them
+before any checkpoint is loaded) and the tests' ``conftest.py``. Each patch has a test
+in ``tests/test_compat.py`` that shows the upstream problem without the patch; when
+that test fails, upstream is fixed and the patch can go.
 
 1. ``torch.load`` defaults to ``weights_only=True`` since torch 2.6, and
    mmengine 0.10.7 calls it without the argument (``CheckpointLoader``,
@@ -20,13 +25,14 @@ Imported by ``gdp_det/__init__.py``; every patch here is idempotent.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import os.path as osp
 from typing import List
 
-__all__ = ['mmengine_safe_globals', 'register_safe_globals', 'patch_all']
+__all__ = ['apply', 'mmengine_safe_globals', 'register_safe_globals']
 
 
 # ----------------------------------------------------------------------------
@@ -163,6 +169,8 @@ def get_installed_path(package: str) -> str:
 
 
 def patch_package_utils() -> None:
+    """Use the ``importlib.metadata`` lookups above in mmengine when ``pkg_resources``
+    cannot be imported."""
     try:
         import pkg_resources  # noqa: F401
         return
@@ -203,11 +211,12 @@ def patch_voc_metric_class_names() -> None:
     except ImportError:  # pragma: no cover - mmdet missing or broken
         return
     cls = voc_metric.VOCMetric
-    if getattr(cls.compute_metrics, '_gdp_det_patched', False):
+    if hasattr(cls.compute_metrics, '__wrapped__'):
         return
     orig_compute = cls.compute_metrics
     voc_classes = tuple(get_classes('voc'))
 
+    @functools.wraps(orig_compute)  # keeps the original as ``__wrapped__``
     def compute_metrics(self, results):
         classes = tuple(self.dataset_meta.get('classes', ()) or ())
         if (self.dataset_meta.get('dataset_type') not in ('VOC2007',
@@ -227,15 +236,18 @@ def patch_voc_metric_class_names() -> None:
         finally:
             voc_metric.eval_map = orig_eval_map
 
-    compute_metrics._gdp_det_patched = True  # type: ignore[attr-defined]
-    compute_metrics.__doc__ = orig_compute.__doc__
     cls.compute_metrics = compute_metrics
 
 
-def patch_all() -> None:
+_applied = False
+
+
+def apply() -> None:
+    """Apply every patch of this module; later calls do nothing."""
+    global _applied
+    if _applied:
+        return
     register_safe_globals()
     patch_package_utils()
     patch_voc_metric_class_names()
-
-
-patch_all()
+    _applied = True

@@ -125,6 +125,8 @@ def build_gdp_detector(detector: dict, input_size: Sequence[int] = (512, 512),
                        on_unsupported: str = 'error') -> nn.Module:
     """Registered as ``GDPDetector``: build ``detector`` and attach GDP gates."""
     from mmdet.registry import MODELS
+    from .compat import apply as apply_compat
+    apply_compat()  # torch.load of mmengine checkpoints, VOCMetric labels (see compat.py)
     model = MODELS.build(detector)
     return attach_gates(model, tuple(input_size), exclude, num_proposals, normalize, eps,
                         on_unsupported)

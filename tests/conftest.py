@@ -11,7 +11,8 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-import gdp_det  # noqa: F401,E402  (registries, torch.load compatibility)
+import gdp_det  # noqa: E402  (registries)
+gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
 from gdp_det.toy_voc import make_toy_voc  # noqa: E402
 
 CONFIG_DIR = osp.join(REPO, 'configs', 'toy')

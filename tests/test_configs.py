@@ -106,7 +106,7 @@ def test_safe_globals_registered_once():
     import torch.serialization as ts
     before = len(ts.get_safe_globals())
     compat.register_safe_globals()
-    compat.patch_all()
+    compat.apply()
     assert len(ts.get_safe_globals()) == before
     names = {
         g[1] if isinstance(g, tuple) else f'{g.__module__}.{g.__qualname__}'

@@ -9,7 +9,8 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import gdp_det  # noqa: E402,F401
+import gdp_det  # noqa: E402
+gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
 from gdp_det.cli import DictAction, UserError, gdp_model_cfg, load_config  # noqa: E402
 
 

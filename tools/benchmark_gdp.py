@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import gdp_det  # noqa: E402,F401
+import gdp_det  # noqa: E402
+gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
 from gdp_det.cli import gdp_model_cfg, load_config  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

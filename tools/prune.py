@@ -15,7 +15,8 @@ import sys
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import gdp_det  # noqa: E402,F401
+import gdp_det  # noqa: E402
+gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
 from gdp_det.cli import (DictAction, UserError, check_state_dict, gdp_model_cfg,  # noqa: E402
                          load_config, load_state_dict)
 

@@ -11,7 +11,8 @@ import sys
 # make the repository importable when the package is not installed
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-import gdp_det  # noqa: F401,E402
+import gdp_det  # noqa: E402
+gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
 from gdp_det.cli import UserError, check_checkpoint_for_model  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
