@@ -113,10 +113,12 @@ def trained(toy_data, tmp_path_factory):
                 first_iters=list(PROBE['iters']))
 
 
+@pytest.mark.slow
 def test_first_run_iterations(trained):
     assert trained['first_iters'] == list(range(1, ITERS_PER_EPOCH + 1))
 
 
+@pytest.mark.slow
 def test_torch_load_default_args(trained):
     ckpt = torch.load(trained['ckpt'])  # weights_only=True by default
     assert set(ckpt) >= {
@@ -205,6 +207,7 @@ def test_meta_objects_roundtrip(tmp_path):
     assert back['buf'].max() == 6.0
 
 
+@pytest.mark.slow
 def test_mmengine_load_checkpoint(trained):
     from mmengine.config import Config
     from mmengine.runner import load_checkpoint
@@ -224,6 +227,7 @@ def test_mmengine_load_checkpoint(trained):
         assert torch.equal(own[k], v), k
 
 
+@pytest.mark.slow
 def test_resume_continues(trained):
     """``tools/train.py --resume`` picks the last checkpoint, starts at its
     iteration with its optimizer and scheduler state, and trains on."""
@@ -258,6 +262,7 @@ def test_resume_continues(trained):
     assert sum(moved) > 0.5 * len(moved)
 
 
+@pytest.mark.slow
 def test_resume_from_path(trained, tmp_path):
     """``--resume PATH`` resumes from that file into another work dir."""
     PROBE.clear()
@@ -270,6 +275,7 @@ def test_resume_from_path(trained, tmp_path):
     assert osp.isfile(tmp_path / 'other' / 'epoch_2.pth')
 
 
+@pytest.mark.slow
 def test_tools_test_dumps_predictions(trained, toy_data, tmp_path):
     out = tmp_path / 'preds.pkl'
     assert _run_tool('test.py', [
@@ -286,6 +292,7 @@ def test_tools_test_dumps_predictions(trained, toy_data, tmp_path):
         assert p['pred_instances']['bboxes'].shape[-1] == 4
 
 
+@pytest.mark.slow
 def test_gdp_checkpoint_with_a_plain_config_is_refused(trained, tmp_path, capsys):
     """The reverse of a plain checkpoint given to tools/prune.py: a GDP-trained
     checkpoint (with gates) would silently lose its gates in a plain detector."""
@@ -302,6 +309,7 @@ def test_gdp_checkpoint_with_a_plain_config_is_refused(trained, tmp_path, capsys
     assert not list((tmp_path / 'ft').glob('*.pth'))
 
 
+@pytest.mark.slow
 def test_tools_test_refuses_a_mismatching_checkpoint(trained, tmp_path, capsys):
     """mmengine would skip a weight of another shape with a warning and test a
     partly random model; tools/test.py names the weight and stops."""
@@ -315,6 +323,7 @@ def test_tools_test_refuses_a_mismatching_checkpoint(trained, tmp_path, capsys):
     assert rc == 2 and key in err and 'does not match the config' in err
 
 
+@pytest.mark.slow
 def test_faster_rcnn_trains_and_saves(toy_data, tmp_path):
     """The Faster R-CNN config trains an epoch (4 iterations), evaluates with
     VOCMetric, and its checkpoint loads with weights_only=True."""

@@ -8,6 +8,7 @@ from mmdet.registry import MODELS
 from conftest import REPO
 from gdp_det.cli import load_config
 
+pytestmark = pytest.mark.slow  # R50 builds traced at 800x1333
 CONFIGS = sorted(glob.glob(osp.join(REPO, 'configs', 'gdp', '*.py')))
 
 

@@ -33,6 +33,7 @@ def reference_flops(model):
 @pytest.mark.parametrize('name', ['retinanet/retinanet_r50_fpn_1x_coco.py',
                                   'yolox/yolox_s_8xb8-300e_coco.py',
                                   'ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py'])
+@pytest.mark.slow
 def test_full_and_pruned_flops_match_flop_analyzer(name):
     cfg = load_config(f'mmdet::{name}')
     cfg.model.backbone.init_cfg = None
@@ -52,6 +53,7 @@ def test_full_and_pruned_flops_match_flop_analyzer(name):
     assert abs(predicted - actual) / actual < 0.01
 
 
+@pytest.mark.slow
 def test_channel_weights_are_the_linearised_cost():
     cfg = load_config('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
     cfg.model.backbone.init_cfg = None

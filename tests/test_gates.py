@@ -27,6 +27,7 @@ def test_gate_function_polarizes():
     assert float(x.grad) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('eps', [1.0, 1e-2])
 def test_inserting_gates_keeps_outputs(eps):
     cfg = load_config('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')
@@ -42,6 +43,7 @@ def test_inserting_gates_keeps_outputs(eps):
     assert max_output_difference(plain, gated, (224, 224)) > 1e-3
 
 
+@pytest.mark.slow
 def test_kernel_gating_equals_input_gating(monkeypatch):
     """Convs are gated through their kernel (cheaper); outputs and gate gradients
     must equal those of gating the input activation."""

@@ -36,6 +36,7 @@ def retinanet_graph():
     return trace_detector(build('retinanet/retinanet_r50_fpn_1x_coco.py'), (256, 256))
 
 
+@pytest.mark.slow
 def test_residual_stream_and_fpn_lateral_share_a_group(retinanet_graph):
     g = group_with(retinanet_graph, 'backbone.layer2.0.conv3')
     # every block's last conv and the downsample conv write the same stream
@@ -48,6 +49,7 @@ def test_residual_stream_and_fpn_lateral_share_a_group(retinanet_graph):
     assert {'backbone.layer3.0.conv1', 'backbone.layer3.0.downsample.0'} <= set(g.consumers)
 
 
+@pytest.mark.slow
 def test_fpn_levels_and_shared_head_are_one_group(retinanet_graph):
     # the lateral outputs are joined by the top-down adds: one group over all levels
     lat = group_with(retinanet_graph, 'neck.lateral_convs.0.conv')
@@ -65,6 +67,7 @@ def test_fpn_levels_and_shared_head_are_one_group(retinanet_graph):
     assert 'neck.fpn_convs.3.conv' in c5.consumers
 
 
+@pytest.mark.slow
 def test_outputs_and_image_channels_are_fixed(retinanet_graph):
     producers = {n for g in retinanet_graph.groups for n in g.producers}
     assert 'bbox_head.retina_cls' not in producers
@@ -73,6 +76,7 @@ def test_outputs_and_image_channels_are_fixed(retinanet_graph):
     assert 'backbone.conv1' not in stem.consumers  # the image's 3 channels are fixed
 
 
+@pytest.mark.slow
 def test_faster_rcnn_roi_fcs_read_c_x_7_x_7():
     graph = trace_detector(build('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'), (256, 256))
     g = group_with(graph, 'neck.fpn_convs.0.conv')
@@ -112,6 +116,7 @@ def test_depthwise_convs_carry_their_input_group():
             assert name not in g.consumers  # depthwise convs get no gate of their own
 
 
+@pytest.mark.slow
 def test_groupnorm_blocks_share_one_gate():
     """GroupNorm (FCOS head: 32 groups of 8 channels) is pruned by whole blocks: the
     8 channels of a block are one group channel, so the other blocks' statistics
@@ -125,6 +130,7 @@ def test_groupnorm_blocks_share_one_gate():
     assert not any('group_norm' in r for r in graph.fixed_reasons)
 
 
+@pytest.mark.slow
 def test_exclude_keeps_a_part_unpruned():
     model = build('retinanet/retinanet_r50_fpn_1x_coco.py')
     graph = trace_detector(model, (256, 256), exclude=['bbox_head'])

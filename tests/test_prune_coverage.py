@@ -70,6 +70,7 @@ def test_other_random_gate_patterns_are_lossless(name, seed, share, tmp_path):
     assert report['flops_ratio'] < (0.6 if share == 0.9 else 0.95)
 
 
+@pytest.mark.slow
 def test_export_loads_in_plain_mmdet_and_detects(tmp_path):
     """init_detector + inference_detector on the exported files match the gated model."""
     import numpy as np
@@ -101,6 +102,7 @@ def test_export_loads_in_plain_mmdet_and_detects(tmp_path):
     assert float(dist.amin(1).max()) < 1e-2 and float(dist.amin(0).max()) < 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('group', ['neck.fpn_convs.0.conv', 'neck.lateral_convs.0.conv'])
 def test_pruning_one_fpn_group_keeps_the_other(group, tmp_path):
     """FPN lateral and output convs share mmdet's ``out_channels`` but are different

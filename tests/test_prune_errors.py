@@ -26,6 +26,7 @@ def test_needs_checkpoint_or_random_gates(tmp_path, capsys):
     assert rc == 2 and '--random-gates' in err
 
 
+@pytest.mark.slow
 def test_plain_and_mismatching_checkpoints_are_refused(tmp_path, capsys):
     from mmdet.registry import MODELS
     from gdp_det.cli import load_config
@@ -46,6 +47,7 @@ def test_plain_and_mismatching_checkpoints_are_refused(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_existing_export_is_kept_unless_force(tmp_path, capsys):
     args = [CFG, '--random-gates', '0.5', '--out-dir', str(tmp_path)] + SMALL
     assert run(args, capsys)[0] == 0
@@ -57,6 +59,7 @@ def test_existing_export_is_kept_unless_force(tmp_path, capsys):
     assert run(args + ['--force'], capsys)[0] == 0
 
 
+@pytest.mark.slow
 def test_crash_mid_export_leaves_previous_export(tmp_path, capsys, monkeypatch):
     args = [CFG, '--random-gates', '0.5', '--out-dir', str(tmp_path), '--force'] + SMALL
     assert run(args, capsys)[0] == 0

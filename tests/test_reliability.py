@@ -166,6 +166,7 @@ def test_normalized_gate_gradient_lets_the_task_loss_rank_channels():
     assert torch.allclose(finals[0], finals[1], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_hook_memory_does_not_grow_per_iteration():
     """500 GDP iterations of the hook on a real detector's gates (gradients given,
     no forward): process RSS at iteration 500 within 5 % of iteration 50, and the
