@@ -4,16 +4,26 @@ PY := .venv/bin/python
 DATA ?= data/toyvoc
 DEMO_DIR ?= work_dirs/demo
 
-.PHONY: setup test demo
+.PHONY: setup test test-fast demo
 
 setup:
 	bash tools/setup_env.sh
 
 # pytest exits 5 when it collected no tests: that is a failure here too.
-test: setup
-	@rc=0; $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+define pytest
+	@rc=0; $(PY) -m pytest -q $(1) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make $@: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
+endef
+
+# Everything (CI).
+test: setup
+	$(call pytest,)
+
+# The edit-test loop: every module, without the tests marked slow (training runs,
+# R50-class builds, pipelines); under 3 minutes on 2 cores.
+test-fast: setup
+	$(call pytest,-m "not slow")
 
 # The main job on the bundled toy data: baseline -> GDP to 50 % FLOPs -> lossless
 # prune/export -> fine-tune -> evaluation -> work_dirs/demo/report.md (+ plots).

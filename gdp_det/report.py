@@ -14,11 +14,6 @@ import re
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def update_sections(path: str, sections: List[Tuple[str, List[str]]],
                     head: Optional[List[str]] = None) -> str:
@@ -52,7 +47,20 @@ def atomic_write(path: str, text: str) -> None:
         raise
 
 
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported on first use: matplotlib is the
+    optional ``report`` extra (``pip install gdp-det[report]``)."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError('plots need matplotlib: pip install "gdp-det[report]"') from e
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def plot_gate_histograms(report: dict, path: str) -> None:
+    plt = _pyplot()
     snaps, bins = report['snapshots'], report['hist_bins']
     n = len(snaps)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), sharey=True, squeeze=False)
@@ -73,6 +81,7 @@ def plot_gate_histograms(report: dict, path: str) -> None:
 
 
 def plot_flops_ratio(report: dict, path: str) -> None:
+    plt = _pyplot()
     hist = report['history']
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([h[0] for h in hist], [h[1] for h in hist], label='FLOPs ratio (exact, L0)')
@@ -87,6 +96,7 @@ def plot_flops_ratio(report: dict, path: str) -> None:
 
 
 def plot_layer_widths(report: dict, path: str) -> None:
+    plt = _pyplot()
     widths = report['layer_widths']
     names = list(widths)
     fig, ax = plt.subplots(figsize=(max(8, 0.12 * len(names)), 4))
