@@ -1,0 +1,343 @@
+#!/usr/bin/env python
+"""GDP on a CUDA card: training-step overhead, host syncs, prune/export/verify.
+
+    python tools/gpu_check.py [--device cuda] [--size 800 1333] [--repeats 20]
+                              [--out benchmarks/RESULTS.md] [--json benchmarks/gpu_check.json]
+
+On RetinaNet R50-FPN (``mmdet::retinanet/retinanet_r50_fpn_1x_coco.py``, random init) at
+H x W, batch 2, with mmengine's ``AmpOptimWrapper`` (fp16):
+
+(a) training-iteration time of the plain detector and of its GDP version with its
+    ``GDPHook`` (a tiny mmengine ``Runner`` each, driven iteration by iteration,
+    interleaved; medians): the overhead ratio GDP / plain;
+(b) host syncs: the gated tensor-mode forward + backward under
+    ``torch.cuda.set_sync_debug_mode('error')`` (the plain detector as the control),
+    and the syncs per whole training iteration in ``'warn'`` mode, GDP minus plain (the
+    gates' and the hook's share, with the source lines that caused them);
+(c) random gates (half of each group, ``--seed``), prune + export + verify with
+    ``gdp_det.api.prune_and_export``, then the export rebuilt from disk on the device
+    and compared with the gated model there (fp32, TF32 off).
+
+Results: a JSON file and the ``(g) GPU check`` section of ``--out``. Without CUDA (or
+with ``--device cpu``) it runs in CPU mode: bf16 autocast, 256x256 unless ``--size``
+is given, and (b) skipped (``cuda_parts_skipped: true``).
+"""
+import argparse
+import contextlib
+import json
+import os.path as osp
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections import Counter
+
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+import gdp_det  # noqa: E402
+gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
+from gdp_det.cli import gdp_model_cfg, load_config  # noqa: E402
+
+CONFIG = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
+SECTION = '(g) GPU check: RetinaNet R50-FPN GDP training step, host syncs, prune on the device'
+SYNC_MSG = 'synchronizing CUDA operation'
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', choices=('cuda', 'cpu'),
+                   default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
+                   help='input size (default: 800 1333 on CUDA, 256 256 on CPU)')
+    p.add_argument('--batch', type=int, default=2)
+    p.add_argument('--repeats', type=int, help='timed iterations per model (default: 20 '
+                   'on CUDA, 3 on CPU)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the random gates in (c)')
+    p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'),
+                   help='markdown file that gets the "(g) GPU check" section')
+    p.add_argument('--json', help='JSON results (default: gpu_check.json beside --out)')
+    args = p.parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        p.error('--device cuda: CUDA is not available (use --device cpu)')
+    cuda = args.device == 'cuda'
+    args.size = tuple(args.size or ((800, 1333) if cuda else (256, 256)))
+    args.repeats = args.repeats or (20 if cuda else 3)
+    args.json = args.json or osp.join(osp.dirname(osp.abspath(args.out)), 'gpu_check.json')
+    return args
+
+
+# -- a tiny Runner per model ----------------------------------------------------------
+def synthetic_batch(size, batch: int, num_classes: int, seed: int = 0) -> dict:
+    """A collated mmdet batch: uint8 images and four random boxes per image."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    gen = torch.Generator().manual_seed(seed)
+    h, w = size
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8))
+        s = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                        scale_factor=(1., 1.)))
+        half = torch.tensor([w / 2, h / 2])
+        xy = torch.rand(4, 2, generator=gen) * half
+        wh = torch.rand(4, 2, generator=gen) * half + 16
+        s.gt_instances = InstanceData(bboxes=torch.cat([xy, xy + wh], 1),
+                                      labels=torch.randint(0, num_classes, (4,), generator=gen))
+        samples.append(s)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def _setup_only_loop():
+    from mmengine.runner import IterBasedTrainLoop
+
+    class SetupOnlyLoop(IterBasedTrainLoop):
+        """``Runner.train()`` with this loop sets training up (optimizer, ``before_train``
+        of every hook) and returns; the caller then drives ``run_iter`` itself."""
+
+        def run(self):
+            self.runner.call_hook('before_train')
+            self.runner.call_hook('before_train_epoch')
+            return self.runner.model
+    return SetupOnlyLoop
+
+
+def _cpu_amp_wrapper():
+    from mmengine.optim import OptimWrapper
+
+    class CPUAmpOptimWrapper(OptimWrapper):
+        """``OptimWrapper`` whose forward runs under CPU bf16 autocast (mmengine's
+        ``AmpOptimWrapper`` refuses to start without an accelerator)."""
+
+        @contextlib.contextmanager
+        def optim_context(self, model):
+            with super().optim_context(model), torch.autocast('cpu', dtype=torch.bfloat16):
+                yield
+    return CPUAmpOptimWrapper
+
+
+def build_runner(model_cfg: dict, name: str, work_dir: str, batch: dict, device: str,
+                 max_iters: int, gdp: bool):
+    """A ``Runner`` with SGD, AMP and (``gdp``) the R50 configs' ``GDPHook``, set up
+    and ready for ``runner.train_loop.run_iter(batch)``."""
+    from mmengine.dataset import pseudo_collate
+    from mmengine.runner import Runner
+    from torch.utils.data import DataLoader
+    items = [dict(inputs=i, data_samples=s) for i, s in zip(batch['inputs'],
+                                                             batch['data_samples'])]
+    sgd = dict(type='SGD', lr=0.001, momentum=0.9, weight_decay=1e-4)
+    optim = (dict(type='AmpOptimWrapper', dtype='float16', optimizer=sgd) if device == 'cuda'
+             else dict(type=_cpu_amp_wrapper(), optimizer=sgd))
+    hooks = [dict(type='GDPHook', flops_target=0.5, min_channels=8, channel_divisor=8,
+                  export=False, log_interval=10**6, num_snapshots=2)] if gdp else []
+    runner = Runner(
+        model=model_cfg, work_dir=work_dir, experiment_name=name,
+        train_dataloader=DataLoader(items, batch_size=len(items), collate_fn=pseudo_collate),
+        train_cfg=dict(type=_setup_only_loop(), max_iters=max_iters),
+        optim_wrapper=optim, custom_hooks=hooks, default_scope='mmdet',
+        default_hooks=dict(logger=None, checkpoint=None), log_level='WARNING',
+        randomness=dict(seed=0))
+    runner.model.to(device)  # Runner puts it on CUDA whenever there is one
+    runner.train()
+    return runner
+
+
+def _sync(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def timed_iter(runner, batch: dict, device: str) -> float:
+    """Seconds of one training iteration: hooks, data preprocessing, forward, backward,
+    optimizer step."""
+    runner.model.train()
+    _sync(device)
+    t = time.perf_counter()
+    runner.train_loop.run_iter(batch)
+    _sync(device)
+    return time.perf_counter() - t
+
+
+# -- (b) host syncs ----------------------------------------------------------------------
+def _where(filename: str, lineno: int) -> str:
+    for mark in ('site-packages/', REPO + '/'):
+        if mark in filename:
+            filename = filename.split(mark, 1)[1]
+    return f'{filename}:{lineno}'
+
+
+def tensor_mode_sync(model, batch: dict, dtype) -> dict:
+    """Tensor-mode forward + backward (backbone, neck, head: no loss, no assigner) under
+    ``set_sync_debug_mode('error')``; the first synchronizing call is reported."""
+    from torch.utils._pytree import tree_leaves
+    model.train()
+    data = model.data_preprocessor(batch, True)  # the host-to-device copy is outside
+
+    def fwd_bwd():
+        with torch.autocast('cuda', dtype=dtype):
+            outs = model(data['inputs'], data['data_samples'], mode='tensor')
+        sum(t.float().sum() for t in tree_leaves(outs) if torch.is_tensor(t)).backward()
+
+    fwd_bwd()  # warm-up
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        fwd_bwd()
+    except RuntimeError as e:
+        if SYNC_MSG not in str(e):
+            raise
+        frames = traceback.extract_tb(e.__traceback__)[-3:]
+        return dict(sync_free=False, where=[f'{_where(f.filename, f.lineno)} {f.line}'
+                                            for f in frames])
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+        model.zero_grad(set_to_none=True)
+    return dict(sync_free=True, where=[])
+
+
+def iteration_syncs(runner, batch: dict) -> Counter:
+    """Source lines of every synchronizing CUDA call in one training iteration."""
+    runner.model.train()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            runner.train_loop.run_iter(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    return Counter(_where(w.filename, w.lineno) for w in rec if SYNC_MSG in str(w.message))
+
+
+# -- (c) prune on the device --------------------------------------------------------------
+@contextlib.contextmanager
+def no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def prune_on_device(cfg, gated, size, seed: int, out_dir: str, device: str) -> dict:
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    from gdp_det.api import max_output_difference, prune_and_export
+    from tools.prune import randomize_gates
+    randomize_gates(gated.gdp_gates, 0.5, seed)
+    t = time.perf_counter()
+    _, report, paths = prune_and_export(cfg, gated, out_dir, name='retinanet_gpu_check',
+                                        min_channels=8, channel_divisor=8, force=True)
+    seconds = time.perf_counter() - t
+    exported = MODELS.build(Config.fromfile(paths[0]).model)
+    exported.load_state_dict(torch.load(paths[1], map_location='cpu',
+                                        weights_only=True)['state_dict'])
+    with no_tf32():
+        device_diff = max_output_difference(gated.to(device), exported.to(device), size)
+    return dict(seed=seed, flops_ratio=report['flops_ratio'],
+                params_ratio=report['params_ratio'], seconds=seconds, verify_max_rel_diff=report['max_rel_output_diff'],
+                device_max_rel_diff=device_diff)
+
+
+# -- the check ------------------------------------------------------------------------
+def run_check(args) -> dict:
+    from mmdet.utils import register_all_modules
+
+    from gdp_det.detector import unwrap
+    register_all_modules()
+    cuda = args.device == 'cuda'
+    cfg = load_config(CONFIG)
+    cfg.model.backbone.init_cfg = None  # random init: no pretrained download
+    plain_cfg = cfg.model.to_dict()
+    cfg.model = gdp_model_cfg(cfg, args.size)
+    batch = synthetic_batch(args.size, args.batch, plain_cfg['bbox_head']['num_classes'])
+    warmup = 3 if cuda else 1
+    max_iters = warmup + args.repeats + 10  # the hook's schedule spans every timed iteration
+    res = dict(device=args.device, size=list(args.size), batch=args.batch,
+               repeats=args.repeats, torch=torch.__version__, cuda_parts_skipped=not cuda,
+               device_name=(torch.cuda.get_device_name() if cuda else 'CPU'),
+               amp='float16, AmpOptimWrapper' if cuda else 'bfloat16, CPU autocast',
+               date=time.strftime('%Y-%m-%d'))
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = dict(
+            plain=build_runner(plain_cfg, 'gpu_check_plain', osp.join(tmp, 'plain'), batch,
+                               args.device, max_iters, gdp=False),
+            gdp=build_runner(cfg.model, 'gpu_check_gdp', osp.join(tmp, 'gdp'), batch,
+                             args.device, max_iters, gdp=True))
+        times = {k: [] for k in runners}
+        for i in range(warmup + args.repeats):
+            for k, r in runners.items():  # interleaved: both see the same machine state
+                t = timed_iter(r, batch, args.device)
+                if i >= warmup:
+                    times[k].append(t)
+        plain_t, gdp_t = (statistics.median(times[k]) for k in ('plain', 'gdp'))
+        res.update(step_plain_s=plain_t, step_gdp_s=gdp_t, overhead_ratio=gdp_t / plain_t)
+        models = {k: unwrap(r.model) for k, r in runners.items()}
+        if cuda:
+            sites = {k: iteration_syncs(r, batch) for k, r in runners.items()}
+            extra = sites['gdp'] - sites['plain']
+            res['sync'] = dict(
+                tensor_mode_gdp=tensor_mode_sync(models['gdp'], batch, torch.float16),
+                tensor_mode_plain=tensor_mode_sync(models['plain'], batch, torch.float16),
+                iteration_syncs_plain=sum(sites['plain'].values()),
+                iteration_syncs_gdp=sum(sites['gdp'].values()),
+                extra_sync_sites=dict(extra.most_common()))
+        else:
+            res['sync'] = None
+        res['prune'] = prune_on_device(cfg, models['gdp'], args.size, args.seed,
+                                       osp.join(tmp, 'export'), args.device)
+    return res
+
+
+def markdown(res: dict, argv) -> list:
+    s, p = res['sync'], res['prune']
+    h, w = res['size']
+    rows = ['| | |', '|---|---|',
+            f"| device | {res['device_name']} (torch {res['torch']}) |",
+            f"| input, batch, AMP | {h}x{w}, {res['batch']}, {res['amp']} |",
+            f"| plain training iteration (ms, median of {res['repeats']}) | "
+            f"{1000 * res['step_plain_s']:.1f} |",
+            f"| GDP training iteration incl. GDPHook (ms) | {1000 * res['step_gdp_s']:.1f} |",
+            f"| overhead GDP / plain | {res['overhead_ratio']:.3f} "
+            f"({100 * (res['overhead_ratio'] - 1):+.1f} %) |"]
+    if s is None:
+        rows.append('| host syncs | not checked (no CUDA) |')
+    else:
+        for k in ('gdp', 'plain'):
+            t = s[f'tensor_mode_{k}']
+            rows.append(f"| host sync in the {k} tensor-mode forward + backward | "
+                        f"{'none' if t['sync_free'] else 'yes: ' + '; '.join(t['where'])} |")
+        sites = ', '.join(f'{n}x {k}' for k, n in s['extra_sync_sites'].items()) or 'none'
+        rows.append(f"| syncs per training iteration, plain / GDP | "
+                    f"{s['iteration_syncs_plain']} / {s['iteration_syncs_gdp']} (GDP's own: "
+                    f"{sites}) |")
+    rows += [f"| prune + export + verify, random gates (seed {p['seed']}) | "
+             f"{p['seconds']:.1f} s, FLOPs ratio {p['flops_ratio']:.3f}, params ratio "
+             f"{p['params_ratio']:.3f} |",
+             f"| max relative output difference: verify (CPU) / export reloaded on "
+             f"{res['device']} | {p['verify_max_rel_diff']:.1e} / "
+             f"{p['device_max_rel_diff']:.1e} |",
+             '', f"Command: `python tools/gpu_check.py {' '.join(argv)}` ({res['date']})."]
+    return rows
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    res = run_check(args)
+    from gdp_det.report import atomic_write, update_sections
+    atomic_write(args.json, json.dumps(res, indent=2) + '\n')
+    update_sections(args.out, [(SECTION, markdown(res, argv))])
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
