@@ -73,6 +73,8 @@ def _write_mmdet_fields(cfg: dict, shapes: Dict[str, dict]) -> None:
         if s is not None:
             in_ch[i] = s['in_channels']
     neck['in_channels'] = type(neck['in_channels'])(in_ch)
+    if not isinstance(neck.get('out_channels'), int):  # per-level widths (YOLOv3's neck)
+        return
     # FPN-style necks build lateral and output convs from one ``out_channels``, but
     # they are different channel groups: write it only when every one agrees.
     outs = {shapes.get(n, {}).get('out_channels', neck.get('out_channels'))
