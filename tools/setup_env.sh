@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # Create .venv/ and install the pinned stack (torch, mmengine, mmcv with compiled ops, mmdet)
 # plus gdp_det in editable mode. Idempotent: a second run only checks a stamp and exits.
+# The exact versions live in requirements/constraints.txt (every pip call here uses it
+# through -c); pyproject.toml declares only the ranges gdp-det supports.
 # The mmcv wheel is built once from its sdist and cached under $GDP_CACHE (default
 # ~/.cache/gdp_det), keyed by mmcv, torch and Python versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TORCH=2.14.1
-TORCHVISION=0.29.1
-MMENGINE=0.10.7
-MMDET=3.3.0
-MMCV=2.1.0
+CONSTRAINTS=requirements/constraints.txt
+pin() { sed -n "s/^$1==\([^ #]*\).*/\1/p" "$CONSTRAINTS"; }
+TORCH=$(pin torch)
+MMCV=$(pin mmcv)
+[[ -n "$TORCH" && -n "$MMCV" ]] || { echo "setup_env.sh: $CONSTRAINTS must pin torch and mmcv" >&2; exit 1; }
 VENV=${GDP_VENV:-.venv}
 CACHE=${GDP_CACHE:-$HOME/.cache/gdp_det}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.gdp_det_installed"
-# The stamp records what was installed; any change to this script or to pyproject.toml
-# invalidates it.
-WANT=$(cat "$0" pyproject.toml | sha256sum | cut -c1-16)
+# The stamp records what was installed; any change to this script, the constraints or
+# pyproject.toml invalidates it.
+WANT=$(cat "$0" "$CONSTRAINTS" pyproject.toml | sha256sum | cut -c1-16)
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   exit 0
@@ -38,10 +40,9 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PIP=("$VENV/bin/python" -m pip install -q)
 "${PIP[@]}" --upgrade pip wheel || fail "pip/wheel upgrade"
-echo "[setup] torch $TORCH, torchvision $TORCHVISION"
-"${PIP[@]}" "torch==$TORCH" "torchvision==$TORCHVISION" || fail "torch install"
-echo "[setup] mmengine $MMENGINE, mmdet $MMDET"
-"${PIP[@]}" "mmengine==$MMENGINE" "mmdet==$MMDET" || fail "mmengine/mmdet install"
+echo "[setup] torch, torchvision, mmengine, mmdet as pinned in $CONSTRAINTS"
+"${PIP[@]}" -c "$CONSTRAINTS" torch torchvision || fail "torch install"
+"${PIP[@]}" -c "$CONSTRAINTS" mmengine mmdet || fail "mmengine/mmdet install"
 
 PYVER=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 WHEELDIR="$CACHE/wheels/mmcv-$MMCV-torch$TORCH-$PYVER-$(uname -m)"
@@ -53,7 +54,7 @@ if ! "$VENV/bin/python" -c "import mmcv, sys; from mmcv.ops import nms, RoIAlign
     # mmcv's setup.py imports pkg_resources (setuptools < 70) and needs the installed torch.
     "${PIP[@]}" "setuptools<70" || fail "setuptools<70 for the mmcv build"
     "$VENV/bin/python" -m pip download -q --no-deps --no-build-isolation --no-binary :all: \
-      "mmcv==$MMCV" -d "$BUILD" || fail "downloading the mmcv $MMCV sdist"
+      -c "$CONSTRAINTS" mmcv -d "$BUILD" || fail "downloading the mmcv $MMCV sdist"
     tar -xzf "$BUILD"/mmcv-$MMCV.tar.gz -C "$BUILD" || fail "unpacking the mmcv sdist"
     # torch 2.14 headers require C++20; mmcv's setup.py asks for C++17.
     sed -i 's/c++17/c++20/g' "$BUILD/mmcv-$MMCV/setup.py"
@@ -72,8 +73,8 @@ fi
 # torch declares setuptools>=77; put it back after the mmcv build. <81 still ships
 # pkg_resources, which mmengine uses to resolve `mmdet::` configs.
 "${PIP[@]}" "setuptools>=77,<81" || fail "restoring setuptools"
-echo "[setup] gdp_det (editable) and test dependencies"
-"${PIP[@]}" -e ".[test]" || fail "installing gdp_det"
+echo "[setup] gdp_det (editable) with its test and report extras"
+"${PIP[@]}" -c "$CONSTRAINTS" -e ".[test,report]" || fail "installing gdp_det"
 "$VENV/bin/python" -c "import mmcv, mmdet, mmengine, gdp_det; from mmcv.ops import nms, RoIAlign" \
   || fail "import check of mmcv/mmdet/mmengine/gdp_det"
 echo "$WANT" > "$STAMP"
