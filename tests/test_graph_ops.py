@@ -80,6 +80,8 @@ class Op(nn.Module):
             return VisibleFunction.apply(x)
         if self.kind == 'hidden':
             return self.mix(x)
+        if self.kind == 'expand':  # (N, C, 1, 1) -> (N, C, H, W), as mmdet's ASPP
+            return x.mean((2, 3), keepdim=True).expand_as(x)
         if self.kind == 'T':  # (N, C) -> (C, N) -> (N, C)
             return x.mean((2, 3)).T.T
         return x.flatten(2).mT  # (N, C, H*W) -> (N, H*W, C)
@@ -150,8 +152,8 @@ def test_unknown_function_named_fn_is_not_channel_preserving():
     assert 'c1.0' in producers(graph) and 'c2' in consumers(graph)
 
 
-@pytest.mark.parametrize('kind', ['data', 'T', 'mT', 'visible'])
-def test_tensor_attributes_and_visible_functions_keep_tracking(kind):
+@pytest.mark.parametrize('kind', ['data', 'T', 'mT', 'visible', 'expand'])
+def test_attributes_expand_and_visible_functions_keep_tracking(kind):
     x = torch.randn(2, 3, 16, 16)
     graph, ref, out, pruned = pruned_twin(Net(kind), x)
     assert not graph.unsupported
@@ -179,3 +181,14 @@ def test_compiled_function_in_a_non_leaf_module_is_named_and_kept():
     assert 'c2' in producers(graph) and 'c2' not in consumers(graph)
     assert torch.allclose(ref, out, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
     assert HiddenFunction.__dict__['forward'] is forward  # the watch is undone
+
+
+def test_conv_that_calls_f_conv2d_itself_is_recorded_as_that_module():
+    """mmcv's Conv2dAdaptivePadding pads, then calls F.conv2d from its own forward."""
+    from mmcv.cnn.bricks import Conv2dAdaptivePadding
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                        Conv2dAdaptivePadding(8, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 3, 1))
+    graph = trace_channel_graph(net, lambda m: m(torch.randn(1, 3, 15, 15)))
+    assert [c.name for c in graph.calls] == ['0', '2', '4']
+    assert set(graph.group_by_name('0').consumers) == {'2'}
+    assert set(graph.group_by_name('2').consumers) == {'4'}
