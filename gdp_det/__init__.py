@@ -6,6 +6,15 @@ Importing the package registers ``GDPDetector``, ``GDPPrunedModule`` (MODELS) an
 nothing: the compatibility patches of :mod:`gdp_det.compat` are applied by
 ``compat.apply()``, which the tools and ``GDPDetector``'s build call.
 """
+import warnings
+
+# mmengine 0.10.7's is_installed (mmengine.utils.package_utils) imports and reloads
+# pkg_resources whenever a config's _base_ names `mmdet::...`, and setuptools >= 67.5
+# warns on that import that pkg_resources is deprecated: mmengine's to fix, not ours
+# or the user's, yet it opened every tool run. Filtered here, before anything imports it.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                        category=UserWarning)
+
 from . import compat  # noqa: F401  (gdp_det.compat.apply() for entry points)
 from . import registry  # noqa: F401
 

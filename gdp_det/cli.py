@@ -1,16 +1,131 @@
-"""Shared pieces of the command-line tools: loading configs and checkpoints."""
+"""Shared pieces of the command-line tools: the error boundary every tool runs
+behind (:func:`tool_main`, :class:`ArgumentParser`), loading configs, checkpoints
+and JSON files."""
 from __future__ import annotations
 
+import argparse
+import functools
+import inspect
+import json
 import os
 import os.path as osp
-from typing import Optional, Sequence
+import sys
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config, DictAction  # noqa: F401  (re-exported for tools)
 
 
 class UserError(Exception):
-    """A problem with the user's input; the message says what to do."""
+    """A problem with the user's input; the message says what is wrong and what to do.
+
+    ``exit_code`` is the status the tool ends with (2 unless given).
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` of every tool: adds ``--debug`` (show the traceback
+    of a failure) and turns a usage error into a :class:`UserError`, so that
+    :func:`tool_main` ends it with one line like any other bad input."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument('--debug', action='store_true',
+                          help='on failure, show the traceback instead of one line')
+
+    def error(self, message: str):
+        raise UserError(f'{message} (see {self.prog} --help)')
+
+
+def _one_line(text: str, first_only: bool) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return (lines[0] if first_only else '; '.join(lines)) if lines else ''
+
+
+def describe_error(e: BaseException) -> Tuple[str, int]:
+    """``(message, exit code)`` of a tool's failure: what is wrong and, in
+    parentheses, how to fix it. Exceptions of no known kind are unexpected: their
+    type and first line, exit code 1."""
+    from .detector import UnsupportedModuleError  # its message names the way out
+    if isinstance(e, UserError):
+        return _one_line(str(e), first_only=False), e.exit_code
+    if isinstance(e, SyntaxError):  # mmengine: 'There are syntax errors in config file X: ...'
+        return f'{_one_line(str(e), True)} (fix the Python syntax of that file)', 2
+    if isinstance(e, KeyError) and 'registry' in str(e.args[0] if e.args else ''):
+        what = str(e.args[0]).split(' Please check')[0].rstrip('.')
+        return (f'{what} (check the type name in the config; a type from another package '
+                "needs custom_imports = dict(imports=['package']))"), 2
+    if isinstance(e, OSError):
+        what = (f'{e.strerror}: {e.filename}' if e.strerror and e.filename
+                else _one_line(str(e), True))
+        fix = {FileNotFoundError: 'check the path', PermissionError: 'choose a path you may '
+               'read or write', IsADirectoryError: 'give a file, not a directory',
+               NotADirectoryError: 'a part of the path is a file'}.get(type(e))
+        return (f'{what} ({fix})' if fix else what), 2
+    if isinstance(e, UnsupportedModuleError):
+        return _one_line(str(e), True), 2
+    if isinstance(e, ImportError):
+        return (f'{_one_line(str(e), True)} (install the package, or fix custom_imports in '
+                'the config)'), 2
+    if isinstance(e, ValueError):
+        return _one_line(str(e), True), 2
+    from mmengine.config.utils import ConfigParsingError
+    if isinstance(e, ConfigParsingError):
+        return f'{_one_line(str(e), True)} (fix the config)', 2
+    return (f'unexpected {type(e).__name__}: {_one_line(str(e), True)} (rerun with --debug '
+            'for the traceback)'), 1
+
+
+def tool_main(main: Callable[..., Optional[int]]) -> Callable[..., int]:
+    """The error boundary of a tool: wraps ``main(argv=None)`` so that any failure
+    ends with one line ``<tool>: error: <what> (<how to fix>)`` on stderr and a
+    non-zero return value (:func:`describe_error`); with ``--debug`` in ``argv``
+    the exception propagates with its traceback. Tools end with
+    ``sys.exit(main())``."""
+    prog = osp.basename(inspect.getsourcefile(main) or 'tool')
+
+    @functools.wraps(main)
+    def run(argv: Optional[Sequence[str]] = None) -> int:
+        args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        try:
+            return main(argv) or 0
+        except KeyboardInterrupt:
+            print(f'{prog}: interrupted', file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001  (this is the boundary)
+            if '--debug' in args:
+                raise
+            message, code = describe_error(e)
+            print(f'{prog}: error: {message}', file=sys.stderr)
+            return code
+    return run
+
+
+def load_json(path: str, what: str = 'JSON file'):
+    """``json.load`` of ``path`` with errors that name the file."""
+    if not osp.isfile(path):
+        raise UserError(f'{what} not found: {path}')
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise UserError(f'{what} {path} is not valid JSON: {e} (it was cut short or edited; '
+                        'write it again)') from e
+
+
+def check_writable_dir(path: str, what: str = 'output directory') -> None:
+    """Refuse, before any work, an output directory that cannot be created or written."""
+    parent = osp.abspath(path)
+    while not osp.exists(parent):  # the part of the path that exists
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f'{what} {path} cannot be written ({parent} is '
+                        f'{"not a directory" if not osp.isdir(parent) else "read-only"}; '
+                        'choose another path)')
 
 
 def mmdet_config_path(name: str) -> str:
@@ -24,10 +139,17 @@ def mmdet_config_path(name: str) -> str:
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     path = mmdet_config_path(path)
     if not osp.isfile(path):
-        raise UserError(f'config file not found: {path}')
+        raise UserError(f'config file not found: {path} (check the path; mmdet\'s own '
+                        'configs are mmdet::FOLDER/NAME.py)')
     if not os.access(path, os.R_OK):
-        raise UserError(f'config file is not readable: {path}')
-    cfg = Config.fromfile(path)
+        raise UserError(f'config file is not readable: {path} (check its permissions)')
+    try:
+        cfg = Config.fromfile(path)
+    except SyntaxError as e:  # mmengine's first ast.parse names neither file nor line
+        if e.lineno is None:  # mmengine's own message names the file
+            raise
+        raise UserError(f'config file {path} has a Python syntax error at line {e.lineno}: '
+                        f'{e.msg} (fix the file)') from e
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
@@ -50,11 +172,12 @@ def gdp_model_cfg(cfg: Config, input_size: Optional[Sequence[int]] = None,
 
 def load_state_dict(path: str) -> dict:
     if not osp.isfile(path):
-        raise UserError(f'checkpoint not found: {path}')
+        raise UserError(f'checkpoint not found: {path} (check the path)')
     try:
         ckpt = torch.load(path, map_location='cpu')
     except Exception as e:  # corrupt or not a torch file
-        raise UserError(f'cannot read checkpoint {path}: {e}') from e
+        raise UserError(f'cannot read checkpoint {path}: {_one_line(str(e), True)} (the file '
+                        'is damaged or not a torch checkpoint)') from e
     return ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
 
 

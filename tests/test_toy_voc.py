@@ -204,10 +204,12 @@ def test_cli(tmp_path):
         '--seed', '1', '--coco', '--img-size', '96'
     ]
     try:
-        runpy.run_path(
-            osp.join(REPO, 'tools', 'make_toy_voc.py'), run_name='__main__')
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(
+                osp.join(REPO, 'tools', 'make_toy_voc.py'), run_name='__main__')
     finally:
         sys.argv = argv
+    assert done.value.code == 0
     voc = osp.join(out, 'VOC2007')
     assert len(os.listdir(osp.join(voc, 'JPEGImages'))) == 7
     with open(osp.join(out, 'annotations', 'instances_test.json')) as f:

@@ -3,7 +3,6 @@
 
     python tools/analyze_groups.py CONFIG [--input-size H W] [--json OUT]
 """
-import argparse
 import json
 import os.path as osp
 import sys
@@ -11,11 +10,13 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
-from gdp_det.cli import DictAction, UserError, gdp_model_cfg, load_config  # noqa: E402
+from gdp_det.cli import (ArgumentParser, DictAction, check_writable_dir,  # noqa: E402
+                         gdp_model_cfg, load_config, tool_main)
 
 
+@tool_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument('config')
     p.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'))
     p.add_argument('--exclude', nargs='*', default=[])
@@ -26,20 +27,18 @@ def main(argv=None) -> int:
     from mmdet.utils import register_all_modules
     from gdp_det.flops import FlopsModel
     register_all_modules()
-    try:
-        cfg = load_config(args.config, args.cfg_options)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.cfg_options)
+    if args.json:
+        check_writable_dir(osp.dirname(args.json) or '.', 'directory of --json')
     # analysis lists modules the tracer cannot follow instead of stopping at them
     model_cfg = gdp_model_cfg(cfg, args.input_size, args.exclude, on_unsupported='keep')
     if 'init_cfg' in model_cfg['detector'].get('backbone', {}):
         model_cfg['detector']['backbone']['init_cfg'] = None
     model = MODELS.build(model_cfg)
-    graph = model.gdp_graph
+    graph = model.gdp_gates.graph
     flops = FlopsModel(graph)
     print(graph.summary())
-    print(f'FLOPs (MACs) at {model.gdp_trace_cfg["input_size"]}: {flops.full / 1e9:.3f} G')
+    print(f'FLOPs (MACs) at {model.gdp_gates.trace.input_size}: {flops.full / 1e9:.3f} G')
     print('channels kept unpruned because of: ' + '; '.join(sorted(graph.fixed_reasons)))
     if graph.unsupported:
         print('modules the tracer cannot follow channels through (GDPDetector refuses them '

@@ -14,9 +14,7 @@ as many epochs as GDP trained (GDP phase + fine-tune), on the same schedule
 package itself (its DependencyGraph and MetaPruner with the same importances) prunes
 the same baseline too. The results replace section (e) of benchmarks/RESULTS.md.
 """
-import argparse
 import copy
-import json
 import os.path as osp
 import sys
 
@@ -26,7 +24,8 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
-from gdp_det.cli import load_config  # noqa: E402
+from gdp_det.cli import (ArgumentParser, UserError, check_writable_dir, load_config,  # noqa: E402,E501
+                         load_json, tool_main)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '(e) Accuracy at equal FLOPs: GDP vs magnitude and BN-scale pruning'
@@ -57,7 +56,7 @@ def importance(model, group, kind):
 def prune_by_importance(model, kind, target):
     """Gates 1/0 keeping the same share of each group, chosen by importance."""
     from gdp_det.flops import FlopsModel
-    graph = model.gdp_graph
+    graph = model.gdp_gates.graph
     fm = FlopsModel(graph)
     orders = [torch.argsort(importance(model, g, kind), descending=True) for g in graph.groups]
 
@@ -119,8 +118,9 @@ def torch_pruning_model(cfg, base: str, kind: str, target: float, input_size):
     return pruned(hi)
 
 
+@tool_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument('--work-dir', required=True, help='a finished gdp_prune_pipeline run')
     p.add_argument('--epochs', type=int, help='fine-tune epochs (default: GDP + fine-tune)')
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
@@ -131,9 +131,9 @@ def main(argv=None):
         try:
             import torch_pruning  # noqa: F401
         except ImportError:
-            print('error: --torch-pruning needs the Torch-Pruning package: '
-                  '.venv/bin/pip install torch-pruning==1.6.1', file=sys.stderr)
-            return 2
+            raise UserError('--torch-pruning needs the Torch-Pruning package '
+                            '(.venv/bin/pip install torch-pruning==1.6.1)')
+    check_writable_dir(osp.dirname(osp.abspath(args.out)), 'directory of --out')
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
@@ -143,10 +143,11 @@ def main(argv=None):
     from gdp_det.report import update_sections
     register_all_modules()
     work = osp.abspath(args.work_dir)
-    run = json.load(open(osp.join(work, 'pipeline.json')))
-    base = run.get('baseline_checkpoint') or json.load(
-        open(osp.join(work, 'baseline', 'stage_done.json')))['checkpoint']
-    report = json.load(open(osp.join(work, 'report.json')))
+    what = 'of a finished tools/gdp_prune_pipeline.py run (--work-dir)'
+    run = load_json(osp.join(work, 'pipeline.json'), f'pipeline.json {what}')
+    base = run.get('baseline_checkpoint') or load_json(
+        osp.join(work, 'baseline', 'stage_done.json'), f'baseline stage {what}')['checkpoint']
+    report = load_json(osp.join(work, 'report.json'), f'report.json {what}')
     rows = {r['model']: r for r in report['rows']}
     gdp_row = next((r for k, r in rows.items() if k.startswith('GDP pruned +')),
                    rows['GDP pruned (no fine-tune)'])

@@ -9,7 +9,6 @@
     ratios 0.7 / 0.5 / 0.3 (uniform widths, with and without channel_divisor=8);
 (d) ONNX export of a pruned model: onnxruntime vs PyTorch difference and latency.
 """
-import argparse
 import copy
 import os
 import os.path as osp
@@ -25,7 +24,8 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
-from gdp_det.cli import gdp_model_cfg, load_config  # noqa: E402
+from gdp_det.cli import (ArgumentParser, check_writable_dir, gdp_model_cfg,  # noqa: E402
+                         load_config, tool_main)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -53,7 +53,7 @@ def median_time(fn, repeats):
 def uniform_gates(model, target, divisor=1):
     """Gates keeping the same share of every group, at the FLOPs target."""
     from gdp_det.flops import FlopsModel
-    graph = model.gdp_graph
+    graph = model.gdp_gates.graph
     fm = FlopsModel(graph)
 
     def alive_for(share):
@@ -152,7 +152,7 @@ def bench_latency(size, repeats, targets):
                  'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'):
         cfg, gated = build(f'mmdet::{name}', size)
         from gdp_det.flops import FlopsModel
-        full = FlopsModel(gated.gdp_graph).full
+        full = FlopsModel(gated.gdp_gates.graph).full
         _, plain = build(f'mmdet::{name}', size, gated=False)
         base = median_time(tensor_forward(plain.eval(), size), repeats)
         short = name.split('/')[1].split('_1x')[0]
@@ -208,13 +208,15 @@ def bench_onnx(size, repeats):
             f'{1000 * t_ort:.0f} | {1000 * t_pt:.0f} |']
 
 
+@tool_main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
     p.add_argument('--quick', action='store_true', help='fewer repeats (smoke run)')
     p.add_argument('--only', nargs='+', choices='abcd', default=list('abcd'),
                    help='run only these sections; the file keeps the others')
     args = p.parse_args(argv)
+    check_writable_dir(osp.dirname(osp.abspath(args.out)), 'directory of --out')
     from mmdet.utils import register_all_modules
     register_all_modules()
     torch.manual_seed(0)
@@ -239,4 +241,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

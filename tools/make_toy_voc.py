@@ -6,18 +6,18 @@ Example::
     python tools/make_toy_voc.py --out data/toyvoc --num-train 480 \
         --num-val 120 --seed 0 --coco
 """
-import argparse
 import os.path as osp
 import sys
 import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from gdp_det.cli import ArgumentParser, check_writable_dir, tool_main  # noqa: E402
 from gdp_det.toy_voc import TOY_CLASSES, make_toy_voc  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description='Write a toy VOC-format detection dataset '
         f'(classes: {", ".join(TOY_CLASSES)})')
     parser.add_argument('--out', required=True, help='output root directory')
@@ -34,11 +34,18 @@ def parse_args(argv=None):
     parser.add_argument('--coco', action='store_true',
                         help='also write annotations/instances_{trainval,test}'
                         '.json in COCO format')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name, low in (('num_train', 1), ('num_val', 1), ('img_size', 64), ('max_objects', 1)):
+        if getattr(args, name) < low:
+            parser.error(f'--{name.replace("_", "-")} must be at least {low}, '
+                         f'got {getattr(args, name)}')
+    return args
 
 
+@tool_main
 def main(argv=None):
     args = parse_args(argv)
+    check_writable_dir(args.out)
     t0 = time.time()
     summary = make_toy_voc(
         args.out,
@@ -55,4 +62,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -6,12 +6,11 @@
 Accepts a GDP training work dir (reads ``pruned/prune_report.json``), a pipeline
 work dir (reads ``gdp/pruned/prune_report.json``) or a ``prune_report.json``.
 """
-import argparse
-import json
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from gdp_det.cli import ArgumentParser, UserError, check_writable_dir, load_json, tool_main  # noqa: E402,E501
 
 
 def find_report(path: str) -> str:
@@ -20,24 +19,22 @@ def find_report(path: str) -> str:
                  osp.join(path, 'gdp', 'pruned', 'prune_report.json')):
         if osp.isfile(cand):
             return cand
-    raise FileNotFoundError(f'no prune_report.json under {path}: give a GDP work dir '
-                            '(with pruned/), a pipeline work dir or the report itself')
+    raise UserError(f'no prune_report.json under {path} (give a GDP work dir with pruned/, '
+                    'a pipeline work dir or the report itself)')
 
 
+@tool_main
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument('path')
     p.add_argument('--out-dir', help='default: next to the report')
     args = p.parse_args(argv)
     from gdp_det.report import plot_run
-    try:
-        report_path = find_report(args.path)
-    except FileNotFoundError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    with open(report_path) as f:
-        report = json.load(f)
-    for path in plot_run(report, args.out_dir or osp.dirname(report_path)):
+    report_path = find_report(args.path)
+    report = load_json(report_path, 'prune report')
+    out_dir = args.out_dir or osp.dirname(report_path)
+    check_writable_dir(out_dir)
+    for path in plot_run(report, out_dir):
         print(f'wrote {path}')
     return 0
 

@@ -17,12 +17,13 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
-from gdp_det.cli import (DictAction, UserError, check_state_dict, gdp_model_cfg,  # noqa: E402
-                         load_config, load_state_dict)
+from gdp_det.cli import (ArgumentParser, DictAction, UserError, check_state_dict,  # noqa: E402
+                         check_writable_dir, gdp_model_cfg, load_config, load_state_dict,
+                         tool_main)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('config', help='GDP training config (or any mmdet config)')
     p.add_argument('checkpoint', nargs='?', help='checkpoint written by GDP training')
     p.add_argument('--out-dir', required=True, help='directory for the export')
@@ -58,43 +59,42 @@ def randomize_gates(gates, share: float, seed: int) -> None:
         gates.a.copy_(a)
 
 
+@tool_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from gdp_det.api import prune_and_export
-    from gdp_det.export import ExportExistsError, check_out_dir
+    from gdp_det.export import check_out_dir
     register_all_modules(init_default_scope=True)
+    if args.checkpoint is None and args.random_gates is None:
+        raise UserError('give a CHECKPOINT from GDP training, or --random-gates P')
+    if args.random_gates is not None and not 0 <= args.random_gates < 1:
+        raise UserError('--random-gates must be in [0, 1)')
+    cfg = load_config(args.config, args.cfg_options)
+    name = osp.splitext(osp.basename(args.config))[0]
+    check_writable_dir(args.out_dir)
+    check_out_dir(args.out_dir, name, args.force)
+    if args.checkpoint:
+        state = load_state_dict(args.checkpoint)
+    cfg.model = gdp_model_cfg(cfg, args.input_size, args.exclude,
+                              'keep' if args.keep_unsupported else None)
+    if args.checkpoint is None and 'init_cfg' in cfg.model['detector'].get('backbone', {}):
+        cfg.model['detector']['backbone']['init_cfg'] = None  # no download for a check
+    model = MODELS.build(cfg.model)
+    if args.checkpoint:
+        check_state_dict(model, state, args.checkpoint, need_gates=args.random_gates is None)
+        model.load_state_dict(state, strict=False)
+    if args.random_gates is not None:
+        randomize_gates(model.gdp_gates, args.random_gates, args.seed)
     try:
-        if args.checkpoint is None and args.random_gates is None:
-            raise UserError('give a CHECKPOINT from GDP training, or --random-gates P')
-        if args.random_gates is not None and not 0 <= args.random_gates < 1:
-            raise UserError('--random-gates must be in [0, 1)')
-        cfg = load_config(args.config, args.cfg_options)
-        name = osp.splitext(osp.basename(args.config))[0]
-        check_out_dir(args.out_dir, name, args.force)
-        cfg.model = gdp_model_cfg(cfg, args.input_size, args.exclude,
-                                  'keep' if args.keep_unsupported else None)
-        if args.checkpoint is None and 'init_cfg' in cfg.model['detector'].get('backbone', {}):
-            cfg.model['detector']['backbone']['init_cfg'] = None  # no download for a check
-        model = MODELS.build(cfg.model)
-        if args.checkpoint:
-            state = load_state_dict(args.checkpoint)
-            check_state_dict(model, state, args.checkpoint, need_gates=args.random_gates is None)
-            model.load_state_dict(state, strict=False)
-        if args.random_gates is not None:
-            randomize_gates(model.gdp_gates, args.random_gates, args.seed)
         _, report, paths = prune_and_export(
             cfg, model, args.out_dir, name=name, min_channels=args.min_channels,
             channel_divisor=args.channel_divisor, force=args.force, verify=args.verify,
             tolerance=args.tolerance)
-    except (UserError, ExportExistsError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
     except RuntimeError as e:
         if 'verification failed' in str(e):
-            print(f'error: {e}', file=sys.stderr)
-            return 3
+            raise UserError(str(e), exit_code=3) from e
         raise
     summary = {k: report[k] for k in ('flops_ratio', 'params_ratio', 'flops_before',
                                       'flops_after', 'params_before', 'params_after')}

@@ -2,7 +2,6 @@
 # Adapted from mmdetection 3.3.0 tools/test.py (Apache-2.0): same CLI and
 # behaviour, plus ``import gdp_det`` so that the project's registries and the
 # torch.load compatibility layer (gdp_det.compat) are in place.
-import argparse
 import os
 import os.path as osp
 import sys
@@ -14,9 +13,10 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
-from gdp_det.cli import UserError, check_checkpoint_for_model  # noqa: E402
+from gdp_det.cli import (ArgumentParser, UserError, check_checkpoint_for_model,  # noqa: E402
+                         load_config, tool_main)
 from mmengine import ConfigDict  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from mmdet.engine.hooks.utils import trigger_visualization_hook  # noqa: E402
@@ -26,8 +26,8 @@ from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 
 
 # TODO: support fuse_conv_bn and format_only
-def parse_args():
-    parser = argparse.ArgumentParser(
+def parse_args(argv=None):
+    parser = ArgumentParser(
         description='MMDet test (and eval) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -67,21 +67,22 @@ def parse_args():
     # will pass the `--local-rank` parameter to `tools/train.py` instead
     # of `--local_rank`.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
 
-def main():
-    args = parse_args()
+@tool_main
+def main(argv=None):
+    args = parse_args(argv)
 
     # Reduce the number of repeated compilations and improve
     # testing speed.
     setup_cache_size_limit_of_dynamo()
 
     # load config
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -95,6 +96,9 @@ def main():
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
 
+    if not args.checkpoint.startswith(('http://', 'https://')) and \
+            not osp.isfile(args.checkpoint):
+        raise UserError(f'checkpoint not found: {args.checkpoint} (check the path)')
     cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:
@@ -143,16 +147,13 @@ def main():
         # build customized runner from the registry
         # if 'runner_type' is set in the cfg
         runner = RUNNERS.build(cfg)
-    try:  # mmengine would test a partly loaded model with only a warning
-        check_checkpoint_for_model(runner.model, cfg.load_from)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    # mmengine would test a partly loaded model with only a warning
+    check_checkpoint_for_model(runner.model, cfg.load_from)
 
     # add `DumpResults` dummy metric
     if args.out is not None:
-        assert args.out.endswith(('.pkl', '.pickle')), \
-            'The dump file must be a pkl file.'
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise UserError('The dump file must be a pkl file.')
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))
 

@@ -2,7 +2,6 @@
 # Adapted from mmdetection 3.3.0 tools/train.py (Apache-2.0): same CLI and
 # behaviour, plus ``import gdp_det`` so that the project's registries and the
 # torch.load compatibility layer (gdp_det.compat) are in place.
-import argparse
 import logging
 import os
 import os.path as osp
@@ -13,8 +12,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
-from gdp_det.cli import UserError, check_checkpoint_for_model  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
+from gdp_det.cli import (ArgumentParser, UserError, check_checkpoint_for_model,  # noqa: E402
+                         load_config, tool_main)
+from mmengine.config import DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -22,8 +22,8 @@ from mmengine.runner import Runner  # noqa: E402
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description='Train a detector')
+def parse_args(argv=None):
+    parser = ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument(
@@ -62,22 +62,23 @@ def parse_args():
     # will pass the `--local-rank` parameter to `tools/train.py` instead
     # of `--local_rank`.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
 
     return args
 
 
-def main():
-    args = parse_args()
+@tool_main
+def main(argv=None):
+    args = parse_args(argv)
 
     # Reduce the number of repeated compilations and improve
     # training speed.
     setup_cache_size_limit_of_dynamo()
 
     # load config
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -100,9 +101,10 @@ def main():
                 logger='current',
                 level=logging.WARNING)
         else:
-            assert optim_wrapper == 'OptimWrapper', (
-                '`--amp` is only supported when the optimizer wrapper type is '
-                f'`OptimWrapper` but got {optim_wrapper}.')
+            if optim_wrapper != 'OptimWrapper':
+                raise UserError(
+                    '`--amp` is only supported when the optimizer wrapper type is '
+                    f'`OptimWrapper` but got {optim_wrapper}.')
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
 
@@ -113,7 +115,7 @@ def main():
                 'base_batch_size' in cfg.auto_scale_lr:
             cfg.auto_scale_lr.enable = True
         else:
-            raise RuntimeError('Can not find "auto_scale_lr" or '
+            raise UserError('Can not find "auto_scale_lr" or '
                                '"auto_scale_lr.enable" or '
                                '"auto_scale_lr.base_batch_size" in your'
                                ' configuration file.')
@@ -135,11 +137,8 @@ def main():
         # if 'runner_type' is set in the cfg
         runner = RUNNERS.build(cfg)
     if not cfg.get('resume'):
-        try:  # fine-tuning may load a checkpoint in part, but never drop GDP gates
-            check_checkpoint_for_model(runner.model, cfg.get('load_from'), full=False)
-        except UserError as e:
-            print(f'error: {e}', file=sys.stderr)
-            return 2
+        # fine-tuning may load a checkpoint in part, but never drop GDP gates
+        check_checkpoint_for_model(runner.model, cfg.get('load_from'), full=False)
 
     # start training
     runner.train()
