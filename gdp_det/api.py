@@ -40,6 +40,61 @@ def max_output_difference(model_a: nn.Module, model_b: nn.Module,
     return worst
 
 
+def _score_thresholds(model: nn.Module):
+    """Every ``score_thr`` in the test configs of ``model``'s heads: (cfg, key) pairs."""
+    for m in model.modules():
+        cfg = getattr(m, 'test_cfg', None)
+        for c in (cfg, (cfg or {}).get('rcnn') if hasattr(cfg, 'get') else None):
+            if hasattr(c, 'get') and c.get('score_thr') is not None:
+                yield c
+
+
+@torch.no_grad()
+def max_prediction_difference(model_a: nn.Module, model_b: nn.Module,
+                              input_size: Tuple[int, int], seed: int = 0) -> dict:
+    """Predict-mode (after NMS) results of two detectors on one fixed input.
+
+    Score thresholds are set to 0 for the comparison (randomly initialised heads
+    score below mmdet's thresholds). Detections are matched order-free: near-tied
+    scores may come in another order. Returns ``num_dets`` (of ``model_a``),
+    ``count_diff`` and ``max_diff``: the largest distance from a detection to its
+    nearest match in the other result (box corners relative to the image size,
+    scores, and 1 for another label), over the detections scoring clearly above
+    the lowest kept score (a tie at the cut-off may keep either detection).
+    """
+    from mmdet.structures import DetDataSample
+    h, w = input_size
+    gen = torch.Generator().manual_seed(seed)
+    img = torch.rand(1, 3, h, w, generator=gen) * 255
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1., 1.),
+                batch_input_shape=(h, w))
+    preds = []
+    for m in (model_a, model_b):
+        m.eval()
+        saved = [(c, c['score_thr']) for c in _score_thresholds(m)]
+        for c, _ in saved:
+            c['score_thr'] = 0.0
+        try:
+            device = next(m.parameters()).device
+            out = m.predict(img.to(device), [DetDataSample(metainfo=meta)])[0].pred_instances
+        finally:
+            for c, v in saved:
+                c['score_thr'] = v
+        preds.append(torch.cat([out.bboxes.cpu() / max(h, w), out.scores.cpu()[:, None],
+                                out.labels.cpu()[:, None].float()], 1))
+    a, b = preds
+    result = dict(num_dets=len(a), count_diff=abs(len(a) - len(b)), max_diff=0.0)
+    if len(a) == 0 or len(b) == 0:
+        result['max_diff'] = 0.0 if len(a) == len(b) else float('inf')
+        return result
+    dist = (a[:, None, :5] - b[None, :, :5]).abs().amax(-1)
+    dist = dist + (a[:, None, 5] != b[None, :, 5]).float()
+    floor = max(float(a[:, 4].min()), float(b[:, 4].min())) + 1e-3
+    worst = [dist[a[:, 4] > floor].amin(1), dist[:, b[:, 4] > floor].amin(0)]
+    result['max_diff'] = max([float(x.max()) for x in worst if x.numel()] + [0.0])
+    return result
+
+
 def prune_and_export(cfg: Config, gated: nn.Module, out_dir: str, name: Optional[str] = None,
                      min_channels: int = 1, channel_divisor: int = 1, force: bool = False,
                      verify: bool = True, tolerance: float = 1e-4,
@@ -52,39 +107,47 @@ def prune_and_export(cfg: Config, gated: nn.Module, out_dir: str, name: Optional
     """
     from mmdet.registry import MODELS
     name = name or osp.splitext(osp.basename(cfg.filename or 'model'))[0]
-    graph = gated.gdp_graph
-    trace_cfg = gated.gdp_trace_cfg
+    graph = gated.gdp_gates.graph
+    trace = gated.gdp_gates.trace
     flops = FlopsModel(graph)
     params_model = FlopsModel(graph, params=True)
     device = next(gated.parameters()).device
     pruned = copy.deepcopy(gated.cpu())
     gated.to(device)
     params_before = count_params(pruned)
-    shapes, attrs = extract_pruned(pruned, min_channels, channel_divisor)
-    alive = torch.as_tensor(kept_mask(graph, pruned.gdp_kept))
-    model_cfg = pruned_model_cfg(cfg.model, shapes, attrs)
+    result = extract_pruned(pruned, min_channels, channel_divisor)
+    alive = torch.as_tensor(kept_mask(graph, result.kept))
+    model_cfg = pruned_model_cfg(cfg.model, result.shapes, result.attrs)
     out_cfg = export_config(cfg, model_cfg)
     report = dict(
         flops_before=flops.full, flops_after=flops.count(alive),
         flops_ratio=flops.count(alive) / flops.full,
         params_before=params_before, params_after=count_params(pruned),
         gated_weight_ratio=params_model.count(alive) / params_model.full,
-        input_size=list(trace_cfg['input_size']),
+        input_size=list(trace.input_size),
+        # RoI layers are counted at the test config's proposal count per image
+        roi_proposals=trace.num_proposals if _is_two_stage(gated) else None,
         groups=[dict(name=g.name, channels=g.size, kept=int(len(k)))
-                for g, k in zip(graph.groups, pruned.gdp_kept)],
-        widths={n: s for n, s in shapes.items()},
+                for g, k in zip(graph.groups, result.kept)],
+        widths=dict(result.shapes),
         per_layer_flops=_per_layer(flops, graph, alive),
         layer_widths=_layer_widths(graph, alive))
     report['params_ratio'] = report['params_after'] / report['params_before']
     if verify:
         rebuilt = MODELS.build(copy.deepcopy(model_cfg))
         rebuilt.load_state_dict(pruned.state_dict(), strict=True)
-        diff = max_output_difference(gated.cpu(), rebuilt, trace_cfg['input_size'])
+        diff = max_output_difference(gated.cpu(), rebuilt, trace.input_size)
+        predict = max_prediction_difference(gated, rebuilt, trace.input_size)
         gated.to(device)
         report['max_rel_output_diff'] = diff
+        report['predict_check'] = predict
         if not diff <= tolerance:
             raise RuntimeError(f'GDP export verification failed: max relative output '
                                f'difference {diff:.3g} > {tolerance:g}')
+        if not predict['max_diff'] <= 1e-3:
+            raise RuntimeError(f'GDP export verification failed: detections after NMS '
+                               f'differ by {predict["max_diff"]:.3g} (of '
+                               f'{predict["num_dets"]} detections)')
     report.update(extra_report or {})
     meta = dict(gdp=dict(flops_ratio=report['flops_ratio'], params_ratio=report['params_ratio']))
     dataset_meta = getattr(gated, 'dataset_meta', None) or _dataset_meta(cfg)
@@ -92,6 +155,11 @@ def prune_and_export(cfg: Config, gated: nn.Module, out_dir: str, name: Optional
         meta['dataset_meta'] = dataset_meta
     paths = write_export(out_dir, name, out_cfg, pruned, report, meta, force)
     return pruned, report, paths
+
+
+def _is_two_stage(model: nn.Module) -> bool:
+    from mmdet.models.detectors import TwoStageDetector
+    return isinstance(model, TwoStageDetector)
 
 
 def _dataset_meta(cfg: Config):

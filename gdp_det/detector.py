@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from mmengine.structures import InstanceData
 
-from .gates import GDPGateSet, add_gates
+from .gates import GDPGateSet, TraceSettings, add_gates
 from .graph import ChannelGraph, trace_channel_graph
 
 
@@ -88,15 +88,26 @@ def check_supported(graph, on_unsupported: str = 'error') -> None:
         '--keep-unsupported).')
 
 
+def proposal_count(model: nn.Module, default: int = 256) -> int:
+    """RoIs per image at test time (``test_cfg.rpn.max_per_img``) of a two-stage
+    detector: the count its RoI head's FLOPs are measured at."""
+    rpn = (getattr(model, 'test_cfg', None) or {}).get('rpn') or {}
+    return int(rpn.get('max_per_img', rpn.get('nms_post', default)))
+
+
 def attach_gates(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
-                 exclude: Sequence[str] = (), num_proposals: int = 256,
+                 exclude: Sequence[str] = (), num_proposals: Optional[int] = None,
                  normalize: bool = True, eps: float = 1.0,
                  on_unsupported: str = 'error') -> nn.Module:
     """Trace ``model``, add ``model.gdp_gates`` and gate every group's consumers.
 
+    Two-stage detectors are traced (and their RoI FLOPs counted) with
+    ``num_proposals`` RoIs per image, by default the test config's proposal count.
     Raises :class:`UnsupportedModuleError` if the tracer meets modules it cannot
     prune through, unless ``on_unsupported='keep'``.
     """
+    if num_proposals is None:
+        num_proposals = proposal_count(model)
     graph = trace_detector(model, tuple(input_size), exclude, num_proposals)
     check_supported(graph, on_unsupported)
     notable = sorted(set(graph.fixed_reasons) - {'model output', 'input not traced'})
@@ -104,9 +115,8 @@ def attach_gates(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
         from mmengine.logging import print_log
         print_log('GDP: some channels stay unpruned (lossless, by design): '
                   + '; '.join(notable), logger='current', level=logging.WARNING)
-    return add_gates(model, graph, normalize, eps,
-                     dict(input_size=tuple(input_size), exclude=list(exclude),
-                          num_proposals=num_proposals, on_unsupported=on_unsupported))
+    trace = TraceSettings(tuple(input_size), list(exclude), num_proposals, on_unsupported)
+    return add_gates(model, graph, normalize, eps, trace)
 
 
 def find_gates(model: nn.Module) -> Optional[GDPGateSet]:
@@ -120,7 +130,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def build_gdp_detector(detector: dict, input_size: Sequence[int] = (512, 512),
-                       exclude: Sequence[str] = (), num_proposals: int = 256,
+                       exclude: Sequence[str] = (), num_proposals: Optional[int] = None,
                        normalize: bool = True, eps: float = 1.0,
                        on_unsupported: str = 'error') -> nn.Module:
     """Registered as ``GDPDetector``: build ``detector`` and attach GDP gates."""

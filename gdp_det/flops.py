@@ -8,10 +8,9 @@ five times). Fixed (never pruned) channels always count as active.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Tuple
 
 import numpy as np
-import torch
 
 from .graph import ChannelGraph
 
@@ -19,7 +18,8 @@ from .graph import ChannelGraph
 class FlopsModel:
     """Exact (L0) FLOPs and per-channel FLOPs weights of a :class:`ChannelGraph`.
 
-    Contract: ``count(alive)`` is the FLOPs of the network in which the gated
+    Host-side only (numpy): ``alive`` is a boolean array (or CPU tensor) over the
+    graph's channels. Contract: ``count(alive)`` is the FLOPs of the network in which the gated
     channels with ``alive[c] == False`` were removed; ``count(all True) == full``.
     ``channel_weights(alive)`` is the FLOPs that each channel costs with all other
     channels' states held fixed (the linearisation used by the proximal step).
@@ -48,39 +48,35 @@ class FlopsModel:
             in_call.append(np.full(len(ii), j))
             out_idx.append(oo)
             out_call.append(np.full(len(oo), j))
-        cat = lambda xs: torch.as_tensor(np.concatenate(xs) if xs else np.zeros(0), dtype=torch.long)
-        self.coef = torch.tensor(coef, dtype=torch.float64)
-        self.depthwise = torch.tensor(dw, dtype=torch.bool)
+        cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64)
+        self.coef = np.asarray(coef, dtype=np.float64)
+        self.depthwise = np.asarray(dw, dtype=bool)
         self.in_idx, self.in_call = cat(in_idx), cat(in_call)
         self.out_idx, self.out_call = cat(out_idx), cat(out_call)
         self.num_calls = len(keep)
-        self.full = self.count(torch.ones(n, dtype=torch.bool))
+        self.full = self.count(np.ones(n, dtype=bool))
 
-    def _active(self, alive: torch.Tensor):
-        ext = torch.cat([alive.detach().to(torch.float64).cpu(), torch.ones(1, dtype=torch.float64)])
-        n_in = torch.zeros(self.num_calls, dtype=torch.float64).index_add_(
-            0, self.in_call, ext[self.in_idx])
-        n_out = torch.zeros(self.num_calls, dtype=torch.float64).index_add_(
-            0, self.out_call, ext[self.out_idx])
+    def _active(self, alive) -> Tuple[np.ndarray, np.ndarray]:
+        ext = np.append(np.asarray(alive, dtype=np.float64), 1.0)
+        n_in = np.bincount(self.in_call, ext[self.in_idx], minlength=self.num_calls)
+        n_out = np.bincount(self.out_call, ext[self.out_idx], minlength=self.num_calls)
         return n_in, n_out
 
-    def count(self, alive: torch.Tensor) -> float:
-        n_in, n_out = self._active(alive)
-        per_call = torch.where(self.depthwise, self.coef * n_out, self.coef * n_in * n_out)
-        return float(per_call.sum())
+    def count(self, alive) -> float:
+        return float(self.per_call(alive).sum())
 
-    def per_call(self, alive: Optional[torch.Tensor] = None) -> torch.Tensor:
-        alive = torch.ones(self.num_channels, dtype=torch.bool) if alive is None else alive
+    def per_call(self, alive=None) -> np.ndarray:
+        alive = np.ones(self.num_channels, dtype=bool) if alive is None else alive
         n_in, n_out = self._active(alive)
-        return torch.where(self.depthwise, self.coef * n_out, self.coef * n_in * n_out)
+        return np.where(self.depthwise, self.coef * n_out, self.coef * n_in * n_out)
 
-    def channel_weights(self, alive: torch.Tensor) -> torch.Tensor:
+    def channel_weights(self, alive) -> np.ndarray:
         n_in, n_out = self._active(alive)
-        w = torch.zeros(self.num_channels + 1, dtype=torch.float64)
-        w_in = torch.where(self.depthwise, torch.zeros_like(self.coef), self.coef * n_out)
-        w_out = torch.where(self.depthwise, self.coef, self.coef * n_in)
-        w.index_add_(0, self.in_idx, w_in[self.in_call])
-        w.index_add_(0, self.out_idx, w_out[self.out_call])
+        w_in = np.where(self.depthwise, 0.0, self.coef * n_out)
+        w_out = np.where(self.depthwise, self.coef, self.coef * n_in)
+        size = self.num_channels + 1
+        w = (np.bincount(self.in_idx, w_in[self.in_call], minlength=size)
+             + np.bincount(self.out_idx, w_out[self.out_call], minlength=size))
         return w[:-1]
 
 
@@ -95,14 +91,14 @@ class Budget:
     def __init__(self, constraints):
         self.constraints = [(m, float(t)) for m, t in constraints if t is not None]
 
-    def ratios(self, alive: torch.Tensor):
+    def ratios(self, alive):
         return [m.count(alive) / m.full for m, _ in self.constraints]
 
-    def met(self, alive: torch.Tensor) -> bool:
+    def met(self, alive) -> bool:
         return all(r <= t for r, (_, t) in zip(self.ratios(alive), self.constraints))
 
-    def weights(self, alive: torch.Tensor) -> torch.Tensor:
-        w = torch.zeros(self.constraints[0][0].num_channels, dtype=torch.float64)
+    def weights(self, alive) -> np.ndarray:
+        w = np.zeros(self.constraints[0][0].num_channels, dtype=np.float64)
         for (m, t), r in zip(self.constraints, self.ratios(alive)):
             if r > t:
                 w += m.channel_weights(alive) / m.full

@@ -5,10 +5,20 @@ design) the gate is multiplied by ``(1 + eps)`` so that ``g(1) = 1`` for every e
 inserting gates with ``a = 1`` into a trained model leaves its outputs unchanged,
 and annealing eps never rescales surviving channels. ``g(0) = 0`` with zero slope
 either way, so a gate pushed to exactly zero stays there.
+
+Where the gates run (GPU training): ``eps`` is a Python float, gate values are
+computed in float32 whatever the model's dtype (``model.half()``: no underflow of
+eps) and cast to the dtype of what they multiply (no fp32 promotion under
+autocast), and every consumer's gate vector is computed once per value of ``a``
+and ``eps`` (not per layer call), by an autograd function that needs no saved
+tensors, so it is reused by every forward until the gates change. Nothing in the
+gate path reads a tensor back to the host.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+import zlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,41 +34,79 @@ def gate_value(a: torch.Tensor, eps: float, normalize: bool = True) -> torch.Ten
     return g * (1.0 + eps) if normalize else g
 
 
-class _GateInput:
-    """Forward pre-hook multiplying a layer's input channels by their gates.
+def gate_slope(a: torch.Tensor, eps: float, normalize: bool = True) -> torch.Tensor:
+    """``d g / d a`` of :func:`gate_value`."""
+    sq = a * a
+    d = 2.0 * eps * a / (sq + eps) ** 2
+    return d * (1.0 + eps) if normalize else d
 
-    Only the slice ``[lo, hi)`` of the gate vector that this layer reads is
-    evaluated; ``index`` maps each input position into that slice (-1: fixed).
-    """
 
-    def __init__(self, gates: 'GDPGateSet', index: np.ndarray):
+class _GateVector(torch.autograd.Function):
+    """Gate values of ``a[lo:hi]``, gathered by ``index`` (``-1``: a fixed channel,
+    gate 1), cast to ``dtype``. Saves no tensors (``a`` is kept as a detached
+    reference and the gate set re-computes when ``a`` changes), so one result can be
+    back-propagated by any number of forward passes."""
+
+    @staticmethod
+    def forward(ctx, a, spec: '_ConsumerSpec', eps: float, normalize: bool, dtype):
+        ctx.spec, ctx.eps, ctx.normalize, ctx.a = spec, eps, normalize, a.detach()
+        g = gate_value(a[spec.lo:spec.hi].float(), eps, normalize)
+        if spec.index is not None:
+            g = torch.cat([g, g.new_ones(1)])[spec.index_on(g.device)]
+        return g.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        spec = ctx.spec
+        a = ctx.a[spec.lo:spec.hi].float()
+        grad = grad.float()
+        if spec.index is not None:  # sum the positions that read the same gate
+            grad = grad.new_zeros(spec.hi - spec.lo + 1).index_add_(
+                0, spec.index_on(grad.device), grad)[:-1]
+        out = torch.zeros_like(ctx.a)
+        out[spec.lo:spec.hi] = (grad * gate_slope(a, ctx.eps, ctx.normalize)).to(out.dtype)
+        return out, None, None, None, None
+
+
+@dataclass
+class _ConsumerSpec:
+    """Which gates one gated layer reads: the slice ``[lo, hi)`` of ``a`` and, unless
+    the layer reads that slice in order, the position of each input channel in it
+    (``hi - lo``: a fixed channel)."""
+    lo: int
+    hi: int
+    index: Optional[torch.Tensor]
+    _on_device: Dict[torch.device, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_global_index(cls, index: np.ndarray) -> '_ConsumerSpec':
         valid = index[index >= 0]
-        self.lo, self.hi = int(valid.min()), int(valid.max()) + 1
-        local = np.where(index >= 0, index - self.lo, self.hi - self.lo)
-        self.gates = gates
-        # the common case, every position gated in order: a slice, no gather
-        self.identity = bool((local == np.arange(len(local))).all()) and len(local) == self.hi - self.lo
-        self.index = torch.as_tensor(local, dtype=torch.long)
+        lo, hi = int(valid.min()), int(valid.max()) + 1
+        local = np.where(index >= 0, index - lo, hi - lo)
+        identity = len(local) == hi - lo and bool((local == np.arange(len(local))).all())
+        return cls(lo, hi, None if identity else torch.as_tensor(local, dtype=torch.long))
 
-    def vector(self) -> torch.Tensor:
-        """The gate of every input position of the layer (1 where fixed)."""
-        gates = self.gates
-        g = gate_value(gates.a[self.lo:self.hi], float(gates.eps), gates.normalize)
-        if self.identity:
-            return g
-        g = torch.cat([g, g.new_ones(1)])
-        if self.index.device != g.device:
-            self.index = self.index.to(g.device)
-        return g[self.index]
+    def index_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._on_device:  # a host-to-device copy, once per device
+            self._on_device[device] = self.index.to(device)
+        return self._on_device[device]
+
+
+class _GateInput:
+    """Forward pre-hook multiplying a layer's input channels by their gates."""
+
+    def __init__(self, gates: 'GDPGateSet', name: str):
+        self.gates, self.name = gates, name
 
     def __call__(self, module: nn.Module, args):
-        x, g = args[0], self.vector()
+        x = args[0]
+        g = self.gates.vector(self.name, x.dtype, x.device)
         if not isinstance(module, nn.Linear):  # channels in dim 1, else in the last dim
             g = g.view(-1, *([1] * (x.dim() - 2)))
         return (x * g, ) + tuple(args[1:])
 
 
-class _GateConvWeight(_GateInput):
+class _GateConvWeight:
     """Gates a (non-grouped) conv through whichever of its kernel and its input is
     smaller: ``conv(x * g, W)`` equals ``conv(x, W * g)`` exactly (zero padding stays
     zero); at high resolution the kernel is far smaller than the activation (the
@@ -68,15 +116,16 @@ class _GateConvWeight(_GateInput):
     calls), so mmcv's conv wrappers and every caller are covered.
     """
 
-    def __init__(self, gates: 'GDPGateSet', index: np.ndarray, conv_forward):
-        super().__init__(gates, index)
-        self.conv_forward = conv_forward
+    def __init__(self, gates: 'GDPGateSet', name: str, conv_forward):
+        self.gates, self.name, self.conv_forward = gates, name, conv_forward
 
     def __call__(self, x, weight, bias):
-        g = self.vector().view(1, -1, *([1] * (weight.dim() - 2)))
+        shape = (1, -1) + (1, ) * (weight.dim() - 2)
         if weight.numel() <= x.numel():
-            return self.conv_forward(x, weight * g, bias)
-        return self.conv_forward(x * g, weight, bias)
+            g = self.gates.vector(self.name, weight.dtype, weight.device)
+            return self.conv_forward(x, weight * g.view(shape), bias)
+        g = self.gates.vector(self.name, x.dtype, x.device)
+        return self.conv_forward(x * g.view(shape), weight, bias)
 
 
 def _weight_gated(module: nn.Module) -> bool:
@@ -84,40 +133,106 @@ def _weight_gated(module: nn.Module) -> bool:
             and '_conv_forward' not in module.__dict__)
 
 
+@dataclass
+class TraceSettings:
+    """How the graph of a :class:`GDPGateSet` was traced (what a re-trace needs)."""
+    input_size: Tuple[int, int]
+    exclude: List[str] = field(default_factory=list)
+    num_proposals: int = 256
+    on_unsupported: str = 'error'
+
+
+class GateMismatchError(ValueError):
+    """A checkpoint's gates belong to other channel groups than the model's."""
+
+
+def _fingerprint(names: List[str], sizes: List[int]) -> torch.Tensor:
+    """``[crc32 of the group names, number of groups, size of each group...]``."""
+    crc = zlib.crc32('\n'.join(names).encode())
+    return torch.tensor([crc, len(sizes)] + list(sizes), dtype=torch.long)
+
+
 class GDPGateSet(nn.Module):
     """All gates of a model: parameter ``a`` (one entry per gated channel) and ``eps``.
 
-    Contract: ``group_slices[i]`` is the slice of ``a`` that holds group ``i`` of the
-    graph it was made from; :meth:`attach` makes every gated layer of ``model`` see
-    ``x * g`` on its input channels (fixed channels see 1). ``eps`` is a buffer, so it
-    travels with checkpoints.
+    Contract: ``group_slices[i]`` is the slice of ``a`` that holds group ``i`` of
+    ``graph`` (the :class:`ChannelGraph` the set was made from); ``trace`` records how
+    that graph was traced. :meth:`attach` makes every gated layer of a model see
+    ``x * g`` on its input channels (fixed channels see 1). ``eps_value`` (a Python
+    float, set with :meth:`set_eps`) is what the gates compute with; the buffers
+    ``eps`` and ``fingerprint`` (the groups' names and sizes) carry it and the group
+    layout in checkpoints: loading gates made for other groups raises
+    :class:`GateMismatchError` instead of permuting them silently.
     """
 
-    def __init__(self, graph: ChannelGraph, normalize: bool = True, eps: float = 1.0):
+    def __init__(self, graph: ChannelGraph, normalize: bool = True, eps: float = 1.0,
+                 trace: Optional[TraceSettings] = None):
         super().__init__()
         self.a = nn.Parameter(torch.ones(graph.num_channels))
-        self.register_buffer('eps', torch.tensor(float(eps), dtype=torch.float64))
+        self.register_buffer('eps', torch.tensor(float(eps)))
+        self.eps_value = float(eps)
         self.normalize = normalize
+        self.graph = graph
+        self.trace = trace
         self.group_names: List[str] = [g.name for g in graph.groups]
         self.group_slices = [slice(int(graph.offsets[i]), int(graph.offsets[i + 1]))
                              for i in range(len(graph.groups))]
+        self.register_buffer('fingerprint', _fingerprint(
+            self.group_names, [s.stop - s.start for s in self.group_slices]))
         self._consumer_index: Dict[str, np.ndarray] = graph.consumer_global_index()
+        self._specs = {n: _ConsumerSpec.from_global_index(i)
+                       for n, i in self._consumer_index.items() if (i >= 0).any()}
         self._handles: list = []
+        self._cache_key = None
+        self._cache: Dict[tuple, torch.Tensor] = {}
+
+    # -- values ------------------------------------------------------------------
+    def set_eps(self, eps: float) -> None:
+        """Set eps (no host sync: the buffer is filled on its device)."""
+        if not eps > 0:
+            raise ValueError(f'GDP gates: eps must be > 0, got {eps}')
+        self.eps_value = float(eps)
+        self.eps.fill_(self.eps_value)
 
     def values(self) -> torch.Tensor:
-        return gate_value(self.a, float(self.eps), self.normalize)
+        """Gate value of every channel (float32)."""
+        return gate_value(self.a.float(), self.eps_value, self.normalize)
 
+    def vector(self, consumer: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The gate of every input channel of ``consumer`` (1 where fixed), as ``dtype``.
+
+        Computed once per state of ``a`` / ``eps`` / grad mode and reused by every
+        later call (shared heads, repeated forwards) until the gates change.
+        """
+        a = self.a
+        key = (a._version, a.data_ptr(), self.eps_value, torch.is_grad_enabled(),
+               torch.is_inference_mode_enabled())
+        if key != self._cache_key:
+            self._cache_key, self._cache = key, {}
+        k = (consumer, dtype)
+        g = self._cache.get(k)
+        if g is None:
+            g = _GateVector.apply(a, self._specs[consumer], self.eps_value, self.normalize,
+                                  dtype)
+            self._cache[k] = g
+        return g if g.device == device else g.to(device)
+
+    # -- attaching to a model --------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
+        # a forward of the whole model recomputes the gates once (writes through
+        # ``.data``, e.g. EMA swaps, do not bump the version the cache keys on)
+        self._handles.append(model.register_forward_pre_hook(self._new_forward))
         modules = dict(model.named_modules())
-        for name, idx in self._consumer_index.items():
-            if (idx < 0).all():
-                continue
+        for name in self._specs:
             module = modules[name]
             if _weight_gated(module):
-                module._conv_forward = _GateConvWeight(self, idx, module._conv_forward)
+                module._conv_forward = _GateConvWeight(self, name, module._conv_forward)
                 self._handles.append(module)
             else:
-                self._handles.append(module.register_forward_pre_hook(_GateInput(self, idx)))
+                self._handles.append(module.register_forward_pre_hook(_GateInput(self, name)))
+
+    def _new_forward(self, module, args) -> None:
+        self._cache_key = None
 
     def detach_hooks(self) -> None:
         for h in self._handles:
@@ -130,17 +245,58 @@ class GDPGateSet(nn.Module):
     def consumer_index(self) -> Dict[str, np.ndarray]:
         return self._consumer_index
 
+    # -- checkpoints ---------------------------------------------------------------
+    def _check_fingerprint(self, theirs: torch.Tensor) -> None:
+        mine = self.fingerprint.cpu()
+        theirs = theirs.detach().cpu().long()
+        if theirs.shape == mine.shape and torch.equal(theirs, mine):
+            return
+        sizes_t, sizes_m = theirs[2:].tolist(), mine[2:].tolist()
+        i = next((k for k, (x, y) in enumerate(zip(sizes_t, sizes_m)) if x != y), None)
+        if i is not None:
+            what = (f'group {i} ({self.group_names[i]} here) has {sizes_t[i]} channels in '
+                    f'the checkpoint and {sizes_m[i]} here')
+        elif len(sizes_t) != len(sizes_m):
+            what = f'it has {len(sizes_t)} channel groups, this model {len(sizes_m)}'
+        else:
+            what = 'the groups have the same sizes but other names or order'
+        raise GateMismatchError(
+            f'GDP gates in the checkpoint do not match this model: {what}. The checkpoint '
+            'was trained with another detector config, input_size, exclude list or '
+            'gdp_det version; use the config it was trained with')
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        theirs = state_dict.get(prefix + 'fingerprint')
+        if theirs is not None:
+            self._check_fingerprint(theirs)  # before ``a`` is copied
+        elif prefix + 'a' in state_dict:  # gdp_det <= 0.1 saved no fingerprint
+            state_dict = dict(state_dict)
+            state_dict[prefix + 'fingerprint'] = self.fingerprint
+            if state_dict[prefix + 'a'].shape != self.a.shape:
+                raise GateMismatchError(
+                    f'GDP gates in the checkpoint do not match this model: '
+                    f'{state_dict[prefix + "a"].numel()} gated channels there, '
+                    f'{self.a.numel()} here; use the config the checkpoint was trained with')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+        if prefix + 'eps' in state_dict:
+            self.eps_value = float(self.eps)  # one host read, at load time
+
+    def __getstate__(self):
+        state = self.__dict__.copy()  # the cache holds autograd results: never copied
+        state.update(_cache_key=None, _cache={})
+        return state
+
     def extra_repr(self) -> str:
-        return f'groups={len(self.group_names)}, channels={self.a.numel()}'
+        return (f'groups={len(self.group_names)}, channels={self.a.numel()}, '
+                f'eps={self.eps_value:g}')
 
 
 def add_gates(model: nn.Module, graph: ChannelGraph, normalize: bool = True,
-              eps: float = 1.0, trace_cfg: dict = None) -> nn.Module:
+              eps: float = 1.0, trace: Optional[TraceSettings] = None) -> nn.Module:
     """Give ``model`` a ``gdp_gates`` set for ``graph`` and gate its consumers."""
-    gates = GDPGateSet(graph, normalize=normalize, eps=eps)
+    gates = GDPGateSet(graph, normalize=normalize, eps=eps, trace=trace)
     gates.attach(model)
     model.gdp_gates = gates
-    # plain attributes (not modules): the graph and how it was traced
-    model.__dict__['gdp_graph'] = graph
-    model.__dict__['gdp_trace_cfg'] = dict(trace_cfg or {}, normalize=normalize)
     return model

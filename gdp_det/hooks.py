@@ -6,16 +6,17 @@ Add to a config that builds a ``GDPDetector``::
 """
 from __future__ import annotations
 
-import math
 import os.path as osp
 from typing import Optional
 
+import numpy as np
 import torch
+from mmengine.dist import broadcast
 from mmengine.hooks import Hook
 
 from .detector import find_gates, unwrap
 from .flops import Budget, FlopsModel
-from .pruner import group_minimum
+from .pruner import exported_channels, group_minimum
 
 # gate-value histogram bins of the snapshots (non-zero gates; normalized gates reach 1+eps)
 HIST_BINS = [i / 20 for i in range(23)]
@@ -25,10 +26,13 @@ class GDPHook(Hook):
     """Drives GDP training of the model's gates towards a FLOPs budget.
 
     Contract: the hook, not the model's optimizer, updates the gates: a proximal
-    SGD step with its own ``gate_lr`` (the optimizer never sees their gradient, so
-    no momentum or weight decay acts on them). Before every train iteration it sets
-    ``eps`` on the geometric schedule ``eps_start -> eps_end`` over ``gdp_iters``
-    (default: the whole training); after every optimizer step it applies
+    SGD step with its own ``gate_lr``. The gates are taken out of the optimizer
+    (``before_run``), so no momentum, weight decay, ``clip_grad`` norm or AMP
+    unscaling acts on them; with ``accumulative_counts=N`` they move once per
+    optimizer step, with their gradient summed over the N iterations. Before every
+    train iteration it sets ``eps`` on the geometric schedule ``eps_start -> eps_end``
+    over ``gdp_iters`` (default: the whole training); after every optimizer step it
+    applies
     ``a <- a - gate_lr * dL/da`` and the soft-threshold
     ``a <- sign(a) max(|a| - gate_lr * lambda * w_c, 0)``. With ``grad_norm`` (default)
     ``dL/da`` is divided by its running RMS over all live gates: one scalar, so the
@@ -50,6 +54,15 @@ class GDPHook(Hook):
     ``gdp/zero_share`` and ``gdp/high_share`` (gates > 0.9). Its state is saved in
     checkpoints under ``'gdp_hook'`` and restored on resume. With ``export=True``
     the pruned model is exported into ``<work_dir>/pruned`` after training.
+
+    The budget is counted on what the export keeps (``min_channels`` and
+    ``channel_divisor`` applied), so the exported FLOPs ratio lands at the target.
+    Under DDP every rank takes rank 0's gates after each update (a broadcast), so
+    they are equal by construction. With mmengine's ``EMAHook`` the EMA copy's gates
+    are the live gates (never averaged) and the export prunes the EMA weights, which
+    are what its checkpoints hold. Per iteration the hook reads the gates back to
+    the host once (the proximal decision); gate statistics are logged every
+    ``log_interval`` iterations.
     """
 
     priority = 'LOW'  # after the optimizer step of the train loop
@@ -72,14 +85,15 @@ class GDPHook(Hook):
         self.flops_target = flops_target
         self.cost_power = cost_power
         self.grad_norm = grad_norm
-        self.grad_sq: Optional[float] = None  # running mean of the gates' squared gradient
+        self.grad_sq = None  # running mean of the gates' squared gradient (a tensor)
         self.params_target = params_target
         self.eps_start, self.eps_end = eps_start, eps_end
         self.gdp_iters = gdp_iters
         self.gate_lr = gate_lr
         self.lam = lambda_init
-        self.grad: Optional[torch.Tensor] = None  # the gates' last gradient
+        self.stepped = False  # the model's optimizer stepped in this iteration
         self.gates = None
+        self.ema_gates = None
         self.lambda_rate = lambda_rate
         self.min_channels = min_channels
         self.channel_divisor = channel_divisor
@@ -106,112 +120,152 @@ class GDPHook(Hook):
         t = min(max(it - self.warmup_iters, 0) / max(total - self.warmup_iters, 1), 1.0)
         return self.eps_start * (self.eps_end / self.eps_start) ** t
 
+    def exported(self, a: np.ndarray) -> np.ndarray:
+        """The channels an export of gates ``a`` (host copy) keeps: what the budget
+        counts, with ``min_channels`` and ``channel_divisor`` applied as the pruner
+        applies them."""
+        return exported_channels(self.gates.graph, np.abs(a), self.min_channels,
+                                 self.channel_divisor)
+
     # -- hook points -------------------------------------------------------------
+    def before_run(self, runner) -> None:
+        """Take the gates out of the model's optimizer before anything is loaded or
+        resumed: the hook owns their update, so no momentum, weight decay, gradient
+        clipping (``clip_grad``) or AMP unscaling of the optimizer touches them."""
+        gates = find_gates(runner.model)
+        optimizer = getattr(getattr(runner, 'optim_wrapper', None), 'optimizer', None)
+        if gates is None or not isinstance(optimizer, torch.optim.Optimizer):
+            return  # not training (val/test runs call before_run too)
+        for group in optimizer.param_groups:
+            group['params'] = [p for p in group['params'] if p is not gates.a]
+        optimizer.register_step_pre_hook(self._on_optimizer_step)
+
     def before_train(self, runner) -> None:
-        model = unwrap(runner.model)
         self.gates = self._gates(runner)
-        self.flops = FlopsModel(model.gdp_graph)
+        graph = self.gates.graph
+        self.flops = FlopsModel(graph)
         self.budget = Budget([(self.flops, self.flops_target),
-                              (FlopsModel(model.gdp_graph, params=True), self.params_target)])
-        runner.optim_wrapper.optimizer.register_step_pre_hook(self._take_gate_grad)
+                              (FlopsModel(graph, params=True), self.params_target)])
         if self.gdp_iters is None:
             self.gdp_iters = runner.max_iters
         if self.lambda_rate is None:
             # lambda can grow 1e4-fold over the first half of the GDP phase
             span = max((self.gdp_iters - self.warmup_iters) / 2, 1)
             self.lambda_rate = min(max(1e4 ** (1 / span) - 1, 1e-3), 0.5)
-        self._check_reachable(model)
+        self._check_reachable()
+        ema = self._ema_model(runner)
+        self.ema_gates = None if ema is None else find_gates(ema)
+        self._sync_ema()
 
-    def _check_reachable(self, model) -> None:
-        graph = model.gdp_graph
-        alive = torch.zeros(graph.num_channels, dtype=torch.bool)
-        for i, g in enumerate(graph.groups):
-            alive[graph.offsets[i]:graph.offsets[i] + group_minimum(self.min_channels, g.size)] = True
+    def _check_reachable(self) -> None:
+        floor_mask = self.exported(np.zeros(self.gates.a.numel()))
         names = ('flops_target', 'params_target')
         for (_, target), floor, name in zip(self.budget.constraints,
-                                            self.budget.ratios(alive), names):
+                                            self.budget.ratios(floor_mask), names):
             if floor > target:
                 raise ValueError(f'GDPHook: {name}={target} is unreachable with '
-                                 f'min_channels={self.min_channels}; the smallest reachable '
-                                 f'ratio is {floor:.4f}')
+                                 f'min_channels={self.min_channels} and channel_divisor='
+                                 f'{self.channel_divisor}; the smallest reachable ratio '
+                                 f'is {floor:.4f}')
+
+    def _sync_ema(self) -> None:
+        """The EMA copy averages every parameter; its gates must not be averaged
+        (a gate GDP zeroed would come back): they are the live gates, every iteration."""
+        if self.ema_gates is not None:
+            with torch.no_grad():  # (not through .data: the gates' cache keys on versions)
+                self.ema_gates.a.copy_(self.gates.a)
+            self.ema_gates.set_eps(self.gates.eps_value)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         gates = self._gates(runner)
-        gates.eps.fill_(self.eps_at(runner.iter, self.gdp_iters))
-        if self.dead is None:  # first iteration, or just resumed: before the optimizer step
+        gates.set_eps(self.eps_at(runner.iter, self.gdp_iters))
+        if self.dead is None:  # first iteration, or just resumed
             self.dead = gates.a.detach() == 0
 
-    def _take_gate_grad(self, optimizer, args, kwargs) -> None:
-        """Optimizer step pre-hook: the gates' gradient is ours, not the optimizer's.
-
-        Runs after DDP's all-reduce and AMP's unscaling; setting ``grad`` to None makes
-        the optimizer skip the gates (no momentum, no weight decay on them).
-        """
-        a = self.gates.a
-        if a.grad is not None:
-            self.grad = a.grad.detach().clone()
-            a.grad = None
+    def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
+        """Optimizer step pre-hook: the model's optimizer really steps this iteration
+        (AMP skips the step on overflow; accumulation steps every N iterations)."""
+        self.stepped = True
 
     @torch.no_grad()
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         gates = self._gates(runner)
         a = gates.a
-        grad, self.grad = self.grad, None
-        if runner.iter < self.warmup_iters or runner.iter >= self.gdp_iters:
-            self._log(runner, gates)  # gates frozen outside the GDP phase
-            return
-        if grad is not None:  # gradient step of the task loss
-            grad = grad.to(a)
-            if self.grad_norm:
-                grad = grad / self._grad_rms(grad[~self.dead])
-            a.sub_(self.gate_lr * grad)
-        a[self.dead] = 0  # a gate at exactly 0 stays there (g'(0) = 0)
-        alive = (a != 0).cpu()
-        self.ratio = self.flops.count(alive) / self.flops.full
-        if not self.budget.met(alive):
-            w = self.budget.weights(alive) ** self.cost_power
-            # normalised so that lambda is a threshold per unit of average channel cost
-            w = (w / w[alive].mean().clamp_min(1e-12)).to(a)
-            thresh = self.gate_lr * self.lam * w
-            new = torch.sign(a) * torch.clamp(a.abs() - thresh, min=0)
-            new = self._keep_min_channels(gates, a, new)
-            new = self._stop_at_target(a, new, thresh)
-            a.copy_(new)
-            self.ratio = self.flops.count((a != 0).cpu()) / self.flops.full
-            self.dead = a.detach() == 0
-            self.lam *= 1 + self.lambda_rate
-        else:
-            self.lam = max(self.lam * (1 - self.lambda_rate), 0.0)
+        should_update = getattr(runner.optim_wrapper, 'should_update', None)
+        if should_update is not None and not should_update():
+            return  # accumulating: the gradient is not complete yet
+        grad, a.grad = a.grad, None
+        stepped, self.stepped = self.stepped, False
+        if self.warmup_iters <= runner.iter < self.gdp_iters:
+            if grad is not None and stepped:
+                self._gradient_step(a, grad, runner.optim_wrapper)
+            self._proximal_step(a)
+            broadcast(a, src=0)  # every rank holds rank 0's gates, by construction
+            self.dead = a == 0
+        self._sync_ema()
         self._log(runner, gates)
 
-    def _grad_rms(self, grad: torch.Tensor) -> float:
-        """Running RMS of the live gates' gradient (one scalar for all gates, so the
-        task loss still ranks them; only its overall scale is taken out)."""
-        sq = float(grad.pow(2).mean()) if grad.numel() else 0.0
-        self.grad_sq = sq if self.grad_sq is None else 0.99 * self.grad_sq + 0.01 * sq
-        return max(math.sqrt(self.grad_sq), 1e-12)
+    def _gradient_step(self, a: torch.Tensor, grad: torch.Tensor, optim_wrapper) -> None:
+        """``a <- a - gate_lr * dL/da`` on the gates' device (no host sync)."""
+        grad = grad.to(a.dtype)
+        scaler = getattr(optim_wrapper, 'loss_scaler', None)
+        scale = getattr(scaler, '_scale', None)  # AMP: the gates are not in its unscale_
+        if scale is not None:
+            grad = grad / scale.to(grad)
+        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        live = ~self.dead
+        if self.grad_norm:
+            # running RMS of the live gates' gradient: one scalar for all gates, so the
+            # task loss still ranks them; only its overall scale is taken out
+            sq = (grad.square() * live).sum() / live.sum().clamp_min(1)
+            if self.grad_sq is None:
+                self.grad_sq = sq
+            else:
+                self.grad_sq = 0.99 * torch.as_tensor(self.grad_sq).to(sq) + 0.01 * sq
+            grad = grad / self.grad_sq.sqrt().clamp_min(1e-12)
+        a.sub_(self.gate_lr * grad)
+        a.mul_(live)  # a gate at exactly 0 stays there (g'(0) = 0)
 
-    def _stop_at_target(self, old: torch.Tensor, new: torch.Tensor,
-                        thresh: torch.Tensor) -> torch.Tensor:
+    def _proximal_step(self, a: torch.Tensor) -> None:
+        """Soft-threshold towards the budget; decided on the host (numpy) from one
+        copy of the gates, the only host sync of an iteration, and written back only
+        when it cuts."""
+        old = a.detach().float().cpu().numpy()
+        kept = self.exported(old)
+        if self.budget.met(kept):
+            self.ratio = self.flops.count(kept) / self.flops.full
+            self.lam = max(self.lam * (1 - self.lambda_rate), 0.0)
+            return
+        alive = old != 0
+        w = self.budget.weights(kept) ** self.cost_power
+        # normalised so that lambda is a threshold per unit of average channel cost
+        w = w / max(w[alive].mean(), 1e-12) if alive.any() else w
+        thresh = (self.gate_lr * self.lam * w).astype(np.float32)
+        new = np.sign(old) * np.maximum(np.abs(old) - thresh, 0)
+        new = self._keep_min_channels(old, new)
+        new = self._stop_at_target(old, new, thresh)
+        a.copy_(torch.from_numpy(new).to(a))
+        self.ratio = self.flops.count(self.exported(new)) / self.flops.full
+        self.lam *= 1 + self.lambda_rate
+
+    def _stop_at_target(self, old: np.ndarray, new: np.ndarray,
+                        thresh: np.ndarray) -> np.ndarray:
         """Zero only as many newly-zeroed channels as the budget needs.
 
         Channels that reach 0 in the same step are taken in order of how far the
         threshold overshoots them; the rest keep their value, so one step never
-        carries the FLOPs ratio far below the target.
+        carries the FLOPs ratio of the export far below the target.
         """
-        dropped = ((old != 0) & (new == 0)).nonzero().flatten()
-        if dropped.numel() == 0:
+        dropped = np.flatnonzero((old != 0) & (new == 0))
+        if len(dropped) == 0 or not self.budget.met(self.exported(new)):
             return new
-        if not self.budget.met((new != 0).cpu()):
-            return new
-        order = dropped[torch.argsort(old.abs()[dropped] - thresh[dropped])]
-        alive = (new != 0).cpu()
-        lo, hi = 0, order.numel()  # find the fewest zeroed that reach the target
+        order = dropped[np.argsort(np.abs(old[dropped]) - thresh[dropped], kind='stable')]
+        lo, hi = 0, len(order)  # find the fewest zeroed that reach the target
         while lo < hi:
             mid = (lo + hi) // 2
-            trial = alive.clone()
-            trial[order[mid + 1:].cpu()] = True
-            if self.budget.met(trial):
+            trial = new.copy()
+            trial[order[mid + 1:]] = old[order[mid + 1:]]
+            if self.budget.met(self.exported(trial)):
                 hi = mid
             else:
                 lo = mid + 1
@@ -219,39 +273,44 @@ class GDPHook(Hook):
         new[restore] = old[restore]
         return new
 
-    def _keep_min_channels(self, gates, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-        for sl in gates.group_slices:
+    def _keep_min_channels(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        for sl in self.gates.group_slices:
             seg = new[sl]
-            n = group_minimum(self.min_channels, seg.numel())
-            if n == 0:
-                continue
-            if int((seg != 0).sum()) < n:
-                top = old[sl].abs().topk(n).indices
-                seg[top] = torch.where(seg[top] != 0, seg[top], old[sl][top])
+            n = group_minimum(self.min_channels, len(seg))
+            if n and np.count_nonzero(seg) < n:
+                top = np.argsort(-np.abs(old[sl]), kind='stable')[:n]
+                seg[top] = np.where(seg[top] != 0, seg[top], old[sl][top])
         return new
 
     def _log(self, runner, gates) -> None:
+        """Scalars known on the host every iteration; the gate statistics (device
+        reductions, so host syncs) only every ``log_interval`` iterations."""
+        hub = runner.message_hub
+        for k, v in (('flops_ratio', self.ratio), ('lambda', self.lam),
+                     ('eps', gates.eps_value)):
+            hub.update_scalar(f'train/gdp_{k}', v)
+        last = runner.iter + 1 == runner.max_iters
+        every = max(self.gdp_iters // max(self.num_snapshots - 1, 1), 1)
+        snapshot = runner.iter % every == 0 or last
+        if not (runner.iter % self.log_interval == 0 or last or snapshot):
+            return
         g = gates.values().detach()
         zero = float((gates.a == 0).float().mean())
         high = float((g > 0.9).float().mean())
-        eps = float(gates.eps)
-        hub = runner.message_hub
-        for k, v in (('flops_ratio', self.ratio), ('lambda', self.lam), ('eps', eps),
-                     ('zero_share', zero), ('high_share', high)):
-            hub.update_scalar(f'train/gdp_{k}', v)
-        last = runner.iter + 1 == runner.max_iters
+        hub.update_scalar('train/gdp_zero_share', zero)
+        hub.update_scalar('train/gdp_high_share', high)
         if runner.iter % self.log_interval == 0 or last:
-            self.history.append([runner.iter, self.ratio, self.lam, eps, zero, high])
-        every = max(self.gdp_iters // max(self.num_snapshots - 1, 1), 1)
-        if runner.iter % every == 0 or last:
+            self.history.append([runner.iter, self.ratio, self.lam, gates.eps_value, zero, high])
+        if snapshot:
             nonzero = g[gates.a != 0].float().cpu()
             hist = torch.histc(nonzero.clamp(max=HIST_BINS[-1]), len(HIST_BINS) - 1,
                                HIST_BINS[0], HIST_BINS[-1])
             self.snapshots.append([runner.iter, int((gates.a == 0).sum())] + hist.tolist())
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        grad_sq = None if self.grad_sq is None else float(self.grad_sq)
         checkpoint['gdp_hook'] = dict(lam=float(self.lam), ratio=float(self.ratio),
-                                      grad_sq=self.grad_sq,
+                                      grad_sq=grad_sq,
                                       gdp_iters=int(self.gdp_iters or 0),
                                       history=[list(map(float, h)) for h in self.history],
                                       snapshots=[list(map(float, h)) for h in self.snapshots])
@@ -270,8 +329,21 @@ class GDPHook(Hook):
         if not self.export or runner.rank != 0:
             return
         from .api import prune_and_export
-        prune_and_export(runner.cfg, unwrap(runner.model), osp.join(runner.work_dir, 'pruned'),
+
+        # With an EMAHook the checkpoints hold the EMA weights (with the live gates):
+        # the export prunes the same model that a checkpoint holds.
+        model = self._ema_model(runner) or unwrap(runner.model)
+        prune_and_export(runner.cfg, model, osp.join(runner.work_dir, 'pruned'),
                          min_channels=self.min_channels, channel_divisor=self.channel_divisor,
                          force=True, extra_report=dict(
                              history=self.history, snapshots=self.snapshots,
                              hist_bins=HIST_BINS, flops_target=self.flops_target))
+
+    @staticmethod
+    def _ema_model(runner):
+        """The EMA copy of the detector made by mmengine's ``EMAHook``, if any."""
+        from mmengine.hooks import EMAHook
+        for hook in getattr(runner, 'hooks', []):
+            if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):
+                return hook.ema_model.module
+        return None

@@ -12,6 +12,7 @@ blocks (``num_groups`` follows) and depthwise convs (in = out, ``groups`` follow
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Dict, List
 
 import numpy as np
@@ -30,10 +31,12 @@ def group_minimum(min_channels: float, size: int) -> int:
     return min(size, max(int(min_channels), 0))
 
 
-def choose_kept(graph: ChannelGraph, gates: torch.Tensor, min_channels: float = 1,
-                channel_divisor: int = 1) -> List[np.ndarray]:
-    """Sorted channel indices to keep, per group."""
-    g = gates.detach().cpu().double().numpy()
+def choose_kept(graph: ChannelGraph, gates, min_channels: float = 1,
+                channel_divisor: int = 1, warn: bool = True) -> List[np.ndarray]:
+    """Sorted channel indices to keep, per group: the non-zero gates, topped up with
+    zero-gated channels (exact: their absorbed gate is 0) to ``min_channels`` and to a
+    multiple of ``channel_divisor``, and one channel for every producer of the group."""
+    g = gates.detach().cpu().double().numpy() if torch.is_tensor(gates) else np.asarray(gates)
     kept = []
     for i, grp in enumerate(graph.groups):
         vals = g[graph.offsets[i]:graph.offsets[i + 1]]
@@ -41,15 +44,24 @@ def choose_kept(graph: ChannelGraph, gates: torch.Tensor, min_channels: float = 
         want = max(len(keep), group_minimum(min_channels, grp.size))
         if channel_divisor > 1:
             want = min(grp.size, int(np.ceil(want / channel_divisor) * channel_divisor))
-        if len(keep) == 0 and want > 0:
+        if len(keep) == 0 and want > 0 and warn:
             warnings.warn(f'GDP: every gate of group {grp.name} is zero; keeping {want} '
                           'channel(s) (their absorbed gate is 0, the output is unchanged)')
         if want > len(keep):
             order = np.argsort(-vals, kind='stable')
-            extra = [c for c in order if c not in set(keep.tolist())][:want - len(keep)]
-            keep = np.concatenate([keep, np.array(extra, dtype=np.int64)])
+            extra = order[~np.isin(order, keep)][:want - len(keep)]
+            keep = np.concatenate([keep, extra.astype(np.int64)])
         kept.append(_every_member_keeps_one(grp, np.sort(keep), vals))
     return kept
+
+
+def exported_channels(graph: ChannelGraph, gates, min_channels: float = 1,
+                      channel_divisor: int = 1) -> np.ndarray:
+    """Boolean mask over the graph's channels: those the export of a model with these
+    gate values (or ``|a|``: only zeros and the order matter) keeps. What a budget
+    controller must count to land the export, not the gates, on its target."""
+    kept = choose_kept(graph, gates, min_channels, channel_divisor, warn=False)
+    return kept_mask(graph, kept)
 
 
 def _every_member_keeps_one(grp, keep: np.ndarray, vals: np.ndarray) -> np.ndarray:
@@ -254,17 +266,28 @@ def fix_width_attributes(model: nn.Module, graph: ChannelGraph,
     return attrs
 
 
-def extract_pruned(model: nn.Module, min_channels: int = 1, channel_divisor: int = 1):
+@dataclass
+class PruneResult:
+    """What :func:`extract_pruned` did: ``shapes`` (new constructor widths per sliced
+    module), ``attrs`` (updated width attributes of other modules, e.g. RoI
+    extractors' ``out_channels``) and ``kept`` (per group of the graph, the sorted
+    channel indices kept)."""
+    shapes: Dict[str, dict]
+    attrs: Dict[str, dict]
+    kept: List[np.ndarray]
+
+
+def extract_pruned(model: nn.Module, min_channels: float = 1,
+                   channel_divisor: int = 1) -> PruneResult:
     """Turn a gated model (with ``gdp_gates``) into the plain pruned model, in place.
 
-    Returns ``(shapes, attrs)``: the new widths of the sliced modules and the updated
-    width attributes of other modules. The result computes what the gated model
-    computed (up to float rounding). A conv that reads only zero-gated channels (a
-    residual block's second conv when the block's inner group is all zero) becomes a
-    :class:`ConstantConv`, leaving the block its shortcut and a constant.
+    The result computes what the gated model computed (up to float rounding). A conv
+    that reads only zero-gated channels (a residual block's second conv when the
+    block's inner group is all zero) becomes a :class:`ConstantConv`, leaving the
+    block its shortcut and a constant.
     """
     gates = model.gdp_gates
-    graph: ChannelGraph = model.gdp_graph
+    graph: ChannelGraph = gates.graph
     values = gates.values().detach()
     if not torch.isfinite(values).all():
         raise ValueError('GDP gates contain NaN/Inf: the checkpoint is corrupt or training '
@@ -276,5 +299,4 @@ def extract_pruned(model: nn.Module, min_channels: int = 1, channel_divisor: int
     shapes = prune_channels(model, graph, kept)
     replace_zero_kernels(model, gates.consumer_index(), shapes)
     attrs = fix_width_attributes(model, graph, kept)
-    model.__dict__['gdp_kept'] = kept
-    return shapes, attrs
+    return PruneResult(shapes, attrs, kept)

@@ -14,8 +14,21 @@ def run_rank(rank: int, world: int, cfg_path: str, out_dir: str, port: int) -> N
     import gdp_det  # noqa: F401
     from mmengine.config import Config
     from mmengine.runner import Runner
+    from mmengine.hooks import Hook
+
+    class PerturbGateGradient(Hook):
+        """Rank 1 alone adds noise to the (all-reduced) gate gradient before the GDP
+        hook uses it: the ranks would diverge unless the hook makes them agree."""
+        priority = 'NORMAL'  # before GDPHook (LOW)
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            a = runner.model.module.gdp_gates.a
+            if rank == 1 and a.grad is not None:
+                a.grad.add_(torch.randn_like(a.grad) * a.grad.abs().mean())
+
     cfg = Config.fromfile(cfg_path)
     runner = Runner.from_cfg(cfg)
+    runner.register_hook(PerturbGateGradient())
     runner.train()
     gates = runner.model.module.gdp_gates
     torch.save(dict(a=gates.a.detach().clone(), eps=gates.eps.clone()),

@@ -26,7 +26,7 @@ def test_gdp_config_builds(path):
     cfg.model.detector.backbone.init_cfg = None
     cfg.model.input_size = (128, 128)  # the trace only; keeps the test fast
     model = MODELS.build(cfg.model)
-    assert len(model.gdp_graph.groups) > 30
+    assert len(model.gdp_gates.graph.groups) > 30
     num_classes = 20 if 'voc' in path else 80
     head = model.roi_head.bbox_head if hasattr(model, 'roi_head') else model.bbox_head
     assert head.num_classes == num_classes

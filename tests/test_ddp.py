@@ -1,5 +1,7 @@
-"""GDP under torch DDP: 2 CPU processes (gloo), each loading data with a worker
-process (num_workers > 0), keep identical gates."""
+"""GDP under torch DDP: 2 CPU processes (gloo), each loading its own data with a
+worker process (num_workers > 0), keep bitwise identical gates by construction
+(rank 0's gates are broadcast after every update), even when one rank's gate
+gradient is perturbed."""
 import socket
 
 import pytest

@@ -57,7 +57,7 @@ def test_kernel_gating_equals_input_gating(monkeypatch):
     with torch.no_grad():
         kernel.gdp_gates.a.uniform_(0, 1.5)
         kernel.gdp_gates.a[::7] = 0
-        kernel.gdp_gates.eps.fill_(0.1)
+        kernel.gdp_gates.set_eps(0.1)
     assert any(isinstance(h, torch.nn.Module) for h in kernel.gdp_gates._handles)
     inputs = copy.deepcopy(kernel)
     inputs.gdp_gates.detach_hooks()

@@ -2,6 +2,7 @@
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -59,15 +60,16 @@ def test_all_zero_group_keeps_min_channels_exactly():
 def test_unreachable_budget_names_the_smallest_reachable_ratio():
     net, _ = small_net()
     from gdp_det.flops import Budget
-    flops = FlopsModel(net.gdp_graph)
+    flops = FlopsModel(net.gdp_gates.graph)
     hook = GDPHook(flops_target=0.01, min_channels=4)
-    hook.budget = Budget([(flops, 0.01)])
-    with pytest.raises(ValueError, match=r'flops_target=0.01 is unreachable with min_channels=4;'
-                                         r' the smallest reachable ratio is 0\.\d+'):
-        hook._check_reachable(net)
+    hook.budget, hook.gates = Budget([(flops, 0.01)]), net.gdp_gates
+    with pytest.raises(ValueError, match=r'flops_target=0.01 is unreachable with min_channels=4'
+                                         r' and channel_divisor=1; the smallest reachable '
+                                         r'ratio is 0\.\d+'):
+        hook._check_reachable()
     ok = GDPHook(flops_target=0.5, min_channels=4)
-    ok.budget = Budget([(flops, 0.5)])
-    ok._check_reachable(net)  # reachable: no error
+    ok.budget, ok.gates = Budget([(flops, 0.5)]), net.gdp_gates
+    ok._check_reachable()  # reachable: no error
 
 
 def test_channel_divisor_rounds_up_with_exact_zero_gates():
@@ -86,8 +88,8 @@ def test_channel_divisor_rounds_up_with_exact_zero_gates():
 def test_budget_with_params_target():
     from gdp_det.flops import Budget
     net, _ = small_net()
-    flops = FlopsModel(net.gdp_graph)
-    params = FlopsModel(net.gdp_graph, params=True)
+    flops = FlopsModel(net.gdp_gates.graph)
+    params = FlopsModel(net.gdp_gates.graph, params=True)
     alive = torch.ones(flops.num_channels, dtype=torch.bool)
     alive[:4] = False  # half of the first conv's outputs
     budget = Budget([(flops, 0.9), (params, None)])
@@ -98,7 +100,7 @@ def test_budget_with_params_target():
     assert both.met(alive) == (r_params <= 0.5)
     # only the violated constraint contributes to the weights
     w = both.weights(torch.ones_like(alive))
-    assert torch.allclose(w, params.channel_weights(torch.ones_like(alive)) / params.full)
+    assert np.allclose(w, params.channel_weights(torch.ones_like(alive)) / params.full)
     with pytest.raises(ValueError, match='params_target must be in'):
         GDPHook(params_target=2.0)
 
@@ -130,12 +132,13 @@ def drive_hook(model, hook, iters, grad_fn, on_iter=None):
     runner = SimpleNamespace(model=model, iter=0, max_iters=iters, rank=0,
                              message_hub=MessageHub.get_instance('gdp_drive_hook'),
                              optim_wrapper=SimpleNamespace(optimizer=optimizer))
+    hook.before_run(runner)
     hook.before_train(runner)
     for it in range(iters):
         runner.iter = it
         hook.before_train_iter(runner, it)
         model.gdp_gates.a.grad = grad_fn(it)
-        hook._take_gate_grad(optimizer, (), {})
+        hook._on_optimizer_step(optimizer, (), {})
         hook.after_train_iter(runner, it)
         if on_iter:
             on_iter(it)

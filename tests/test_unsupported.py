@@ -49,7 +49,7 @@ def gdp_model(cfg, **kw):
 
 
 def members(model):
-    g = model.gdp_graph.groups
+    g = model.gdp_gates.graph.groups
     return {n for grp in g for d in (grp.producers, grp.consumers, grp.norms) for n in d}
 
 
@@ -76,7 +76,7 @@ def test_excluding_the_module_prunes_the_rest_losslessly(tmp_path):
 
 def test_keep_unsupported_keeps_only_the_touched_channels():
     model = gdp_model(config(), on_unsupported='keep')
-    producers = {p for g in model.gdp_graph.groups for p in g.producers}
+    producers = {p for g in model.gdp_gates.graph.groups for p in g.producers}
     assert 'backbone.conv1' in producers  # before the shuffle: still prunable
     assert 'backbone.conv2' not in producers  # its channels are shuffled
 
