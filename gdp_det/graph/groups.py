@@ -1,7 +1,7 @@
 """From the traced union-find to channel groups: :func:`trace_channel_graph`."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from .tracer import ChannelTracer, watch_autograd_functions
 
 def trace_channel_graph(model: nn.Module, forward_fn: Callable[[nn.Module], object],
                         exclude: Sequence[str] = (),
-                        passthrough_types: Tuple[type, ...] = ()) -> ChannelGraph:
+                        passthrough_types: Optional[Tuple[type, ...]] = None) -> ChannelGraph:
     """Trace ``forward_fn(model)`` and return the groups of prunable coupled channels.
 
     ``exclude``: module name prefixes whose channels must never be pruned (their
@@ -24,7 +24,7 @@ def trace_channel_graph(model: nn.Module, forward_fn: Callable[[nn.Module], obje
     mmcv and torchvision is known without it.
     """
     register_extension_ops()
-    tracer = ChannelTracer(model, tuple(passthrough_types))
+    tracer = ChannelTracer(model, tuple(passthrough_types or ()))
     handles = [m.register_forward_hook(tracer.module_hook)
                for m in model.modules() if not list(m.children())]
     for m in model.modules():

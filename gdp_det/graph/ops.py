@@ -232,8 +232,8 @@ register_op(_meta, *_objects(
     ['dim', 'size', 'numel', 'nelement', 'ndimension', 'new_zeros', 'new_ones', 'new_empty',
      'new_full', 'new_tensor', 'zeros_like', 'ones_like', 'empty_like', 'full_like',
      'rand_like', 'randn_like', 'is_floating_point', 'is_complex', 'is_contiguous',
-     'data_ptr', 'get_device', 'element_size', 'stride', 'storage_offset', '__len__',
-     '__format__', '__repr__'], (torch, torch.Tensor)))
+     'data_ptr', 'get_device', 'element_size', 'stride', 'storage_offset'],
+    (torch, torch.Tensor)), *_objects(['__len__', '__format__', '__repr__'], _T))
 register_op(layers.conv, torch.conv2d, torch.conv_transpose2d)
 register_op(layers.linear, F.linear)
 register_op(layers.norm, *_objects(['batch_norm', 'group_norm', 'layer_norm',
