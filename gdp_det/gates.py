@@ -128,8 +128,28 @@ class _GateConvWeight:
         return self.conv_forward(x * g.view(shape), weight, bias)
 
 
+def _forwards_through_conv_forward() -> tuple:
+    """``forward`` methods known to reach ``self._conv_forward``: torch's convs and
+    mmcv's wrappers of them (which call ``super().forward``)."""
+    known = [nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward]
+    try:
+        from mmcv.cnn.bricks import wrappers
+        known += [wrappers.Conv2d.forward, wrappers.Conv3d.forward]
+    except ImportError:
+        pass
+    return tuple(known)
+
+
+_CONV_FORWARDS = _forwards_through_conv_forward()
+
+
 def _weight_gated(module: nn.Module) -> bool:
+    """Whether the gate can scale ``module``'s kernel: a non-grouped conv whose
+    ``forward`` is known to call ``_conv_forward``. Any other conv (e.g. mmcv's
+    ``Conv2dAdaptivePadding`` calls ``F.conv2d`` itself) is gated on its input by a
+    forward pre-hook, which no ``forward`` can bypass."""
     return (isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups == 1
+            and type(module).forward in _CONV_FORWARDS
             and '_conv_forward' not in module.__dict__)
 
 

@@ -321,3 +321,41 @@ def test_ema_checkpoint_holds_the_live_gates(make_toy_cfg, tmp_path):
     for g, sl in zip(report['groups'], gates.group_slices):
         assert g['kept'] == int(expected[sl].sum())
     assert report['max_rel_output_diff'] <= 1e-4
+
+
+def test_conv_with_its_own_forward_is_still_gated():
+    """mmcv's Conv2dAdaptivePadding calls F.conv2d itself (never ``_conv_forward``):
+    it is gated on its input instead, so zeroing a gate changes its output, and the
+    export of such a network is lossless."""
+    from mmcv.cnn.bricks.conv2d_adaptive_padding import Conv2dAdaptivePadding
+
+    from gdp_det.gates import add_gates
+    from gdp_det.graph import trace_channel_graph
+    from gdp_det.pruner import extract_pruned
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(),
+                                        Conv2dAdaptivePadding(8, 8, 3, 2), nn.ReLU(),
+                                        nn.Conv2d(8, 4, 1))
+
+        def forward(self, x):
+            return self.layers(x)
+
+        def __getitem__(self, i):
+            return self.layers[i]
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(1, 3, 17, 17)
+    net = add_gates(net, trace_channel_graph(net, lambda m: m(x)))
+    assert not any(h is net[2] for h in net.gdp_gates._handles)  # a pre-hook, not the kernel
+    ref = net(x)
+    with torch.no_grad():
+        net.gdp_gates.a[net.gdp_gates.group_slices[0]][:3] = 0
+    out = net(x)
+    assert (out - ref).abs().max() > 1e-4  # the gate acts on the padded conv
+    pruned = copy.deepcopy(net)
+    extract_pruned(pruned)
+    assert pruned[2].in_channels == 5
+    assert torch.allclose(pruned(x), out, atol=1e-5)
