@@ -334,7 +334,8 @@ def main(argv=None) -> int:
     res = run_check(args)
     from gdp_det.report import atomic_write, update_sections
     atomic_write(args.json, json.dumps(res, indent=2) + '\n')
-    update_sections(args.out, [(SECTION, markdown(res, argv))])
+    head = None if osp.isfile(args.out) else ['# gdp-det benchmarks']
+    update_sections(args.out, [(SECTION, markdown(res, argv))], head)
     print(json.dumps(res, indent=2))
     return 0
 
