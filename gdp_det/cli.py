@@ -50,7 +50,6 @@ def describe_error(e: BaseException) -> Tuple[str, int]:
     """``(message, exit code)`` of a tool's failure: what is wrong and, in
     parentheses, how to fix it. Exceptions of no known kind are unexpected: their
     type and first line, exit code 1."""
-    from .detector import UnsupportedModuleError  # its message names the way out
     if isinstance(e, UserError):
         return _one_line(str(e), first_only=False), e.exit_code
     if isinstance(e, SyntaxError):  # mmengine: 'There are syntax errors in config file X: ...'
@@ -66,13 +65,11 @@ def describe_error(e: BaseException) -> Tuple[str, int]:
                'read or write', IsADirectoryError: 'give a file, not a directory',
                NotADirectoryError: 'a part of the path is a file'}.get(type(e))
         return (f'{what} ({fix})' if fix else what), 2
-    if isinstance(e, UnsupportedModuleError):
-        return _one_line(str(e), True), 2
     if isinstance(e, ImportError):
         return (f'{_one_line(str(e), True)} (install the package, or fix custom_imports in '
                 'the config)'), 2
-    if isinstance(e, ValueError):
-        return _one_line(str(e), True), 2
+    if isinstance(e, ValueError):  # bad values; also UnsupportedModuleError, whose message
+        return _one_line(str(e), True), 2  # names the ways out
     from mmengine.config.utils import ConfigParsingError
     if isinstance(e, ConfigParsingError):
         return f'{_one_line(str(e), True)} (fix the config)', 2
@@ -176,8 +173,9 @@ def load_state_dict(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location='cpu')
     except Exception as e:  # corrupt or not a torch file
-        raise UserError(f'cannot read checkpoint {path}: {_one_line(str(e), True)} (the file '
-                        'is damaged or not a torch checkpoint)') from e
+        detail = _one_line(str(e), True) or type(e).__name__
+        raise UserError(f'cannot read checkpoint {path}: {detail} (the file is damaged or not '
+                        'a torch checkpoint)') from e
     return ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
 
 
