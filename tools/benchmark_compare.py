@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
-from gdp_det.cli import (ArgumentParser, UserError, check_writable_dir, load_config,  # noqa: E402,E501
-                         load_json, tool_main)
+from gdp_det.cli import (ArgumentParser, UserError, check_writable_dir,  # noqa: E402
+                         load_config, load_json, tool_main)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '(e) Accuracy at equal FLOPs: GDP vs magnitude and BN-scale pruning'

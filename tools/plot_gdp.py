@@ -10,7 +10,8 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-from gdp_det.cli import ArgumentParser, UserError, check_writable_dir, load_json, tool_main  # noqa: E402,E501
+from gdp_det.cli import (ArgumentParser, UserError, check_writable_dir,  # noqa: E402
+                         load_json, tool_main)
 
 
 def find_report(path: str) -> str:
