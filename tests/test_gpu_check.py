@@ -29,6 +29,8 @@ def test_gpu_check_cpu_mode(tmp_path):
     prune = res['prune']
     assert 0 < prune['flops_ratio'] < 0.9 and 0 < prune['params_ratio'] < 0.9
     assert prune['verify_max_rel_diff'] < 1e-3 and prune['device_max_rel_diff'] < 1e-3
+    assert prune['verify_predict_max_diff'] < 1e-3 and prune['device_predict_max_diff'] < 1e-3
+    assert prune['device_predict_dets'] > 0
     text = out.read_text()
     assert '## (a) kept\n\nold text' in text  # the other sections stay
     assert '## (g) GPU check' in text and 'not checked (no CUDA)' in text

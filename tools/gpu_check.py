@@ -16,7 +16,8 @@ H x W, batch 2, with mmengine's ``AmpOptimWrapper`` (fp16):
     gates' and the hook's share, with the source lines that caused them);
 (c) random gates (half of each group, ``--seed``), prune + export + verify with
     ``gdp_det.api.prune_and_export``, then the export rebuilt from disk on the device
-    and compared with the gated model there (fp32, TF32 off).
+    and compared with the gated model there (tensor-mode outputs and detections after
+    NMS; fp32, TF32 off).
 
 Results: a JSON file and the ``(g) GPU check`` section of ``--out``. Without CUDA (or
 with ``--device cpu``) it runs in CPU mode: bf16 autocast, 256x256 unless ``--size``
@@ -229,7 +230,8 @@ def prune_on_device(cfg, gated, size, seed: int, out_dir: str, device: str) -> d
     from mmdet.registry import MODELS
     from mmengine.config import Config
 
-    from gdp_det.api import max_output_difference, prune_and_export
+    from gdp_det.api import (max_output_difference, max_prediction_difference,
+                             prune_and_export)
     from tools.prune import randomize_gates
     randomize_gates(gated.gdp_gates, 0.5, seed)
     t = time.perf_counter()
@@ -241,9 +243,14 @@ def prune_on_device(cfg, gated, size, seed: int, out_dir: str, device: str) -> d
                                         weights_only=True)['state_dict'])
     with no_tf32():
         device_diff = max_output_difference(gated.to(device), exported.to(device), size)
+        device_predict = max_prediction_difference(gated, exported, size)
     return dict(seed=seed, flops_ratio=report['flops_ratio'],
-                params_ratio=report['params_ratio'], seconds=seconds, verify_max_rel_diff=report['max_rel_output_diff'],
-                device_max_rel_diff=device_diff)
+                params_ratio=report['params_ratio'], seconds=seconds,
+                verify_max_rel_diff=report['max_rel_output_diff'],
+                verify_predict_max_diff=report['predict_check']['max_diff'],
+                device_max_rel_diff=device_diff,
+                device_predict_max_diff=device_predict['max_diff'],
+                device_predict_dets=device_predict['num_dets'])
 
 
 # -- the check ------------------------------------------------------------------------
@@ -324,6 +331,9 @@ def markdown(res: dict, argv) -> list:
              f"| max relative output difference: verify (CPU) / export reloaded on "
              f"{res['device']} | {p['verify_max_rel_diff']:.1e} / "
              f"{p['device_max_rel_diff']:.1e} |",
+             f"| detections after NMS, largest difference: verify (CPU) / on {res['device']} "
+             f"({p['device_predict_dets']} detections) | {p['verify_predict_max_diff']:.1e} / "
+             f"{p['device_predict_max_diff']:.1e} |",
              '', f"Command: `python tools/gpu_check.py {' '.join(argv)}` ({res['date']})."]
     return rows
 
