@@ -21,7 +21,8 @@ H x W, batch 2, with mmengine's ``AmpOptimWrapper`` (fp16):
 
 Results: a JSON file and the ``(g) GPU check`` section of ``--out``. Without CUDA (or
 with ``--device cpu``) it runs in CPU mode: bf16 autocast, 256x256 unless ``--size``
-is given, and (b) skipped (``cuda_parts_skipped: true``).
+is given, and (b) skipped (``cuda_parts_skipped: true``). On CUDA it needs mmcv with its
+CUDA ops (mmdet's focal loss and NMS call them on CUDA tensors); it checks that first.
 """
 import argparse
 import contextlib
@@ -254,12 +255,25 @@ def prune_on_device(cfg, gated, size, seed: int, out_dir: str, device: str) -> d
 
 
 # -- the check ------------------------------------------------------------------------
+def check_mmcv_cuda_ops() -> None:
+    from mmcv.ops import nms
+    box = torch.tensor([[0., 0., 10., 10.]], device='cuda')
+    try:
+        nms(box, torch.ones(1, device='cuda'), 0.5)
+    except RuntimeError as e:
+        sys.exit(f'gpu_check: mmcv has no CUDA ops here ({str(e).splitlines()[0]}); build '
+                 'mmcv where torch sees the GPU and nvcc is installed, or install a CUDA '
+                 'wheel of mmcv')
+
+
 def run_check(args) -> dict:
     from mmdet.utils import register_all_modules
 
     from gdp_det.detector import unwrap
     register_all_modules()
     cuda = args.device == 'cuda'
+    if cuda:
+        check_mmcv_cuda_ops()
     cfg = load_config(CONFIG)
     cfg.model.backbone.init_cfg = None  # random init: no pretrained download
     plain_cfg = cfg.model.to_dict()
