@@ -301,19 +301,32 @@ def test_amp_bf16_run_reaches_target_and_exports_losslessly(make_toy_cfg, tmp_pa
 
 @pytest.mark.slow
 def test_ema_checkpoint_holds_the_live_gates(make_toy_cfg, tmp_path):
-    """With the EMAHook of mmdet's YOLOX/RTMDet configs (ExpMomentumEMA, buffers
-    averaged, priority 49): the checkpoint's gates equal the live gates (zeros stay
-    zeros) and the export prunes exactly the live model's zero channels."""
+    """The toy RTMDet-tiny with the EMAHook of mmdet's RTMDet/YOLOX configs
+    (ExpMomentumEMA, buffers averaged, priority 49): the checkpoint's gates equal the
+    live gates (zeros stay zeros) and the export prunes exactly the live model's zero
+    channels."""
+    import os.path as osp
+
     from mmengine.runner import Runner
-    cfg = gdp_cfg(make_toy_cfg, tmp_path / 'ema', epochs=6, flops_target=0.6)
-    cfg.custom_hooks.append(dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0002,
-                                 update_buffers=True, priority=49))
+
+    from conftest import CONFIG_DIR
+    cfg = make_toy_cfg(osp.join(CONFIG_DIR, 'rtmdet_tiny_toyvoc.py'),
+                       work_dir=str(tmp_path / 'ema'), img_scale=(128, 128), batch_size=4,
+                       max_epochs=6)
+    assert cfg.custom_hooks[0].type == 'EMAHook'
+    cfg.model = dict(type='GDPDetector', detector=cfg.model, input_size=(128, 128))
+    cfg.custom_hooks.append(dict(type='GDPHook', flops_target=0.6, export=True))
+    cfg.train_cfg.val_interval = 1000
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=6)
+    cfg.optim_wrapper.optimizer.lr = 1e-3
     runner = Runner.from_cfg(cfg)
     runner.train()
     live = runner.model.gdp_gates.a.detach()
     assert (live == 0).any()
     ckpt = torch.load(tmp_path / 'ema' / 'epoch_6.pth', weights_only=False)
     assert torch.equal(ckpt['state_dict']['gdp_gates.a'], live)
+    assert not torch.equal(ckpt['state_dict']['bbox_head.rtm_cls.0.weight'],
+                           runner.model.bbox_head.rtm_cls[0].weight.detach())  # EMA weights
     report = json.loads((tmp_path / 'ema' / 'pruned' / 'prune_report.json').read_text())
     gates = runner.model.gdp_gates
     hook = next(h for h in runner.hooks if type(h).__name__ == 'GDPHook')
@@ -321,6 +334,7 @@ def test_ema_checkpoint_holds_the_live_gates(make_toy_cfg, tmp_path):
     for g, sl in zip(report['groups'], gates.group_slices):
         assert g['kept'] == int(expected[sl].sum())
     assert report['max_rel_output_diff'] <= 1e-4
+    assert report['flops_ratio'] <= 0.6 + 0.005
 
 
 def test_conv_with_its_own_forward_is_still_gated():
