@@ -13,7 +13,7 @@ if REPO not in sys.path:
 
 import gdp_det  # noqa: E402  (registries)
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
-from gdp_det.toy_voc import make_toy_voc  # noqa: E402
+from gdp_det.datasets.toy_voc import make_toy_voc  # noqa: E402
 
 CONFIG_DIR = osp.join(REPO, 'configs', 'toy')
 RETINANET_CFG = osp.join(CONFIG_DIR, 'retinanet_r18_fpn_toyvoc.py')

@@ -8,7 +8,7 @@ import torch
 from mmengine.config import Config
 
 from gdp_det import compat
-from gdp_det.toy_voc import TOY_CLASSES
+from gdp_det.datasets.toy_voc import TOY_CLASSES
 
 from conftest import FASTER_RCNN_CFG, RETINANET_CFG
 

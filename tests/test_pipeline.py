@@ -67,7 +67,7 @@ def test_plot_tool_draws_from_a_prune_report(tmp_path):
 
 
 def test_update_sections_replaces_only_its_own(tmp_path):
-    from gdp_det.report import update_sections
+    from gdp_det.pipeline.report import update_sections
     path = tmp_path / 'RESULTS.md'
     path.write_text('# title\n\nmachine\n\n## (a) one\n\nold a\n\n## (e) five\n\nkeep e\n')
     update_sections(str(path), [('(a) one', ['new a']), ('(b) two', ['b'])])

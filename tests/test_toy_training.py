@@ -1,7 +1,7 @@
 """End-to-end: the toy RetinaNet really learns the toy dataset on the CPU."""
 import pytest
 
-from gdp_det.toy_voc import make_toy_voc
+from gdp_det.datasets.toy_voc import make_toy_voc
 
 from conftest import RETINANET_CFG, toy_cfg
 

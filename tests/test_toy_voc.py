@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gdp_det.toy_voc import (TOY_CLASSES, TOY_PALETTE, image_ids,
-                             make_toy_voc, sample_for)
+from gdp_det.datasets.toy_voc import (TOY_CLASSES, TOY_PALETTE, image_ids,
+                                      make_toy_voc, sample_for)
 
 from conftest import CONFIG_DIR, REPO
 

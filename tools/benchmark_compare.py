@@ -140,7 +140,7 @@ def main(argv=None):
     from gdp_det.api import prune_and_export
     from gdp_det.cli import gdp_model_cfg, load_state_dict
     from gdp_det.pipeline import evaluate, phase_schedule, stage, train
-    from gdp_det.report import update_sections
+    from gdp_det.pipeline.report import update_sections
     register_all_modules()
     work = osp.abspath(args.work_dir)
     what = 'of a finished tools/gdp_prune_pipeline.py run (--work-dir)'

@@ -236,7 +236,7 @@ def main(argv=None):
         f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, '
         f'torch {torch.__version__}, {torch.get_num_threads()} threads. Timings are medians '
         'of repeated runs in one process; each section names its command and date.']
-    from gdp_det.report import update_sections
+    from gdp_det.pipeline.report import update_sections
     print(update_sections(args.out, sections, head))
 
 

@@ -13,7 +13,7 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from gdp_det.cli import ArgumentParser, check_writable_dir, tool_main  # noqa: E402
-from gdp_det.toy_voc import TOY_CLASSES, make_toy_voc  # noqa: E402
+from gdp_det.datasets.toy_voc import TOY_CLASSES, make_toy_voc  # noqa: E402
 
 
 def parse_args(argv=None):

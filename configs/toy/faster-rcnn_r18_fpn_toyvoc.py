@@ -1,5 +1,5 @@
 # Faster R-CNN, ResNet-18 + FPN, trained from scratch (no pretrained weights
-# are available offline) on the procedural toy VOC dataset (gdp_det.toy_voc).
+# are available offline) on the procedural toy VOC dataset (gdp_det.datasets.toy_voc).
 # See benchmarks/toy_baseline.md for its time and mAP on 2 CPU cores.
 _base_ = [
     'mmdet::_base_/models/faster-rcnn_r50_fpn.py',

@@ -1,5 +1,5 @@
 # RetinaNet, ResNet-18 + FPN, trained from scratch (no pretrained weights are
-# available offline) on the procedural toy VOC dataset (gdp_det.toy_voc).
+# available offline) on the procedural toy VOC dataset (gdp_det.datasets.toy_voc).
 # 16 epochs of 480 images at 224 px on 2 CPU cores: VOC mAP@0.5 ~0.75 in
 # about 10 minutes; see benchmarks/toy_baseline.md.
 _base_ = [

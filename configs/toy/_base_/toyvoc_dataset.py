@@ -1,9 +1,9 @@
-# Toy VOC dataset written by ``tools/make_toy_voc.py`` (gdp_det.toy_voc).
+# Toy VOC dataset written by ``tools/make_toy_voc.py`` (gdp_det.datasets.toy_voc).
 # Layout as mmdet's configs/_base_/datasets/voc0712.py; the folder name
 # ``VOC2007`` makes VOCDataset set dataset_type='VOC2007' (11-point mAP).
 dataset_type = 'VOCDataset'
 data_root = 'data/toyvoc/'
-# Must equal gdp_det.toy_voc.TOY_CLASSES / TOY_PALETTE (checked by the tests;
+# Must equal gdp_det.datasets.toy_voc.TOY_CLASSES / TOY_PALETTE (checked by the tests;
 # plain configs cannot import them).
 metainfo = dict(
     classes=('circle', 'square', 'triangle', 'star', 'cross'),

@@ -370,7 +370,7 @@ def voc_xml(img_id: str, width: int, height: int,
     ET.SubElement(root, 'filename').text = f'{img_id}.jpg'
     source = ET.SubElement(root, 'source')
     ET.SubElement(source, 'database').text = 'gdp_det toy VOC'
-    ET.SubElement(source, 'annotation').text = 'gdp_det.toy_voc'
+    ET.SubElement(source, 'annotation').text = 'gdp_det.datasets.toy_voc'
     size = ET.SubElement(root, 'size')
     ET.SubElement(size, 'width').text = str(int(width))
     ET.SubElement(size, 'height').text = str(int(height))

@@ -27,7 +27,7 @@ from mmengine.dist import (barrier, broadcast_object_list, init_dist, is_distrib
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from .export import EXPORT_FILES
+from ..export import EXPORT_FILES
 from .report import atomic_write, write_report
 
 
