@@ -75,19 +75,27 @@ def _predict(model: nn.Module, img: torch.Tensor, meta: dict) -> torch.Tensor:
                       out.labels.cpu()[:, None].float()], 1)
 
 
+def _unique_scores(scores: torch.Tensor, tol: float) -> torch.Tensor:
+    """Mask of the scores that no other score comes within ``tol`` of."""
+    close = (scores[:, None] - scores[None]).abs() <= tol
+    return close.sum(1) == 1
+
+
 @torch.no_grad()
 def max_prediction_difference(model_a: nn.Module, model_b: nn.Module,
-                              input_size: Tuple[int, int], seed: int = 0) -> dict:
+                              input_size: Tuple[int, int], seed: int = 0,
+                              tie: float = 1e-4) -> dict:
     """Predict-mode (after NMS) results of two detectors on one fixed input.
 
-    Score thresholds are set to 0 for the comparison. Detections are matched
-    order-free: near-tied scores may come in another order. Returns ``num_dets`` (of
-    ``model_a``), ``count_diff`` and ``max_diff``: the largest distance from a
-    detection to its nearest match in the other result (box corners relative to the
-    image size, scores, and 1 for another label), over the detections scoring clearly
-    above the lowest kept score (a tie at the cut-off may keep either detection).
-    When ``model_a`` itself cannot predict (an mmdet bug, e.g. SSDHead in mmdet 3.3
-    has no ``loss_cls``), returns ``skipped`` with the reason instead.
+    Score thresholds are set to 0 for the comparison. Returns ``num_dets`` (of
+    ``model_a``), ``count_diff``, ``score_diff`` (the largest difference between the
+    two sorted score lists, above the lowest kept score: a tie at the cut-off may
+    keep either detection) and ``box_diff`` (for each detection whose score is not
+    tied within ``tie`` with another one, the distance to the detection of the other
+    model with the same label and score: box corners relative to the image size;
+    tied detections of a barely trained model may swap their boxes), and ``max_diff``,
+    the larger of the two. When ``model_a`` itself cannot predict (an mmdet bug, e.g.
+    SSDHead in mmdet 3.3 has no ``loss_cls``), returns ``skipped`` with the reason.
     """
     h, w = input_size
     gen = torch.Generator().manual_seed(seed)
@@ -99,15 +107,25 @@ def max_prediction_difference(model_a: nn.Module, model_b: nn.Module,
     except Exception as e:  # noqa: BLE001 - the unpruned model's own predict is broken
         return dict(skipped=f'{type(e).__name__}: {e}')
     b = _predict(model_b, img, meta)
-    result = dict(num_dets=len(a), count_diff=abs(len(a) - len(b)), max_diff=0.0)
+    result = dict(num_dets=len(a), count_diff=abs(len(a) - len(b)), score_diff=0.0,
+                  box_diff=0.0)
     if len(a) == 0 or len(b) == 0:
         result['max_diff'] = 0.0 if len(a) == len(b) else float('inf')
         return result
-    dist = (a[:, None, :5] - b[None, :, :5]).abs().amax(-1)
-    dist = dist + (a[:, None, 5] != b[None, :, 5]).float()
-    floor = max(float(a[:, 4].min()), float(b[:, 4].min())) + 1e-3
-    worst = [dist[a[:, 4] > floor].amin(1), dist[:, b[:, 4] > floor].amin(0)]
-    result['max_diff'] = max([float(x.max()) for x in worst if x.numel()] + [0.0])
+    floor = max(float(a[:, 4].min()), float(b[:, 4].min())) + 10 * tie
+    sa = a[a[:, 4] > floor, 4].sort(descending=True).values
+    sb = b[b[:, 4] > floor, 4].sort(descending=True).values
+    if len(sa) != len(sb):
+        result['score_diff'] = float('inf')
+    elif len(sa):
+        result['score_diff'] = float((sa - sb).abs().max())
+    sel = a[(a[:, 4] > floor) & _unique_scores(a[:, 4], tie)]
+    if len(sel):
+        same = ((sel[:, None, 4] - b[None, :, 4]).abs() <= tie) & (sel[:, None, 5] == b[None, :, 5])
+        dist = (sel[:, None, :4] - b[None, :, :4]).abs().amax(-1)
+        dist = torch.where(same, dist, torch.full_like(dist, float('inf')))
+        result['box_diff'] = float(dist.amin(1).max())
+    result['max_diff'] = max(result['score_diff'], result['box_diff'])
     return result
 
 
