@@ -1,10 +1,14 @@
 """The whole job on toy data: stages, report, plots and resume after interruption."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from gdp_det.pipeline import run_pipeline
+
+from conftest import REPO
 
 
 def small_cfg(make_toy_cfg, tmp_path):
@@ -78,3 +82,33 @@ def test_update_sections_replaces_only_its_own(tmp_path):
     update_sections(str(path), [('(b) two', ['b2'])], head=['# new title'])
     text = path.read_text()
     assert text.startswith('# new title\n') and text.count('## (b)') == 1 and 'b2' in text
+
+
+def test_report_rows_and_files(tmp_path):
+    from gdp_det.pipeline.report import report_rows, write_report
+    prune_report = dict(flops_before=4e9, flops_after=2e9, flops_ratio=0.5,
+                        params_before=10e6, params_after=6e6, max_rel_output_diff=2e-6,
+                        history=[[0, 1.0], [10, 0.5]], flops_target=0.5)
+    ev = dict(baseline=dict(mAP=0.8, latency_ms=20.0), pruned=dict(mAP=0.7, latency_ms=12.0),
+              finetuned=dict(mAP=0.75, latency_ms=11.0))
+    rows = report_rows(prune_report, ev, finetune_epochs=2)
+    assert [r['model'] for r in rows] == ['baseline', 'GDP pruned (no fine-tune)',
+                                          'GDP pruned + 2 ep fine-tune']
+    assert [r['GFLOPs'] for r in rows] == [4.0, 2.0, 2.0]
+    assert [r['params (M)'] for r in rows] == [10.0, 6.0, 6.0]
+    assert rows[1]['max output diff'] == 2e-6 and 'max output diff' not in rows[2]
+    assert len(report_rows(prune_report, dict(ev, finetuned=None), 0)) == 2
+    write_report(str(tmp_path), rows, prune_report, 'note')
+    md = (tmp_path / 'report.md').read_text().splitlines()
+    assert '| GDP pruned + 2 ep fine-tune | 0.75 | 2 | 0.5 | 6 | 11 |  |' in md
+    assert 'note' in md and '![flops_ratio.png](flops_ratio.png)' in md
+    assert json.loads((tmp_path / 'report.json').read_text())['figures'] == ['flops_ratio.png']
+    assert (tmp_path / 'flops_ratio.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_main_job_and_dataset_import_without_matplotlib():
+    code = ("import sys, gdp_det.pipeline, gdp_det.datasets.toy_voc; "
+            "assert 'matplotlib' not in sys.modules")
+    out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

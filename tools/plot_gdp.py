@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument('path')
     p.add_argument('--out-dir', help='default: next to the report')
     args = p.parse_args(argv)
-    from gdp_det.pipeline.report import plot_run
+    from gdp_det.pipeline.plots import plot_run
     report_path = find_report(args.path)
     report = load_json(report_path, 'prune report')
     out_dir = args.out_dir or osp.dirname(report_path)

@@ -1,9 +1,9 @@
-"""Reports and plots of a GDP run: tables (Markdown + JSON) and PNG figures.
+"""The job's report: one table row per model (Markdown + JSON) with the figures of
+:mod:`.plots`, and the atomic file writes the job and the benchmark tools share.
 
 ``write_report(work_dir, rows, prune_report)`` writes ``report.md`` and
-``report.json`` atomically; ``plot_run(prune_report, out_dir)`` draws the gate
-histograms through training, the FLOPs ratio against its target and the
-per-layer widths before/after.
+``report.json`` atomically; ``update_sections`` replaces sections of a Markdown file
+(``benchmarks/RESULTS.md``), keeping the others.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import os.path as osp
 import re
 import tempfile
 from typing import Dict, List, Optional, Tuple
+
+from .plots import plot_run
 
 
 def update_sections(path: str, sections: List[Tuple[str, List[str]]],
@@ -34,6 +36,8 @@ def update_sections(path: str, sections: List[Tuple[str, List[str]]],
 
 
 def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and
+    ``os.replace``: readers see the old file or the new one, never a part."""
     d = osp.dirname(osp.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=d)
@@ -47,85 +51,6 @@ def atomic_write(path: str, text: str) -> None:
         raise
 
 
-def _pyplot():
-    """matplotlib's pyplot on the Agg backend, imported on first use: matplotlib is the
-    optional ``report`` extra (``pip install gdp-det[report]``)."""
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise ImportError('plots need matplotlib: pip install "gdp-det[report]"') from e
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot_gate_histograms(report: dict, path: str) -> None:
-    plt = _pyplot()
-    snaps, bins = report['snapshots'], report['hist_bins']
-    n = len(snaps)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), sharey=True, squeeze=False)
-    for ax, s in zip(axes[0], snaps):
-        it, zeros, counts = int(s[0]), s[1], s[2:]
-        total = zeros + sum(counts)
-        ax.bar([-0.05], [zeros / total], width=0.05, color='tab:red', label='exactly 0')
-        ax.bar(bins[:-1], [c / total for c in counts], width=bins[1] - bins[0], align='edge',
-               color='tab:blue', label='g > 0')
-        ax.set_title(f'iter {it}')
-        ax.set_xlabel('gate value g')
-    axes[0][0].set_ylabel('share of channels')
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle('GDP gate values during training (polarization)')
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_flops_ratio(report: dict, path: str) -> None:
-    plt = _pyplot()
-    hist = report['history']
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([h[0] for h in hist], [h[1] for h in hist], label='FLOPs ratio (exact, L0)')
-    ax.axhline(report['flops_target'], color='tab:red', ls='--', label='target')
-    ax.set_xlabel('iteration')
-    ax.set_ylabel('FLOPs / unpruned FLOPs')
-    ax.set_ylim(0, 1.05)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_layer_widths(report: dict, path: str) -> None:
-    plt = _pyplot()
-    widths = report['layer_widths']
-    names = list(widths)
-    fig, ax = plt.subplots(figsize=(max(8, 0.12 * len(names)), 4))
-    xs = range(len(names))
-    ax.bar(xs, [widths[n][0] for n in names], color='lightgray', label='before')
-    ax.bar(xs, [widths[n][1] for n in names], color='tab:blue', label='after')
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(names, rotation=90, fontsize=5)
-    ax.set_ylabel('output channels')
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_run(report: dict, out_dir: str) -> List[str]:
-    """Draw every figure the report has data for; returns the written paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for key, fn, fname in (('snapshots', plot_gate_histograms, 'gate_histograms.png'),
-                           ('history', plot_flops_ratio, 'flops_ratio.png'),
-                           ('layer_widths', plot_layer_widths, 'layer_widths.png')):
-        if report.get(key):
-            path = osp.join(out_dir, fname)
-            fn(report, path)
-            paths.append(path)
-    return paths
-
-
 def markdown_table(rows: List[Dict], columns: List[str]) -> str:
     def fmt(v):
         if isinstance(v, float):
@@ -134,6 +59,27 @@ def markdown_table(rows: List[Dict], columns: List[str]) -> str:
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
     lines += ['| ' + ' | '.join(fmt(r.get(c, '')) for c in columns) + ' |' for r in rows]
     return '\n'.join(lines)
+
+
+def report_rows(prune_report: dict, ev: Dict[str, Optional[dict]],
+                finetune_epochs: int) -> List[Dict]:
+    """The table rows of the baseline, the pruned model and (if evaluated) the
+    fine-tuned one, from the export's ``prune_report`` and the evaluations ``ev``."""
+    rows = [dict(model='baseline', mAP=ev['baseline']['mAP'],
+                 GFLOPs=prune_report['flops_before'] / 1e9,
+                 **{'FLOPs ratio': 1.0, 'params (M)': prune_report['params_before'] / 1e6,
+                    'latency (ms)': ev['baseline']['latency_ms']})]
+    pruned = {'GFLOPs': prune_report['flops_after'] / 1e9,
+              'FLOPs ratio': prune_report['flops_ratio'],
+              'params (M)': prune_report['params_after'] / 1e6}
+    rows.append(dict(model='GDP pruned (no fine-tune)', mAP=ev['pruned']['mAP'], **pruned,
+                     **{'latency (ms)': ev['pruned']['latency_ms'],
+                        'max output diff': prune_report.get('max_rel_output_diff')}))
+    if ev.get('finetuned'):
+        rows.append(dict(model=f'GDP pruned + {finetune_epochs} ep fine-tune',
+                         mAP=ev['finetuned']['mAP'], **pruned,
+                         **{'latency (ms)': ev['finetuned']['latency_ms']}))
+    return rows
 
 
 def write_report(work_dir: str, rows: List[Dict], prune_report: dict, extra_md: str = '') -> None:
