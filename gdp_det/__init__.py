@@ -5,6 +5,10 @@ Importing the package registers ``GDPDetector``, ``GDPPrunedModule`` (MODELS) an
 ``custom_imports = dict(imports=['gdp_det'], allow_failed_imports=False)``. It patches
 nothing: the compatibility patches of :mod:`gdp_det.compat` are applied by
 ``compat.apply()``, which the tools and ``GDPDetector``'s build call.
+
+This loads the core (``graph/``, gates, FLOPs model, hook, pruner, export). The main
+job (:mod:`gdp_det.pipeline`) and the toy dataset (:mod:`gdp_det.datasets`) are
+subpackages built on it, imported on their own.
 """
 import warnings
 

@@ -22,8 +22,8 @@ def _pyplot():
     return plt
 
 
-def plot_gate_histograms(report: dict, path: str) -> None:
-    plt = _pyplot()
+def gate_histograms(plt, report: dict):
+    """Share of channels per gate value at each snapshot (polarization)."""
     snaps, bins = report['snapshots'], report['hist_bins']
     n = len(snaps)
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3), sharey=True, squeeze=False)
@@ -38,13 +38,11 @@ def plot_gate_histograms(report: dict, path: str) -> None:
     axes[0][0].set_ylabel('share of channels')
     axes[0][0].legend(fontsize=7)
     fig.suptitle('GDP gate values during training (polarization)')
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def plot_flops_ratio(report: dict, path: str) -> None:
-    plt = _pyplot()
+def flops_ratio(plt, report: dict):
+    """The exact FLOPs ratio per iteration against its target."""
     hist = report['history']
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([h[0] for h in hist], [h[1] for h in hist], label='FLOPs ratio (exact, L0)')
@@ -53,13 +51,11 @@ def plot_flops_ratio(report: dict, path: str) -> None:
     ax.set_ylabel('FLOPs / unpruned FLOPs')
     ax.set_ylim(0, 1.05)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def plot_layer_widths(report: dict, path: str) -> None:
-    plt = _pyplot()
+def layer_widths(plt, report: dict):
+    """Output channels per layer before and after pruning."""
     widths = report['layer_widths']
     names = list(widths)
     fig, ax = plt.subplots(figsize=(max(8, 0.12 * len(names)), 4))
@@ -70,20 +66,26 @@ def plot_layer_widths(report: dict, path: str) -> None:
     ax.set_xticklabels(names, rotation=90, fontsize=5)
     ax.set_ylabel('output channels')
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+#: (prune-report key the figure needs, drawing function, file name)
+FIGURES = (('snapshots', gate_histograms, 'gate_histograms.png'),
+           ('history', flops_ratio, 'flops_ratio.png'),
+           ('layer_widths', layer_widths, 'layer_widths.png'))
 
 
 def plot_run(report: dict, out_dir: str) -> List[str]:
     """Draw every figure the report has data for; returns the written paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    for key, fn, fname in (('snapshots', plot_gate_histograms, 'gate_histograms.png'),
-                           ('history', plot_flops_ratio, 'flops_ratio.png'),
-                           ('layer_widths', plot_layer_widths, 'layer_widths.png')):
+    for key, draw, fname in FIGURES:
         if report.get(key):
+            plt = _pyplot()
+            fig = draw(plt, report)
+            fig.tight_layout()
             path = osp.join(out_dir, fname)
-            fn(report, path)
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
             paths.append(path)
     return paths
