@@ -84,42 +84,27 @@ def tensor_forward(model, size):
 
 
 def bench_train_overhead(repeats):
-    """(a) forward+backward+step of the toy RetinaNet, plain vs gated, interleaved."""
-    from mmdet.registry import MODELS
-    from mmdet.structures import DetDataSample
-    from mmengine.structures import InstanceData
-    from gdp_det.detector import attach_gates
+    """(a) one training iteration of the toy RetinaNet (mmengine Runner: data
+    preprocessing, forward, backward, optimizer step and every hook), plain vs gated
+    with its GDPHook (eps schedule, gradient and proximal steps, budget), interleaved."""
+    from tools.gpu_check import build_runner, synthetic_batch, timed_iter
     cfg = load_config(osp.join(REPO, 'configs/toy/retinanet_r18_fpn_toyvoc.py'))
-    torch.manual_seed(0)
-    plain = MODELS.build(cfg.model)
-    gated = attach_gates(copy.deepcopy(plain), (224, 224))
-    imgs = torch.randn(8, 3, 224, 224)
-    samples = []
-    for _ in range(8):
-        s = DetDataSample(metainfo=dict(img_shape=(224, 224), pad_shape=(224, 224),
-                                        batch_input_shape=(224, 224)))
-        s.gt_instances = InstanceData(bboxes=torch.tensor([[20., 30., 120., 140.]]),
-                                      labels=torch.tensor([1]))
-        samples.append(s)
-
-    def step_fn(model):
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-        model.train()
-
-        def step():
-            losses = model.loss(imgs, samples)
-            loss = sum(v if torch.is_tensor(v) else sum(v) for v in losses.values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return step
-    sp, sg = step_fn(plain), step_fn(gated)
-    tp, tg = [], []
-    for _ in range(repeats):  # interleaved so both see the same machine state
-        tp.append(median_time(sp, 1))
-        tg.append(median_time(sg, 1))
-    p, g = statistics.median(tp), statistics.median(tg)
-    return ['| model | plain step (s) | GDP step (s) | overhead |', '|---|---|---|---|',
+    plain_cfg = cfg.model.to_dict()
+    gdp_cfg = gdp_model_cfg(cfg, (224, 224))
+    batch = synthetic_batch((224, 224), 8, plain_cfg['bbox_head']['num_classes'])
+    with tempfile.TemporaryDirectory() as tmp:
+        runners = [build_runner(c, f'bench_a_{k}', osp.join(tmp, k), batch, 'cpu',
+                                repeats + 12, gdp=k == 'gdp', amp=False)
+                   for k, c in (('plain', plain_cfg), ('gdp', gdp_cfg))]
+        times = [[], []]
+        for i in range(repeats + 1):  # interleaved so both see the same machine state
+            for k, r in enumerate(runners):
+                t = timed_iter(r, batch, 'cpu')
+                if i:  # the first iteration warms up
+                    times[k].append(t)
+    p, g = (statistics.median(t) for t in times)
+    return ['| model | plain iteration (s) | GDP iteration incl. GDPHook (s) | overhead |',
+            '|---|---|---|---|',
             f'| toy RetinaNet R18-FPN, batch 8 @224 | {p:.3f} | {g:.3f} | {100 * (g / p - 1):+.1f} % |']
 
 

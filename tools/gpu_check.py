@@ -123,16 +123,17 @@ def _cpu_amp_wrapper():
 
 
 def build_runner(model_cfg: dict, name: str, work_dir: str, batch: dict, device: str,
-                 max_iters: int, gdp: bool):
-    """A ``Runner`` with SGD, AMP and (``gdp``) the R50 configs' ``GDPHook``, set up
-    and ready for ``runner.train_loop.run_iter(batch)``."""
+                 max_iters: int, gdp: bool, amp: bool = True):
+    """A ``Runner`` with SGD, AMP (unless ``amp=False``) and (``gdp``) the R50 configs'
+    ``GDPHook``, set up and ready for ``runner.train_loop.run_iter(batch)``."""
     from mmengine.dataset import pseudo_collate
     from mmengine.runner import Runner
     from torch.utils.data import DataLoader
     items = [dict(inputs=i, data_samples=s) for i, s in zip(batch['inputs'],
                                                              batch['data_samples'])]
     sgd = dict(type='SGD', lr=0.001, momentum=0.9, weight_decay=1e-4)
-    optim = (dict(type='AmpOptimWrapper', dtype='float16', optimizer=sgd) if device == 'cuda'
+    optim = (dict(type='OptimWrapper', optimizer=sgd) if not amp
+             else dict(type='AmpOptimWrapper', dtype='float16', optimizer=sgd) if device == 'cuda'
              else dict(type=_cpu_amp_wrapper(), optimizer=sgd))
     hooks = [dict(type='GDPHook', flops_target=0.5, min_channels=8, channel_divisor=8,
                   export=False, log_interval=10**6, num_snapshots=2)] if gdp else []
