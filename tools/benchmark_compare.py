@@ -1,211 +1,169 @@
 #!/usr/bin/env python
-"""Accuracy at equal FLOPs: GDP vs magnitude (L1, L2) and BN-scale channel pruning.
+"""Compare pruning methods at equal FLOPs and at equal measured latency, over seeds.
 
-    python tools/benchmark_compare.py --work-dir work_dirs/demo [--epochs N] [--torch-pruning]
+    python tools/benchmark_compare.py [CONFIG] --work-dir work_dirs/compare \
+        [--data data/toyvoc] [--val-data data/toyvoc_val1000] [--baseline-checkpoint CKPT] \
+        [--methods ...] [--budgets 0.5 0.3] [--seeds 0 1 2] [--epochs 3] [--dry-run]
 
-Uses the finished pipeline run in ``--work-dir`` (its baseline checkpoint, its GDP
-result and FLOPs ratio). The other criteria are the importance scores of
-Torch-Pruning's MagnitudeImportance (p=1, p=2; group importance = mean over the
-group's producers) and BNScaleImportance (|gamma|), each applied to the same
-baseline on the same channel groups with the same per-group keep ratio search
-(Torch-Pruning's default, non-global pruning) to the same FLOPs, then fine-tuned for
-as many epochs as GDP trained (GDP phase + fine-tune), on the same schedule
-(``gdp_det.pipeline.phase_schedule``). With ``--torch-pruning`` the Torch-Pruning
-package itself (its DependencyGraph and MetaPruner with the same importances) prunes
-the same baseline too. The results replace section (e) of benchmarks/RESULTS.md.
+Trains on --data's trainval split, stops the baseline on --data's test split (the
+tuning split: the defaults were tuned on it) and reports on --val-data's test split
+(generated with --num-val images and --val-seed when missing). Every method starts from
+the same converged baseline and trains --epochs epochs after it on the same schedule
+(gdp_det.pipeline.compare). Rerunning the command skips the finished runs. Writes
+--out (compare.json, every run), section (e) of --results and the Pareto plot --plot.
 """
-import copy
 import os.path as osp
 import sys
-
-import numpy as np
-import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
-from gdp_det.cli import (ArgumentParser, UserError, check_writable_dir,  # noqa: E402
-                         load_config, load_json, tool_main)
+from gdp_det.cli import (ArgumentParser, DictAction, UserError,  # noqa: E402
+                         check_writable_dir, load_config, tool_main)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-SECTION = '(e) Accuracy at equal FLOPs: GDP vs magnitude and BN-scale pruning'
+SECTION = '(e) Accuracy at equal FLOPs and equal latency: GDP vs other pruners'
+TEST_LIST = osp.join('VOC2007', 'ImageSets', 'Main', '{}.txt')
 
 
-def importance(model, group, kind):
-    """Per-channel score of one group (higher = keep)."""
-    modules = dict(model.named_modules())
-    score = torch.zeros(group.size, dtype=torch.float64)
-    count = torch.zeros(group.size, dtype=torch.float64)
-    members = group.norms.items() if kind == 'bn' else group.producers.items()
-    for name, pos in members:
-        m = modules[name]
-        w = m.weight.detach().double()
-        if kind == 'bn':
-            s = w.abs()
-        else:
-            s = w.flatten(1).abs().pow(2 if kind == 'l2' else 1).sum(1)
-        sel = torch.as_tensor(pos >= 0)
-        score.index_add_(0, torch.as_tensor(pos[pos >= 0]), s[sel])
-        count.index_add_(0, torch.as_tensor(pos[pos >= 0]), torch.ones(int(sel.sum()),
-                                                                        dtype=torch.float64))
-    if kind == 'bn' and count.sum() == 0:  # no BN in this group: fall back to L1
-        return importance(model, group, 'l1')
-    return score / count.clamp_min(1)
+def _datasets(ds):
+    """A dataset config and, through wrappers, the ones it wraps."""
+    yield ds
+    for inner in ([ds['dataset']] if 'dataset' in ds else []) + list(ds.get('datasets', [])):
+        yield from _datasets(inner)
 
 
-def prune_by_importance(model, kind, target):
-    """Gates 1/0 keeping the same share of each group, chosen by importance."""
-    from gdp_det.flops import FlopsModel
-    graph = model.gdp_gates.graph
-    fm = FlopsModel(graph)
-    orders = [torch.argsort(importance(model, g, kind), descending=True) for g in graph.groups]
-
-    def alive_for(share):
-        alive = torch.zeros(graph.num_channels, dtype=torch.bool)
-        for i, g in enumerate(graph.groups):
-            k = max(1, int(round(share * g.size)))
-            alive[graph.offsets[i] + orders[i][:k]] = True
-        return alive
-    lo, hi = 0.0, 1.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if fm.count(alive_for(mid)) / fm.full > target else (mid, hi)
-    alive = alive_for(lo)
-    with torch.no_grad():
-        model.gdp_gates.a.copy_(alive.float())
-    return fm.count(alive) / fm.full
+def point_data(cfg, data: str, val_data: str):
+    """``cfg`` training on ``data``, validating (tuning) on its test split and testing on
+    ``val_data``'s test split."""
+    import copy
+    cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
+    cfg.test_evaluator = copy.deepcopy(cfg.val_evaluator)
+    for loader, root, ev in (('train_dataloader', data, None),
+                             ('val_dataloader', data, 'val_evaluator'),
+                             ('test_dataloader', val_data, 'test_evaluator')):
+        root = osp.abspath(root).rstrip('/') + '/'
+        for ds in _datasets(cfg[loader].dataset):
+            if 'data_root' in ds:
+                ds.data_root = root
+        if ev and cfg[ev].get('type') == 'CocoMetric':
+            cfg[ev].ann_file = osp.join(root, 'annotations', 'instances_test.json')
+    return cfg
 
 
-def torch_pruning_model(cfg, base: str, kind: str, target: float, input_size):
-    """The baseline pruned by the Torch-Pruning package itself (MetaPruner, uniform
-    ratio, its own DependencyGraph), the ratio bisected to ``target`` FLOPs as
-    counted by tp.utils.count_ops_and_params. Returns (detector, FLOPs ratio)."""
-    import torch.nn as nn
-    import torch_pruning as tp
-    from mmdet.registry import MODELS
-    from gdp_det.cli import load_state_dict
+def ensure_data(root: str, num_train: int, num_val: int, seed: int, log=print) -> None:
+    if osp.isfile(osp.join(root, TEST_LIST.format('test'))):
+        return
+    from gdp_det.datasets.toy_voc import make_toy_voc
+    check_writable_dir(root, 'data directory')
+    log(f'[compare] generating {root}: {num_train} train / {num_val} test images, seed {seed}')
+    make_toy_voc(root, num_train=num_train, num_val=num_val, seed=seed, coco=True)
 
-    class TensorMode(nn.Module):  # what TP traces: image -> every head output
-        def __init__(self, det):
-            super().__init__()
-            self.det = det
 
-        def forward(self, x):
-            return [t for level in self.det._forward(x) for t in level]
-
-    state = load_state_dict(base)
-
-    def pruned(ratio):
-        det = MODELS.build(cfg.model)
-        det.load_state_dict(state)
-        det.eval()
-        wrap, x = TensorMode(det), torch.randn(1, 3, *input_size)
-        full = tp.utils.count_ops_and_params(wrap, x)[0]
-        head = det.bbox_head
-        outputs = [m for n, m in head.named_children() if n in ('retina_cls', 'retina_reg',
-                                                                 'conv_cls', 'conv_reg')]
-        imp = {'l1': tp.importance.GroupMagnitudeImportance(p=1),
-               'l2': tp.importance.GroupMagnitudeImportance(p=2),
-               'bn': tp.importance.BNScaleImportance()}[kind]
-        tp.pruner.MetaPruner(wrap, x, importance=imp, pruning_ratio=ratio,
-                             ignored_layers=outputs).step()
-        return det, tp.utils.count_ops_and_params(wrap, x)[0] / full
-
-    lo, hi = 0.0, 0.9
-    for _ in range(8):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if pruned(mid)[1] > target else (lo, mid)
-    return pruned(hi)
+def _count(root: str, split: str, default: int) -> int:
+    path = osp.join(root, TEST_LIST.format(split))
+    return sum(1 for line in open(path) if line.strip()) if osp.isfile(path) else default
 
 
 @tool_main
 def main(argv=None):
     p = ArgumentParser(description=__doc__)
-    p.add_argument('--work-dir', required=True, help='a finished gdp_prune_pipeline run')
-    p.add_argument('--epochs', type=int, help='fine-tune epochs (default: GDP + fine-tune)')
-    p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
-    p.add_argument('--torch-pruning', action='store_true',
-                   help='also run the Torch-Pruning package itself (pip install torch-pruning)')
+    p.add_argument('config', nargs='?',
+                   default=osp.join(REPO, 'configs', 'toy', 'retinanet_r18_fpn_toyvoc.py'))
+    p.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs', 'compare'))
+    p.add_argument('--data', default=osp.join(REPO, 'data', 'toyvoc'),
+                   help='training set (trainval) and tuning split (test); made as `make demo` '
+                   'does when missing')
+    p.add_argument('--val-data', default=osp.join(REPO, 'data', 'toyvoc_val1000'),
+                   help='its test split is the report split; generated when missing')
+    p.add_argument('--num-val', type=int, default=1000)
+    p.add_argument('--val-seed', type=int, default=1, help="not the demo data's seed 0")
+    p.add_argument('--baseline-checkpoint', help='start of the convergence stage instead of '
+                   "training the config's schedule")
+    p.add_argument('--patience', type=int, default=3, help='epochs without a better tuning '
+                   'mAP that end the baseline (0: use the start as it is)')
+    p.add_argument('--converge-max-epochs', type=int, default=30)
+    p.add_argument('--methods', nargs='+', help='default: all')
+    p.add_argument('--budgets', nargs='+', type=float, default=[0.5, 0.3])
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--epochs', type=int, default=3, help='training epochs after the baseline')
+    p.add_argument('--gdp-epochs', type=int, default=2, help='of them in the GDP phase')
+    p.add_argument('--lr-factor', type=float, default=0.1)
+    p.add_argument('--latency-repeats', type=int, default=20)
+    p.add_argument('--threads', type=int, default=1, help='torch threads of the latency runs')
+    p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'compare.json'))
+    p.add_argument('--results', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
+    p.add_argument('--plot', default=osp.join(REPO, 'benchmarks', 'compare_pareto.png'))
+    p.add_argument('--dry-run', action='store_true', help='print the plan and the time')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = p.parse_args(argv)
-    if args.torch_pruning:
-        try:
-            import torch_pruning  # noqa: F401
-        except ImportError:
-            raise UserError('--torch-pruning needs the Torch-Pruning package '
-                            '(.venv/bin/pip install torch-pruning==1.6.1)')
-    check_writable_dir(osp.dirname(osp.abspath(args.out)), 'directory of --out')
-    from mmdet.registry import MODELS
+    if any(not 0 < b < 1 for b in args.budgets):
+        p.error(f'--budgets must be in (0, 1), got {args.budgets}')
+    if not 1 <= args.gdp_epochs <= args.epochs:
+        p.error(f'--gdp-epochs must be in [1, --epochs], got {args.gdp_epochs}')
+    if args.baseline_checkpoint and not osp.isfile(args.baseline_checkpoint):
+        raise UserError(f'baseline checkpoint not found: {args.baseline_checkpoint}')
     from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-    from gdp_det.api import prune_and_export
-    from gdp_det.cli import gdp_model_cfg, load_state_dict
-    from gdp_det.pipeline import evaluate, phase_schedule, stage, train
-    from gdp_det.pipeline.report import update_sections
-    register_all_modules()
-    work = osp.abspath(args.work_dir)
-    what = 'of a finished tools/gdp_prune_pipeline.py run (--work-dir)'
-    run = load_json(osp.join(work, 'pipeline.json'), f'pipeline.json {what}')
-    base = run.get('baseline_checkpoint') or load_json(
-        osp.join(work, 'baseline', 'stage_done.json'), f'baseline stage {what}')['checkpoint']
-    report = load_json(osp.join(work, 'report.json'), f'report.json {what}')
-    rows = {r['model']: r for r in report['rows']}
-    gdp_row = next((r for k, r in rows.items() if k.startswith('GDP pruned +')),
-                   rows['GDP pruned (no fine-tune)'])
-    target = gdp_row['FLOPs ratio']
-    epochs = args.epochs or run['gdp_epochs'] + run['finetune_epochs']
-    cfg = load_config(run['config'])
-    results = [('baseline', rows['baseline']['mAP'], 1.0), (gdp_row['model'], gdp_row['mAP'],
-                                                            target)]
-    lr_factor = run.get('lr_factor', 0.1)
+    from gdp_det.pipeline import compare as C
+    register_all_modules(init_default_scope=False)
+    fields = ('budgets', 'seeds', 'epochs', 'gdp_epochs', 'lr_factor', 'baseline_checkpoint',
+              'patience', 'converge_max_epochs', 'latency_repeats', 'threads')
+    settings = C.Settings(**{k: getattr(args, k) for k in fields},
+                          extra=dict(config=args.config, val_seed=args.val_seed))
+    if args.methods:
+        settings.methods = args.methods
+    try:
+        runs, skipped = C.make_plan(settings)
+    except ValueError as e:
+        raise UserError(str(e))
+    if args.dry_run:
+        return dry_run(args, settings, runs, skipped)
+    ensure_data(args.data, 480, 120, 0)
+    ensure_data(args.val_data, 0, args.num_val, args.val_seed)
+    for path in (args.out, args.results, args.plot):
+        check_writable_dir(osp.dirname(osp.abspath(path)), f'directory of {path}')
+    cfg = point_data(load_config(args.config, args.cfg_options), args.data, args.val_data)
+    comparison = C.Comparison(cfg, args.work_dir, settings)
+    n_train, n_test = _count(args.data, 'trainval', 480), _count(args.val_data, 'test', 1000)
+    failed = C.execute(runs, comparison.work_dir, comparison.run,
+                       lambda r, done: C.estimate_seconds(r, settings, n_train, n_test, done))
+    write_outputs(C.collect(comparison, runs, skipped, failed), args, argv)
+    return 1 if failed else 0
 
-    def ours(kind):
-        out = osp.join(work, f'compare_{kind}')
-        mcfg = copy.deepcopy(cfg)
-        mcfg.model = gdp_model_cfg(cfg)
-        mcfg.model['input_size'] = tuple(run['input_size'])
-        model = MODELS.build(mcfg.model)
-        model.load_state_dict(load_state_dict(base), strict=False)
-        prune_by_importance(model, kind, target)
-        _, rep, paths = prune_and_export(mcfg, model, osp.join(out, 'export'), name=kind,
-                                         force=True)
-        # the same fine-tune schedule as the pipeline's GDP and fine-tune phases
-        fcfg = phase_schedule(Config.fromfile(paths[0]), cfg, epochs, lr_factor)
-        fcfg.load_from = paths[1]
-        ckpt = train(fcfg, osp.join(out, 'finetune'))
-        ev = evaluate(fcfg, ckpt, osp.join(out, 'eval'))
-        return dict(mAP=ev['mAP'], ratio=rep['flops_ratio'])
 
-    def theirs(kind):
-        from mmengine.runner import Runner
-        out = osp.join(work, f'compare_tp_{kind}')
-        det, ratio = torch_pruning_model(cfg, base, kind, target, run['input_size'])
-        weights = osp.join(out, 'tp_pruned.pth')  # loaded after the runner's init_weights
-        torch.save(dict(state_dict=det.state_dict()), weights)
-        fcfg = phase_schedule(copy.deepcopy(cfg), cfg, epochs, lr_factor)
-        fcfg.work_dir, fcfg.load_from, fcfg.resume = out, weights, False
-        runner = Runner.from_cfg(fcfg)
-        runner.model = det  # the TP-pruned module (no config can rebuild it)
-        runner.train()
-        metrics = runner.test()
-        key = next(k for k in metrics if k.endswith('mAP'))
-        return dict(mAP=float(metrics[key]), ratio=ratio)
+def dry_run(args, settings, runs, skipped) -> int:
+    from gdp_det.pipeline import compare as C
+    n_train, n_test = _count(args.data, 'trainval', 480), _count(args.val_data, 'test', 1000)
+    done = C.load_results(osp.abspath(args.work_dir), runs)
+    finished = {r['run'] for r in done}
+    base = 0 if args.baseline_checkpoint else 16 * n_train * C.TRAIN_S_PER_IMAGE
+    base += settings.converge_max_epochs * n_train * C.TRAIN_S_PER_IMAGE
+    marker = osp.join(args.work_dir, 'baseline_eval', 'stage_done.json')
+    base = 0 if osp.isfile(marker) else base
+    total = base
+    print(f'[compare] baseline: {"done" if not base else f"up to {C._hms(base)}"}')
+    for r in runs:
+        t = 0 if r.name in finished else C.estimate_seconds(r, settings, n_train, n_test, done)
+        total += t
+        print(f'[compare] {r.name:32s} {"done" if not t else "~" + C._hms(t)}')
+    for s in skipped:
+        print(f'[compare] skipped {s["method"]}: {s["reason"]}')
+    print(f'[compare] {len(runs)} runs, {len(finished)} finished; estimated time left '
+          f'{C._hms(total)} (the baseline at its longest)')
+    return 0
 
-    for kind, label in (('l1', 'L1 magnitude'), ('l2', 'L2 magnitude'), ('bn', 'BN scale')):
-        r = stage(work, f'compare_{kind}', lambda: ours(kind))
-        results.append((f'{label} + {epochs} ep fine-tune', r['mAP'], r['ratio']))
-    kinds = (('l1', 'GroupMagnitudeImportance(p=1)'), ('l2', 'GroupMagnitudeImportance(p=2)'),
-             ('bn', 'BNScaleImportance'))
-    for kind, label in kinds if args.torch_pruning else ():
-        r = stage(work, f'compare_tp_{kind}', lambda: theirs(kind))
-        results.append((f'Torch-Pruning 1.6 MetaPruner, {label} + {epochs} ep fine-tune',
-                        r['mAP'], r['ratio']))
-    rows = [f'Toy VOC val mAP@0.5, RetinaNet R18-FPN; command: `python tools/benchmark_compare.py '
-            f'--work-dir {args.work_dir}` after the pipeline run there. Criteria as '
-            "Torch-Pruning's MagnitudeImportance / BNScaleImportance on the same channel groups, "
-            'uniform per-group ratio to the same FLOPs, fine-tuned on the same schedule.', '',
-            '| method | FLOPs ratio | mAP |', '|---|---|---|']
-    rows += [f'| {m} | {r:.3f} | {a:.4f} |' for m, a, r in results]
-    print(update_sections(args.out, [(SECTION, rows)]))
+
+def write_outputs(data: dict, args, argv) -> None:
+    import json
+    from gdp_det.pipeline.compare_summary import markdown, plot_pareto
+    from gdp_det.pipeline.report import atomic_write, update_sections
+    atomic_write(args.out, json.dumps(data, indent=2))
+    command = 'python tools/benchmark_compare.py ' + ' '.join(
+        sys.argv[1:] if argv is None else argv)
+    update_sections(args.results, [(SECTION, markdown(data, command.strip()))])
+    if data['runs']:
+        plot_pareto(data, args.plot)
+    print(f'[compare] wrote {args.out}, {args.results} ({SECTION[:3]}), {args.plot}')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,325 @@
+"""The comparison of pruning methods (``tools/benchmark_compare.py``), run by run.
+
+Stages, each resumable (a rerun skips what finished, an interrupted training resumes
+from its last checkpoint):
+
+1. the baseline: the config's own schedule (or ``baseline_checkpoint``), then trained
+   on at the phases' schedule (``phase_schedule``) until the mAP on the tuning split
+   (the config's ``val_dataloader``) has not risen for ``patience`` epochs; the best
+   epoch is the shared baseline of every run (``patience=0``: the start as it is);
+2. one run per method, budget and seed (:func:`make_plan`): prune the baseline,
+   evaluate the pruned model, train it so that it has ``epochs`` epochs after the
+   baseline in all (GDP: its phase counts), evaluate it on the test split (the
+   config's ``test_dataloader``), count its FLOPs (``FlopCounterMode``) and params;
+   ``<work_dir>/runs/<run>/result.json`` (atomic) marks it finished;
+3. :func:`collect`: every finished model's CPU latency measured in this process,
+   interleaved, then ``compare.json`` (see :mod:`.compare_summary`).
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import os.path as osp
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from mmengine.config import Config
+
+from ..api import prune_and_export
+from ..cli import gdp_model_cfg, load_state_dict
+from . import compare_methods as cm
+from . import evaluate, gdp_config, phase_schedule, stage, train
+from .compare_methods import METHODS, Method, unavailable
+from .compare_summary import summarize
+from .report import atomic_write
+
+# rough costs for --dry-run before any run has finished (2 CPU cores, toy RetinaNet)
+TRAIN_S_PER_IMAGE = 0.07
+EVAL_S_PER_IMAGE = 0.05
+
+
+@dataclass
+class Settings:
+    """What to compare: ``methods`` (names in ``METHODS``) at ``budgets`` (FLOPs
+    ratios) with ``seeds`` (of each run's pruning and training), ``epochs`` of training
+    after the baseline for every method (GDP: ``gdp_epochs`` of them in its phase), on
+    the phases' schedule at ``lr_factor`` times the config's learning rate."""
+    methods: Sequence[str] = tuple(m.name for m in METHODS)
+    budgets: Sequence[float] = (0.5, 0.3)
+    seeds: Sequence[int] = (0, 1, 2)
+    epochs: int = 3
+    gdp_epochs: int = 2
+    lr_factor: float = 0.1
+    baseline_checkpoint: Optional[str] = None
+    patience: int = 3
+    converge_max_epochs: int = 30
+    latency_repeats: int = 20
+    threads: int = 1
+    extra: dict = field(default_factory=dict)  # recorded in compare.json as given
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pruning + training run; ``budget`` is None for the unpruned control."""
+    method: Method
+    budget: Optional[float]
+    seed: int
+
+    @property
+    def name(self) -> str:
+        budget = '' if self.budget is None else f'_b{self.budget:g}'
+        return f'{self.method.name}{budget}_s{self.seed}'
+
+
+def select_methods(names: Sequence[str]) -> List[Method]:
+    by_name = {m.name: m for m in METHODS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f'unknown method(s) {", ".join(unknown)}; known: {", ".join(by_name)}')
+    return [by_name[n] for n in names]
+
+
+def make_plan(settings: Settings) -> Tuple[List[Run], List[dict]]:
+    """The runs, seed by seed (each seed gives every method one run before the next
+    seed starts), and the skipped methods with the reason."""
+    runs, skipped = [], []
+    methods = select_methods(settings.methods)
+    for m in methods:
+        reason = unavailable(m)
+        if reason:
+            skipped.append(dict(method=m.name, label=m.label, reason=reason))
+    ok = [m for m in methods if not any(s['method'] == m.name for s in skipped)]
+    for seed in settings.seeds:
+        runs += [Run(m, None, seed) for m in ok if not m.budgeted]
+        runs += [Run(m, b, seed) for b in settings.budgets for m in ok if m.budgeted]
+    return runs, skipped
+
+
+def result_path(work_dir: str, run: Run) -> str:
+    return osp.join(work_dir, 'runs', run.name, 'result.json')
+
+
+def load_results(work_dir: str, runs: Sequence[Run]) -> List[dict]:
+    out = []
+    for run in runs:
+        if osp.isfile(result_path(work_dir, run)):
+            with open(result_path(work_dir, run)) as f:
+                out.append(json.load(f))
+    return out
+
+
+def estimate_seconds(run: Run, settings: Settings, num_train: int, num_test: int,
+                     finished: Sequence[dict]) -> float:
+    """Expected wall time of ``run``: the mean of the finished runs of its method (of
+    any method when none), else the rough per-image costs."""
+    for pool in ([r for r in finished if r['method'] == run.method.name], finished):
+        times = [r['seconds'] for r in pool if r.get('seconds')]
+        if times:
+            return sum(times) / len(times)
+    evals = 1 if run.budget is None else 2
+    return (settings.epochs * num_train * TRAIN_S_PER_IMAGE
+            + evals * num_test * EVAL_S_PER_IMAGE)
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f'{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s'
+
+
+def execute(runs: Sequence[Run], work_dir: str, run_fn: Callable[[Run], dict],
+            estimate: Callable[[Run, List[dict]], float], log=print) -> List[str]:
+    """Run every unfinished run with ``run_fn`` (which writes its ``result.json``),
+    printing which run, the elapsed time and the ETA. A failing run is logged into its
+    ``error.txt`` and the others go on. Returns the names of the failed runs."""
+    t0, failed = time.time(), []
+    todo = [r for r in runs if not osp.isfile(result_path(work_dir, r))]
+    log(f'[compare] {len(runs) - len(todo)} of {len(runs)} runs finished earlier')
+    for i, run in enumerate(todo):
+        finished = load_results(work_dir, runs)
+        eta = sum(estimate(r, finished) for r in todo[i:])
+        log(f'[compare] run {i + 1}/{len(todo)}: {run.name} (elapsed {_hms(time.time() - t0)}, '
+            f'ETA {_hms(eta)})')
+        try:
+            run_fn(run)
+        except Exception:  # noqa: BLE001 - one broken run must not stop the others
+            failed.append(run.name)
+            err = osp.join(osp.dirname(result_path(work_dir, run)), 'error.txt')
+            os.makedirs(osp.dirname(err), exist_ok=True)
+            atomic_write(err, traceback.format_exc())
+            log(f'[compare] run {run.name} failed: {err}')
+    log(f'[compare] done in {_hms(time.time() - t0)}; failed: {", ".join(failed) or "none"}')
+    return failed
+
+
+def metric_key(cfg: Config) -> str:
+    """The test evaluator's mAP key, as mmengine logs it."""
+    kind = cfg.val_evaluator.get('type')
+    return {'VOCMetric': 'pascal_voc/mAP', 'CocoMetric': 'coco/bbox_mAP'}.get(kind, 'mAP')
+
+
+class Comparison:
+    """The stages of one comparison in ``work_dir`` (see the module docstring) on
+    ``cfg``, a detector config whose ``train_dataloader``, ``val_dataloader`` (tuning
+    split) and ``test_dataloader`` (report split) point at the data."""
+
+    def __init__(self, cfg: Config, work_dir: str, settings: Settings, log=print):
+        self.cfg, self.settings, self.log = cfg, settings, log
+        self.work_dir = osp.abspath(work_dir)
+        self.input_size = tuple(gdp_config(cfg, 1.0, None, 1).model['input_size'])
+        os.makedirs(self.work_dir, exist_ok=True)
+        self.base_config = osp.join(self.work_dir, 'base_config.py')
+        if not osp.isfile(self.base_config):
+            cfg.dump(self.base_config)
+        self._base: Optional[dict] = None
+
+    def seeded(self, seed: int) -> Config:
+        cfg = copy.deepcopy(self.cfg)
+        cfg.randomness = dict(seed=seed)
+        return cfg
+
+    # -- baseline ---------------------------------------------------------------------
+    def baseline(self) -> dict:
+        """The shared baseline: checkpoint, test mAP, FLOPs and params."""
+        if self._base is not None:
+            return self._base
+        s, w = self.settings, self.work_dir
+        start = s.baseline_checkpoint and osp.abspath(s.baseline_checkpoint)
+        if not start:
+            start = stage(w, 'baseline', lambda: dict(
+                checkpoint=train(self.cfg, osp.join(w, 'baseline'))), self.log)['checkpoint']
+        ckpt = start
+        if s.patience > 0:
+            ckpt = stage(w, 'converge', lambda: self._converge(start), self.log)['checkpoint']
+
+        def measure():
+            model = cm.build_model(self.base_config, ckpt)
+            ev = evaluate(self.cfg, ckpt, osp.join(w, 'eval_baseline'))
+            return dict(checkpoint=ckpt, mAP=ev['mAP'], params=cm.count_params(model),
+                        flops=cm.counted_flops(model, self.input_size))
+
+        self._base = stage(w, 'baseline_eval', measure, self.log)
+        return self._base
+
+    def _converge(self, start: str) -> dict:
+        s, key = self.settings, metric_key(self.cfg)
+        cfg = phase_schedule(copy.deepcopy(self.cfg), self.cfg, s.converge_max_epochs,
+                             s.lr_factor)
+        cfg.train_cfg.val_interval = 1
+        cfg.load_from = start
+        cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1,
+                                            max_keep_ckpts=1, save_best=key, rule='greater')
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(
+            type='EarlyStoppingHook', monitor=key, rule='greater', min_delta=0.0,
+            patience=s.patience)]
+        out = osp.join(self.work_dir, 'converge')
+        last = train(cfg, out)
+        best = sorted(glob.glob(osp.join(out, 'best_*.pth')), key=osp.getmtime)
+        return dict(checkpoint=best[-1] if best else last, start=start)
+
+    # -- one run ----------------------------------------------------------------------
+    def run(self, run: Run) -> dict:
+        """Prune, evaluate, train, evaluate, count; writes and returns result.json."""
+        t0, s, base = time.time(), self.settings, self.baseline()
+        d = osp.dirname(result_path(self.work_dir, run))
+        cfg = self.seeded(run.seed)
+        if run.method.budgeted:
+            pruned = stage(d, 'prune', lambda: self._prune(run, cfg, d), self.log)
+            before = stage(d, 'eval_pruned', lambda: evaluate(
+                self._file_cfg(pruned['config'], run.seed), pruned['checkpoint'],
+                osp.join(d, 'eval_pruned')), self.log)['mAP']
+        else:
+            pruned, before = dict(config=self.base_config, checkpoint=base['checkpoint'],
+                                  epochs=0), None
+        pcfg = self._file_cfg(pruned['config'], run.seed)
+        left = s.epochs - pruned['epochs']
+        ckpt = pruned['checkpoint']
+        if left > 0:
+            fcfg = phase_schedule(copy.deepcopy(pcfg), cfg, left, s.lr_factor)
+            fcfg.load_from = ckpt
+            ckpt = stage(d, 'finetune', lambda: dict(checkpoint=train(
+                fcfg, osp.join(d, 'finetune'))), self.log)['checkpoint']
+        after = stage(d, 'eval', lambda: evaluate(pcfg, ckpt, osp.join(d, 'eval')), self.log)
+        model = cm.build_model(pruned['config'], ckpt)
+        weights = osp.join(d, 'final.pth')
+        torch.save(dict(state_dict=model.state_dict()), weights)
+        flops = cm.counted_flops(model, self.input_size)
+        result = dict(run=run.name, method=run.method.name, label=run.method.label,
+                      seed=run.seed, budget=run.budget, config=pruned['config'],
+                      weights=weights, flops=flops, flops_ratio=flops / base['flops'],
+                      params=cm.count_params(model), mAP=after['mAP'],
+                      mAP_before_finetune=before, epochs=s.epochs,
+                      seconds=time.time() - t0)
+        atomic_write(result_path(self.work_dir, run), json.dumps(result, indent=2))
+        for path in glob.glob(osp.join(d, '**', '*.pth'), recursive=True):
+            if path not in (weights, pruned['checkpoint']):  # training checkpoints
+                os.remove(path)
+        return result
+
+    def _file_cfg(self, path: str, seed: int) -> Config:
+        cfg = Config.fromfile(path)
+        cfg.randomness = dict(seed=seed)
+        return cfg
+
+    def _prune(self, run: Run, cfg: Config, d: str) -> dict:
+        """The pruned model of ``run`` as config + checkpoint, and the epochs it
+        trained after the baseline."""
+        from mmdet.registry import MODELS
+        m, budget, state = run.method, run.budget, load_state_dict(self.baseline()['checkpoint'])
+        out = osp.join(d, 'pruned')
+        if m.kind == 'gdp':
+            hook = cm.gdp_hook_options(m, budget)
+            gcfg = gdp_config(cfg, hook.pop('flops_target'), self.baseline()['checkpoint'],
+                              self.settings.gdp_epochs, self.input_size,
+                              self.settings.lr_factor, **hook)
+            train(gcfg, osp.join(d, 'gdp'))
+            config = glob.glob(osp.join(d, 'gdp', 'pruned', '*_pruned.py'))[0]
+            return dict(config=config, checkpoint=config[:-3] + '.pth',
+                        epochs=self.settings.gdp_epochs)
+        if m.kind == 'random':
+            mcfg = copy.deepcopy(cfg)
+            mcfg.model = gdp_model_cfg(cfg, self.input_size)
+            gated = MODELS.build(mcfg.model)
+            gated.load_state_dict(state, strict=False)
+            cm.prune_random(gated, budget, run.seed)
+            paths = prune_and_export(mcfg, gated, out, name=m.name, force=True)[2]
+            return dict(config=paths[0], checkpoint=paths[1], epochs=0)
+        model, reference, _ = cm.prune_torch_pruning(cfg, state, budget, self.input_size,
+                                                     seed=run.seed, **m.options)
+        config, checkpoint = cm.export_module(cfg, model, reference, out, m.name,
+                                              self.input_size)
+        return dict(config=config, checkpoint=checkpoint, epochs=0)
+
+
+def collect(comparison: Comparison, runs: Sequence[Run], skipped: List[dict],
+            failed: Sequence[str] = ()) -> dict:
+    """compare.json's content: settings, baseline, every finished run with its CPU
+    latency (all models measured here, interleaved, on the same input), skipped
+    methods and failed runs."""
+    s, base = comparison.settings, dict(comparison.baseline())
+    results = load_results(comparison.work_dir, runs)
+    models = [cm.build_model(comparison.base_config, base['checkpoint'])]
+    models += [cm.build_model(r['config'], r['weights']) for r in results]
+    lat = cm.measure_latencies(models, comparison.input_size, s.latency_repeats, s.threads)
+    base['latency_ms'] = lat[0]
+    for r, ms in zip(results, lat[1:]):
+        r['latency_ms'] = ms
+    settings = dict(vars(s), input_size=list(comparison.input_size),
+                    test_split=_split_name(comparison.cfg.test_dataloader),
+                    tuning_split=_split_name(comparison.cfg.val_dataloader),
+                    train_split=_split_name(comparison.cfg.train_dataloader))
+    data = dict(settings=settings, baseline=base, runs=results, skipped=skipped,
+                failed=list(failed))
+    data['summary'] = summarize(data)
+    return data
+
+
+def _split_name(loader) -> str:
+    ds = loader.dataset
+    while 'dataset' in ds:
+        ds = ds.dataset
+    return osp.join(ds.get('data_root', ''), ds.get('ann_file', ''))

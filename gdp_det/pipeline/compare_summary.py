@@ -1,0 +1,184 @@
+"""Tables and the Pareto plot of a comparison, from ``compare.json``'s content.
+
+``summarize(data)`` groups the runs by method and budget: mean ± sample std over
+seeds of mAP, measured latency, counted FLOPs ratio and params; the difference to
+the reference method (GDP, FLOPs budget) paired by seed, as mean ± std of the
+per-seed differences; and the equal-latency table: each method's mAP interpolated
+(per seed, linearly between its budgets, never extrapolated) at the mean latency of
+the reference's models at each budget. ``markdown(data)`` renders it;
+``plot_pareto(data, path)`` draws mAP against latency (matplotlib imported there).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .compare_methods import REFERENCE
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    xs = np.asarray(values, dtype=np.float64)
+    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0
+
+
+def pm(values: Sequence[Optional[float]], digits: int = 3) -> str:
+    """``mean ± std`` of the values that are not None (one value: itself; none: —)."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return '—'
+    m, s = mean_std(xs)
+    return f'{m:.{digits}f}' if len(xs) == 1 else f'{m:.{digits}f} ± {s:.{digits}f}'
+
+
+def _by_seed(runs: Sequence[dict], key: str = 'mAP') -> Dict[int, float]:
+    return {r['seed']: r[key] for r in runs if r.get(key) is not None}
+
+
+def paired_differences(runs: Sequence[dict], reference: Sequence[dict],
+                       key: str = 'mAP') -> List[float]:
+    """``run[key] - reference run[key]`` for every seed both have."""
+    a, b = _by_seed(runs, key), _by_seed(reference, key)
+    return [a[s] - b[s] for s in sorted(a) if s in b]
+
+
+def interpolate_at(points: Sequence[Tuple[float, float]], x: float) -> Optional[float]:
+    """y at ``x`` on the line through ``points`` (x, y) sorted by x; None outside."""
+    pts = sorted(points)
+    if len(pts) < 2 or not pts[0][0] <= x <= pts[-1][0]:
+        return None
+    return float(np.interp(x, [p[0] for p in pts], [p[1] for p in pts]))
+
+
+def summarize(data: dict) -> dict:
+    """``rows`` (one per method and budget) and ``equal_latency`` (one per method and
+    reference budget), with raw per-seed values and their ``mean ± std``."""
+    runs = data['runs']
+    groups: Dict[Tuple[str, Optional[float]], List[dict]] = {}
+    for r in runs:
+        groups.setdefault((r['method'], r['budget']), []).append(r)
+    budgets = sorted({b for _, b in groups if b is not None}, reverse=True)
+    rows = []
+    for (method, budget), rs in groups.items():
+        row = dict(method=method, label=rs[0]['label'], budget=budget, n=len(rs),
+                   seeds=sorted(r['seed'] for r in rs))
+        for key in ('mAP', 'mAP_before_finetune', 'latency_ms', 'flops_ratio', 'params'):
+            xs = [r[key] for r in rs if r.get(key) is not None]
+            row[key] = dict(zip(('mean', 'std'), mean_std(xs)), n=len(xs)) if xs else None
+        refs = ([groups.get((REFERENCE, b), []) for b in budgets] if budget is None
+                else [groups.get((REFERENCE, budget), [])])
+        row['diff_to_reference'] = [
+            dict(budget=b, values=paired_differences(rs, ref)) for b, ref in
+            zip(budgets if budget is None else [budget], refs) if method != REFERENCE]
+        rows.append(row)
+    rows.sort(key=lambda r: (r['budget'] is not None, -(r['budget'] or 0), r['method']))
+    return dict(rows=rows, equal_latency=_equal_latency(groups, budgets))
+
+
+def _equal_latency(groups, budgets) -> List[dict]:
+    out = []
+    methods = sorted({m for m, b in groups if b is not None and m != REFERENCE})
+    for b in budgets:
+        ref = groups.get((REFERENCE, b))
+        if not ref or any(r.get('latency_ms') is None for r in ref):
+            continue
+        target = mean_std([r['latency_ms'] for r in ref])[0]
+        ref_map = _by_seed(ref)
+        for m in methods:
+            per_seed: Dict[int, List[Tuple[float, float]]] = {}
+            for (mm, bb), rs in groups.items():
+                if mm == m and bb is not None:
+                    for r in rs:
+                        if r.get('latency_ms') is not None:
+                            per_seed.setdefault(r['seed'], []).append((r['latency_ms'],
+                                                                       r['mAP']))
+            at = {s: interpolate_at(p, target) for s, p in per_seed.items()}
+            at = {s: v for s, v in at.items() if v is not None}
+            out.append(dict(method=m, reference_budget=b, latency_ms=target,
+                            mAP=[at[s] for s in sorted(at)],
+                            diff_to_reference=[at[s] - ref_map[s] for s in sorted(at)
+                                               if s in ref_map]))
+    return out
+
+
+def _budget(b: Optional[float]) -> str:
+    return '—' if b is None else f'{b:g}'
+
+
+def _stat(stat: Optional[dict], digits: int, scale: float = 1.0) -> str:
+    if stat is None:
+        return '—'
+    m, s = stat['mean'] * scale, stat['std'] * scale
+    return f'{m:.{digits}f}' if stat['n'] == 1 else f'{m:.{digits}f} ± {s:.{digits}f}'
+
+
+def markdown(data: dict, command: str = '') -> List[str]:
+    """The RESULTS.md section of a comparison (lines)."""
+    s, base, summary = data['settings'], data['baseline'], data['summary']
+    labels = {r['method']: r['label'] for r in summary['rows']}
+    lines = [f'Test split `{s["test_split"]}` (no default was tuned on it), mAP@0.5; '
+             f'tuning split `{s["tuning_split"]}` (baseline convergence: patience '
+             f'{s["patience"]} epochs); every method from the same baseline with '
+             f'{s["epochs"]} training epochs after it (GDP: {s["gdp_epochs"]} in its phase) '
+             f'on the same schedule; seeds {", ".join(map(str, s["seeds"]))}. FLOPs ratio: '
+             f'`torch.utils.flop_counter.FlopCounterMode` on the tensor-mode forward at '
+             f'{s["input_size"]}; latency: median of {s["latency_repeats"]} interleaved '
+             f'single-image CPU forwards, {s["threads"]} thread(s), one process, same input. '
+             f'Δ GDP: the run minus GDP (FLOPs budget) of the same seed, mean ± std over '
+             f'seeds.' + (f' Command: `{command}`.' if command else ''), '',
+             '| method | budget | runs | FLOPs ratio | latency (ms) | params (M) | '
+             'mAP before training | mAP | Δ GDP |', '|---|---|---|---|---|---|---|---|---|',
+             f'| baseline (no extra training) | — | 1 | 1.000 | {base["latency_ms"]:.1f} | '
+             f'{base["params"] / 1e6:.2f} | | {base["mAP"]:.3f} | |']
+    for r in summary['rows']:
+        diffs = '; '.join((f'{pm(d["values"])} (at {d["budget"]:g})' if r['budget'] is None
+                           else pm(d['values'])) for d in r['diff_to_reference']
+                          if d['values'])
+        lines.append(f'| {r["label"]} | {_budget(r["budget"])} | {r["n"]} | '
+                     f'{_stat(r["flops_ratio"], 3)} | {_stat(r["latency_ms"], 1)} | '
+                     f'{_stat(r["params"], 2, 1e-6)} | {_stat(r["mAP_before_finetune"], 3)} | '
+                     f'{_stat(r["mAP"], 3)} | {diffs or "—" if r["method"] != REFERENCE else ""} |')
+    if summary['equal_latency']:
+        lines += ['', "At equal latency: each method's mAP per seed, interpolated between its "
+                  "budgets at the mean latency of GDP's models (— where that latency is "
+                  "outside the method's range).", '',
+                  '| method | at GDP budget | latency (ms) | mAP | Δ GDP |', '|---|---|---|---|---|']
+        lines += [f'| {labels.get(e["method"], e["method"])} | {e["reference_budget"]:g} | '
+                  f'{e["latency_ms"]:.1f} | {pm(e["mAP"])} | {pm(e["diff_to_reference"])} |'
+                  for e in summary['equal_latency']]
+    for sk in data.get('skipped', []):
+        lines.append(f'\nSkipped: {sk["label"]} ({sk["reason"]}).')
+    if data.get('failed'):
+        lines.append(f'\nFailed (see their error.txt): {", ".join(data["failed"])}.')
+    return lines
+
+
+def plot_pareto(data: dict, path: str) -> None:
+    """mAP against measured latency: one marker per run, a line through each method's
+    per-budget means, the baseline as a star."""
+    import matplotlib  # the optional ``report`` extra
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.get_cmap('tab10')
+    for i, row_method in enumerate(sorted({r['method'] for r in data['runs']})):
+        rs = [r for r in data['runs'] if r['method'] == row_method]
+        c = colors(i % 10)
+        ax.scatter([r['latency_ms'] for r in rs], [r['mAP'] for r in rs], color=c, s=14,
+                   alpha=0.6)
+        means = sorted((mean_std([r['latency_ms'] for r in rs if r['budget'] == b])[0],
+                        mean_std([r['mAP'] for r in rs if r['budget'] == b])[0])
+                       for b in {r['budget'] for r in rs})
+        ax.plot([m[0] for m in means], [m[1] for m in means], '-o', color=c, ms=4,
+                label=rs[0]['label'])
+    base = data['baseline']
+    ax.plot([base['latency_ms']], [base['mAP']], '*', color='k', ms=12, label='baseline')
+    ax.set_xlabel('CPU latency (ms, median, batch 1)')
+    ax.set_ylabel('mAP (test split)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc='lower right')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+

@@ -1,0 +1,201 @@
+"""tools/benchmark_compare.py and gdp_det.pipeline.compare*: the plan and its resume,
+the tables from fake results, the independent FLOPs counter, and (slow) a tiny run."""
+import json
+import os
+import os.path as osp
+
+import pytest
+import torch
+
+from conftest import RETINANET_CFG
+from gdp_det.pipeline import compare as C
+from gdp_det.pipeline import compare_methods as cm
+from gdp_det.pipeline.compare_summary import (interpolate_at, markdown, mean_std, pm,
+                                              summarize)
+
+
+def _finish(work, run, **values):
+    path = C.result_path(work, run)
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(dict(run=run.name, method=run.method.name, seed=run.seed, **values), f)
+
+
+def test_plan_orders_by_seed_and_skips_unavailable(monkeypatch):
+    monkeypatch.setattr(C, 'unavailable', lambda m: 'not here' if m.name == 'gdp' else None)
+    runs, skipped = C.make_plan(C.Settings(methods=['control', 'gdp', 'random'],
+                                           budgets=[0.5, 0.3], seeds=[0, 1]))
+    assert [r.name for r in runs] == ['control_s0', 'random_b0.5_s0', 'random_b0.3_s0',
+                                      'control_s1', 'random_b0.5_s1', 'random_b0.3_s1']
+    assert skipped == [dict(method='gdp', label='GDP, FLOPs budget', reason='not here')]
+    with pytest.raises(ValueError, match='unknown method.*nope'):
+        C.make_plan(C.Settings(methods=['nope']))
+
+
+def test_execute_skips_finished_runs_and_survives_a_failure(tmp_path):
+    work = str(tmp_path)
+    runs, _ = C.make_plan(C.Settings(methods=['control', 'random'], budgets=[0.5],
+                                     seeds=[0, 1]))
+    _finish(work, runs[1], seconds=5.0)  # random_b0.5_s0 finished earlier
+    calls, logs = [], []
+
+    def run_fn(run):
+        calls.append(run.name)
+        if run.name == 'control_s1':
+            raise RuntimeError('boom')
+        _finish(work, run, seconds=7.0)
+
+    failed = C.execute(runs, work, run_fn, lambda r, done: 100.0, logs.append)
+    assert calls == ['control_s0', 'control_s1', 'random_b0.5_s1']
+    assert failed == ['control_s1']
+    assert 'boom' in open(osp.join(work, 'runs', 'control_s1', 'error.txt')).read()
+    assert logs[0] == '[compare] 1 of 4 runs finished earlier'
+    assert logs[1].startswith('[compare] run 1/3: control_s0 (elapsed 0h00m0')
+    assert logs[1].endswith('ETA 0h05m00s)')  # 3 runs x 100 s
+    calls.clear()
+    assert C.execute(runs, work, run_fn, lambda r, done: 1.0, logs.append) == ['control_s1']
+    assert calls == ['control_s1']  # only the failed one again
+
+
+def test_estimate_uses_finished_runs_of_the_method():
+    s = C.Settings(epochs=3)
+    run = C.make_plan(C.Settings(methods=['random'], budgets=[0.5], seeds=[0]))[0][0]
+    assert C.estimate_seconds(run, s, 100, 1000, []) == pytest.approx(
+        3 * 100 * C.TRAIN_S_PER_IMAGE + 2 * 1000 * C.EVAL_S_PER_IMAGE)
+    done = [dict(method='random', seconds=10.0), dict(method='random', seconds=20.0),
+            dict(method='control', seconds=99.0)]
+    assert C.estimate_seconds(run, s, 100, 1000, done) == 15.0
+    assert C.estimate_seconds(run, s, 100, 1000, done[2:]) == 99.0
+
+
+def _fake_data():
+    runs = []
+    gdp = {0.5: ([0.60, 0.62, 0.64], 10.0), 0.3: ([0.50, 0.52, 0.54], 6.0)}
+    rnd = {0.5: ([0.50, 0.54, 0.58], 12.0), 0.3: ([0.40, 0.44, 0.48], 8.0)}
+    for method, label, table in (('gdp', 'GDP, FLOPs budget', gdp),
+                                 ('random', 'random channels, uniform', rnd)):
+        for budget, (maps, ms) in table.items():
+            runs += [dict(method=method, label=label, budget=budget, seed=s, mAP=a,
+                          mAP_before_finetune=a - 0.1, latency_ms=ms, flops_ratio=budget,
+                          params=1e6) for s, a in enumerate(maps)]
+    runs += [dict(method='control', label='no pruning (control)', budget=None, seed=s,
+                  mAP=0.70, mAP_before_finetune=None, latency_ms=20.0, flops_ratio=1.0,
+                  params=2e6) for s in range(3)]
+    settings = dict(test_split='val/test.txt', tuning_split='toy/test.txt', patience=3,
+                    epochs=3, gdp_epochs=2, seeds=[0, 1, 2], input_size=[224, 224],
+                    latency_repeats=20, threads=1)
+    data = dict(settings=settings, runs=runs, baseline=dict(mAP=0.66, latency_ms=20.0,
+                                                           params=2e6),
+                skipped=[dict(method='tp_l1_uniform', label='Torch-Pruning L1, uniform',
+                              reason='Torch-Pruning is not installed')])
+    data['summary'] = summarize(data)
+    return data
+
+
+def test_statistics_helpers():
+    assert mean_std([0.6, 0.62, 0.64]) == pytest.approx((0.62, 0.02))
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert pm([0.6, 0.62, 0.64]) == '0.620 ± 0.020'
+    assert pm([0.5, None]) == '0.500' and pm([]) == '—'
+    assert interpolate_at([(12, 0.5), (8, 0.4)], 10) == pytest.approx(0.45)
+    assert interpolate_at([(12, 0.5), (8, 0.4)], 6) is None
+
+
+def test_summary_means_differences_and_equal_latency():
+    summary = _fake_data()['summary']
+    rows = {(r['method'], r['budget']): r for r in summary['rows']}
+    assert list(rows)[0] == ('control', None)  # control first, then budgets descending
+    assert rows[('gdp', 0.5)]['mAP']['mean'] == pytest.approx(0.62)
+    assert rows[('gdp', 0.5)]['mAP']['std'] == pytest.approx(0.02)
+    assert rows[('random', 0.5)]['diff_to_reference'][0]['values'] == pytest.approx(
+        [-0.10, -0.08, -0.06])
+    control = rows[('control', None)]['diff_to_reference']
+    assert [d['budget'] for d in control] == [0.5, 0.3]
+    assert control[1]['values'] == pytest.approx([0.20, 0.18, 0.16])
+    eq = {e['reference_budget']: e for e in summary['equal_latency']}
+    # random at GDP's 10 ms: halfway between its 8 ms and 12 ms points, per seed
+    assert eq[0.5]['mAP'] == pytest.approx([0.45, 0.49, 0.53])
+    assert eq[0.5]['diff_to_reference'] == pytest.approx([-0.15, -0.13, -0.11])
+    assert eq[0.3]['mAP'] == []  # 6 ms is outside random's 8-12 ms
+
+
+def test_markdown_table_from_fake_results():
+    text = '\n'.join(markdown(_fake_data(), 'python tools/benchmark_compare.py'))
+    same = '0.500 ± 0.000 | {} ± 0.0 | 1.00 ± 0.00'
+    assert f'| GDP, FLOPs budget | 0.5 | 3 | {same.format(10.0)} | 0.520 ± 0.020 | ' \
+           '0.620 ± 0.020 |  |' in text
+    assert f'| random channels, uniform | 0.5 | 3 | {same.format(12.0)} | 0.440 ± 0.040 | ' \
+           '0.540 ± 0.040 | -0.080 ± 0.020 |' in text
+    assert '| no pruning (control) | — | 3 | 1.000 ± 0.000 | 20.0 ± 0.0 | 2.00 ± 0.00 | — | ' \
+           '0.700 ± 0.000 | 0.080 ± 0.020 (at 0.5); 0.180 ± 0.020 (at 0.3) |' in text
+    assert '| random channels, uniform | 0.5 | 10.0 | 0.490 ± 0.040 | -0.130 ± 0.020 |' in text
+    assert '| random channels, uniform | 0.3 | 6.0 | — | — |' in text
+    assert 'Skipped: Torch-Pruning L1, uniform (Torch-Pruning is not installed).' in text
+    assert '| baseline (no extra training) | — | 1 | 1.000 | 20.0 | 2.00 | | 0.660 | |' in text
+
+
+def test_outputs_written_from_fake_results(tmp_path):
+    pytest.importorskip('matplotlib')
+    import argparse
+    from tools.benchmark_compare import SECTION, write_outputs
+    args = argparse.Namespace(out=str(tmp_path / 'compare.json'),
+                              results=str(tmp_path / 'RESULTS.md'),
+                              plot=str(tmp_path / 'pareto.png'))
+    (tmp_path / 'RESULTS.md').write_text('# benchmarks\n\n## (a) other\n\nkept\n')
+    write_outputs(_fake_data(), args, ['--seeds', '0', '1', '2'])
+    data = json.load(open(args.out))
+    assert len(data['runs']) == 15 and data['summary']['rows'][0]['method'] == 'control'
+    md = open(args.results).read()
+    assert '## (a) other\n\nkept' in md and f'## {SECTION}' in md
+    assert 'Command: `python tools/benchmark_compare.py --seeds 0 1 2`' in md
+    assert open(args.plot, 'rb').read(4) == b'\x89PNG'
+
+
+def test_independent_flops_counter_agrees_with_flops_model():
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from gdp_det.cli import gdp_model_cfg
+    from gdp_det.pruner import extract_pruned
+    cfg = Config.fromfile(RETINANET_CFG)
+    size = (64, 96)
+    gated = MODELS.build(gdp_model_cfg(cfg, size))
+    ratio = cm.prune_random(gated, 0.5, seed=0)
+    assert 0.4 < ratio <= 0.5
+    extract_pruned(gated, 1, 1)
+    full = cm.counted_flops(MODELS.build(cfg.model), size)
+    assert full > 1e8
+    assert cm.counted_flops(gated, size) / full == pytest.approx(ratio, abs=2e-3)
+    assert cm.count_params(gated) < cm.count_params(MODELS.build(cfg.model))
+
+
+def test_bisect_finds_smallest_pruning_within_budget():
+    model, ratio = cm.bisect(lambda x: (x, 1 - x), 0.3, steps=20, hi=1.0)
+    assert ratio <= 0.3 and ratio == pytest.approx(0.3, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
+    from tools.benchmark_compare import SECTION, main
+    work, out = tmp_path / 'work', tmp_path / 'compare.json'
+    argv = ['--work-dir', str(work), '--data', toy_data.root, '--val-data', toy_data.root,
+            '--methods', 'control', 'random', '--budgets', '0.5', '--seeds', '0',
+            '--epochs', '1', '--gdp-epochs', '1', '--patience', '1',
+            '--converge-max-epochs', '1', '--latency-repeats', '2', '--out', str(out),
+            '--results', str(tmp_path / 'RESULTS.md'), '--plot', str(tmp_path / 'p.png'),
+            '--cfg-options', 'train_cfg.max_epochs=1', 'train_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
+            'val_dataloader.persistent_workers=False']
+    assert main(argv) == 0
+    data = json.load(open(out))
+    runs = {r['method']: r for r in data['runs']}
+    assert set(runs) == {'control', 'random'}
+    assert runs['control']['flops_ratio'] == pytest.approx(1.0)
+    assert 0.35 < runs['random']['flops_ratio'] <= 0.5 + 1e-3
+    assert runs['random']['params'] < runs['control']['params'] == data['baseline']['params']
+    for r in runs.values():
+        assert 0 <= r['mAP'] <= 1 and r['latency_ms'] > 0
+    assert 0 <= runs['random']['mAP_before_finetune'] <= 1
+    assert SECTION in open(tmp_path / 'RESULTS.md').read()
+    capsys.readouterr()
+    assert main(argv) == 0  # everything finished: no run again
+    assert '2 of 2 runs finished earlier' in capsys.readouterr().out
