@@ -153,19 +153,27 @@ def _toy_optim_wrapper(net, **kw):
     return OptimWrapper(torch.optim.SGD(params, lr=0.01), **kw)
 
 
+def _accumulating_run(net, iters, **wrapper_kw):
+    """An OptimWrapper with ``accumulative_counts=2`` and a GDPHook that only takes
+    plain gradient steps (no penalty, no gradient normalisation, gate_lr 1), set up
+    on ``net`` as a Runner would."""
+    net.train()
+    wrapper = _toy_optim_wrapper(net, accumulative_counts=2, **wrapper_kw)
+    wrapper.initialize_count_status(net, 0, iters)
+    hook = GDPHook(flops_target=0.9, export=False, gdp_iters=iters, lambda_init=0.0,
+                   grad_norm=False, gate_lr=1.0)
+    runner = fake_runner(net, wrapper, iters, f'gdp_accum_{iters}')
+    hook.before_run(runner)
+    hook.before_train(runner)
+    return wrapper, hook, runner
+
+
 def test_accumulation_moves_gates_once_per_step_and_clipping_ignores_them():
     """``accumulative_counts=2``: the gates move on every second iteration, with the
     gradient of both; ``clip_grad``: the gates' gradient is neither in the clipped
     norm nor clipped (the hook takes the gates out of the optimizer)."""
     net, x = small_net()
-    net.train()
-    wrapper = _toy_optim_wrapper(net, accumulative_counts=2, clip_grad=dict(max_norm=1e-6))
-    wrapper.initialize_count_status(net, 0, 8)
-    hook = GDPHook(flops_target=0.9, export=False, gdp_iters=8, lambda_init=0.0,
-                   grad_norm=False, gate_lr=1.0)
-    runner = fake_runner(net, wrapper, 8, 'gdp_accum')
-    hook.before_run(runner)
-    hook.before_train(runner)
+    wrapper, hook, runner = _accumulating_run(net, 8, clip_grad=dict(max_norm=1e-6))
     assert all(p is not net.gdp_gates.a for g in wrapper.optimizer.param_groups
                for p in g['params'])
     moved = []
@@ -197,14 +205,7 @@ def _accumulated_gate_gradient(hook):
 
 def test_accumulated_gate_gradient_is_the_sum_of_both_iterations():
     net, x = small_net()
-    net.train()
-    wrapper = _toy_optim_wrapper(net, accumulative_counts=2)
-    wrapper.initialize_count_status(net, 0, 2)
-    hook = GDPHook(flops_target=0.9, export=False, gdp_iters=2, lambda_init=0.0,
-                   grad_norm=False, gate_lr=1.0)
-    runner = fake_runner(net, wrapper, 2, 'gdp_accum_sum')
-    hook.before_run(runner)
-    hook.before_train(runner)
+    wrapper, hook, runner = _accumulating_run(net, 2)
     for it in range(2):
         runner.iter = it
         hook.before_train_iter(runner, it)

@@ -1,25 +1,4 @@
 #!/usr/bin/env bash
-# Same as mmdetection 3.3.0's tools/dist_test.sh.
+# mmdetection's tools/dist_test.sh, through torchrun (tools/dist_launch.sh).
 # Usage: bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py options]
-
-CONFIG=$1
-CHECKPOINT=$2
-GPUS=$3
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-"python"}
-
-PYTHONPATH="$(dirname $0)/..":$PYTHONPATH \
-$PYTHON -m torch.distributed.launch \
-    --nnodes=$NNODES \
-    --node_rank=$NODE_RANK \
-    --master_addr=$MASTER_ADDR \
-    --nproc_per_node=$GPUS \
-    --master_port=$PORT \
-    $(dirname "$0")/test.py \
-    $CONFIG \
-    $CHECKPOINT \
-    --launcher pytorch \
-    ${@:4}
+exec bash "$(dirname "$0")/dist_launch.sh" test.py "$1" "$3" "$2" "${@:4}"
