@@ -10,9 +10,11 @@ hook and ``load_from`` of a plain checkpoint keeps working::
 """
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.structures import InstanceData
@@ -69,23 +71,40 @@ class UnsupportedModuleError(ValueError):
     """The tracer met ops it cannot prune through; the message names the modules."""
 
 
-def check_supported(graph, on_unsupported: str = 'error') -> None:
-    """Refuse (or, with ``on_unsupported='keep'``, accept) modules the tracer does not
-    understand. Their channels are kept unpruned either way, so the result is exact."""
+def unprunable_share(graph: ChannelGraph) -> float:
+    """Share of the FLOPs that stays with every prunable channel removed."""
+    from .flops import FlopsModel
+    flops = FlopsModel(graph)
+    return flops.count(np.zeros(graph.num_channels, bool)) / max(flops.full, 1.0)
+
+
+def check_supported(graph: ChannelGraph, on_unsupported: str = 'keep') -> None:
+    """Deal with the modules the tracer cannot follow channels through (named in
+    ``graph.unsupported``). Their channels are kept unpruned, so the result is exact:
+    ``'keep'`` (default) warns, naming them and the share of FLOPs that cannot be
+    pruned; ``'error'`` raises :class:`UnsupportedModuleError` instead."""
     if on_unsupported not in ('error', 'keep'):
         raise ValueError(f"on_unsupported must be 'error' or 'keep', got {on_unsupported!r}")
-    if not graph.unsupported or on_unsupported == 'keep':
+    if not graph.unsupported:
         return
     names = list(graph.unsupported)
     shown = '; '.join(f'{n}: {graph.unsupported[n]}' for n in names[:5])
     more = f' (and {len(names) - 5} more)' if len(names) > 5 else ''
     tops = sorted({n.split('.')[0] for n in names})
-    raise UnsupportedModuleError(
-        f'GDP cannot follow channels through {len(names)} module(s): {shown}{more}. '
-        f'Leave that part unpruned with exclude={tops} in the GDPDetector config '
-        f'(tools/prune.py: --exclude {" ".join(tops)}), or keep only the channels these '
-        "modules touch unpruned with on_unsupported='keep' (tools/prune.py: "
-        '--keep-unsupported).')
+    exclude = (f'exclude={tops} in the GDPDetector config (tools/prune.py: --exclude '
+               f'{" ".join(tops)})')
+    if on_unsupported == 'error':
+        raise UnsupportedModuleError(
+            f'GDP cannot follow channels through {len(names)} module(s): {shown}{more}. '
+            f'Leave that part unpruned with {exclude}, or keep only the channels these '
+            "modules touch unpruned with on_unsupported='keep' (tools/prune.py: "
+            '--on-unsupported keep).')
+    from mmengine.logging import print_log
+    print_log(f'GDP keeps the channels of {len(names)} module(s) it cannot follow unpruned: '
+              f'{shown}{more}; {unprunable_share(graph):.1%} of the FLOPs cannot be pruned. '
+              f'The rest is pruned exactly. To leave whole components unpruned use {exclude}; '
+              "to stop instead, on_unsupported='error'.", logger='current',
+              level=logging.WARNING)
 
 
 def proposal_count(model: nn.Module, default: int = 256) -> int:
@@ -98,19 +117,20 @@ def proposal_count(model: nn.Module, default: int = 256) -> int:
 def attach_gates(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
                  exclude: Sequence[str] = (), num_proposals: Optional[int] = None,
                  normalize: bool = True, eps: float = 1.0,
-                 on_unsupported: str = 'error') -> nn.Module:
+                 on_unsupported: str = 'keep') -> nn.Module:
     """Trace ``model``, add ``model.gdp_gates`` and gate every group's consumers.
 
     Two-stage detectors are traced (and their RoI FLOPs counted) with
     ``num_proposals`` RoIs per image, by default the test config's proposal count.
-    Raises :class:`UnsupportedModuleError` if the tracer meets modules it cannot
-    prune through, unless ``on_unsupported='keep'``.
+    Modules the tracer cannot prune through keep their channels, with a warning
+    (``on_unsupported='error'``: :class:`UnsupportedModuleError` instead).
     """
     if num_proposals is None:
         num_proposals = proposal_count(model)
     graph = trace_detector(model, tuple(input_size), exclude, num_proposals)
     check_supported(graph, on_unsupported)
-    notable = sorted(set(graph.fixed_reasons) - {'model output', 'input not traced'})
+    notable = sorted(r for r in set(graph.fixed_reasons) - {'model output', 'input not traced'}
+                     if not r.endswith('not understood by the tracer'))  # warned above
     if notable:
         from mmengine.logging import print_log
         print_log('GDP: some channels stay unpruned (lossless, by design): '
@@ -132,11 +152,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 def build_gdp_detector(detector: dict, input_size: Sequence[int] = (512, 512),
                        exclude: Sequence[str] = (), num_proposals: Optional[int] = None,
                        normalize: bool = True, eps: float = 1.0,
-                       on_unsupported: str = 'error') -> nn.Module:
+                       on_unsupported: str = 'keep') -> nn.Module:
     """Registered as ``GDPDetector``: build ``detector`` and attach GDP gates."""
     from mmdet.registry import MODELS
     from .compat import apply as apply_compat
     apply_compat()  # torch.load of mmengine checkpoints, VOCMetric labels (see compat.py)
-    model = MODELS.build(detector)
+    model = MODELS.build(copy.deepcopy(detector))  # heads rewrite their config (DETRHead)
     return attach_gates(model, tuple(input_size), exclude, num_proposals, normalize, eps,
                         on_unsupported)

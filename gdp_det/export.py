@@ -54,11 +54,16 @@ def pruned_model_cfg(model_cfg: dict, shapes: Dict[str, dict],
         by_comp.setdefault(comp, dict(shapes=[], attrs=[]))['attrs'].append(
             dict(name=rest, **values))
     _write_mmdet_fields(cfg, shapes)
+    top: Dict[str, list] = dict(shapes=[], attrs=[])
     for comp, entries in by_comp.items():
-        if comp not in cfg:
-            raise KeyError(f'pruned layers under {comp!r}, which the model config does not '
-                           'define; export supports components built from the model config')
-        cfg[comp] = dict(type='GDPPrunedModule', module=cfg[comp], **entries)
+        if isinstance(cfg.get(comp), list) or (isinstance(cfg.get(comp), dict)
+                                               and 'type' in cfg[comp]):
+            cfg[comp] = dict(type='GDPPrunedModule', module=cfg[comp], **entries)
+        else:  # made by the detector itself (DETR's encoder, input_proj): narrowed from
+            for k, items in entries.items():  # the top, after the detector is built
+                top[k] += [dict(e, name=f"{comp}.{e['name']}") for e in items]
+    if top['shapes'] or top['attrs']:
+        cfg = dict(type='GDPPrunedModule', module=cfg, **top)
     return cfg
 
 

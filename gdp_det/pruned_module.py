@@ -115,8 +115,10 @@ def build_pruned_module(module: dict, shapes: List[dict], attrs: Optional[List[d
     """Registered as ``GDPPrunedModule`` in mmdet's MODELS registry.
 
     Extra keyword arguments (e.g. ``train_cfg``/``test_cfg`` that detectors pass to
-    their heads) go to the wrapped module's config.
+    their heads) go to the wrapped module's config. ``module`` may be a list of
+    configs (mmdet builds it as an ``nn.Sequential``, e.g. Libra R-CNN's neck).
     """
     from mmdet.registry import MODELS
-    module = dict(module, **kwargs)
+    if kwargs:
+        module = dict(module, **kwargs)
     return apply_pruned_shapes(MODELS.build(module), shapes, attrs)

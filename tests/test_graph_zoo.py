@@ -54,7 +54,7 @@ def test_dcn_layers_are_named_and_kept(tmp_path):
     assert not any(n.startswith(tuple(DCN_WIDTHS)) for n in members)  # offset convs too
     assert 'backbone.layer2.0.conv3' in members  # the rest of the stage stays prunable
 
-    report, state = prune(DCN, tmp_path, '--keep-unsupported')
+    report, state = prune(DCN, tmp_path)
     assert report['max_rel_output_diff'] <= 1e-4
     assert report['flops_ratio'] < 0.95
     for name, width in DCN_WIDTHS.items():

@@ -1,5 +1,7 @@
-"""A module the tracer cannot follow channels through is named in a clear error,
-with the two ways out (exclude it, or keep its channels unpruned), which both work."""
+"""A module the tracer cannot follow channels through keeps its channels unpruned by
+default, with a warning naming it (a real module path ``exclude`` accepts) and the share
+of FLOPs that cannot be pruned; ``on_unsupported='error'`` stops with a clear error
+naming the two ways out (exclude it, or keep its channels), which both work."""
 import pytest
 import torch.nn as nn
 import torch.nn.functional as F
@@ -9,7 +11,8 @@ from mmengine.model import BaseModule
 
 from gdp_det.api import prune_and_export
 from gdp_det.cli import load_config
-from gdp_det.detector import UnsupportedModuleError
+from gdp_det.detector import UnsupportedModuleError, unprunable_share
+from gdp_det.flops import FlopsModel
 from tools.prune import main as prune_main, randomize_gates
 
 
@@ -55,10 +58,32 @@ def members(model):
 
 def test_unsupported_module_is_named_with_the_options():
     with pytest.raises(UnsupportedModuleError) as err:
-        gdp_model(config())
+        gdp_model(config(), on_unsupported='error')
     msg = str(err.value)
     assert 'backbone: view that mixes the channel dim' in msg
-    assert "exclude=['backbone']" in msg and '--keep-unsupported' in msg
+    assert "exclude=['backbone']" in msg and '--on-unsupported keep' in msg
+
+
+def test_default_keeps_with_a_warning_naming_module_and_flops_share(monkeypatch):
+    import mmengine.logging
+    logged = []
+    monkeypatch.setattr(mmengine.logging, 'print_log', lambda msg, **kw: logged.append(msg))
+    model = gdp_model(config())
+    graph = model.gdp_gates.graph
+    assert graph.unsupported == {'backbone': 'view that mixes the channel dim'}
+    kept = [m for m in logged if 'cannot follow' in m]
+    assert len(kept) == 1 and 'backbone: view that mixes the channel dim' in kept[0]
+    assert f'{unprunable_share(graph):.1%} of the FLOPs cannot be pruned' in kept[0]
+    assert "exclude=['backbone']" in kept[0] and "on_unsupported='error'" in kept[0]
+    assert not any('not understood by the tracer' in m for m in logged)  # said once
+
+
+def test_unprunable_share_is_the_flops_of_fully_fixed_layers():
+    graph = gdp_model(config(), exclude=['backbone']).gdp_gates.graph
+    per_call = FlopsModel(graph).per_call()
+    backbone = sum(f for c, f in zip(graph.calls, per_call) if c.name.startswith('backbone'))
+    assert unprunable_share(graph) == pytest.approx(backbone / per_call.sum())
+    assert 0.05 < unprunable_share(graph) < 0.95
 
 
 def test_excluding_the_module_prunes_the_rest_losslessly(tmp_path):
@@ -75,22 +100,22 @@ def test_excluding_the_module_prunes_the_rest_losslessly(tmp_path):
 
 
 def test_keep_unsupported_keeps_only_the_touched_channels():
-    model = gdp_model(config(), on_unsupported='keep')
+    model = gdp_model(config())
     producers = {p for g in model.gdp_gates.graph.groups for p in g.producers}
     assert 'backbone.conv1' in producers  # before the shuffle: still prunable
     assert 'backbone.conv2' not in producers  # its channels are shuffled
 
 
-def test_prune_cli_exits_2_and_writes_nothing(tmp_path, capsys):
+def test_prune_cli_keeps_by_default_and_exits_2_with_on_unsupported_error(tmp_path, capsys):
     path = tmp_path / 'shuffle.py'
     config().dump(str(path))
     out = tmp_path / 'out'
     rc = prune_main([str(path), '--random-gates', '0.5', '--out-dir', str(out),
-                     '--input-size', '64', '64'])
+                     '--input-size', '64', '64', '--on-unsupported', 'error'])
     assert rc == 2 and 'mixes the channel dim' in capsys.readouterr().err
     assert not out.exists()
     rc = prune_main([str(path), '--random-gates', '0.5', '--out-dir', str(out),
-                     '--input-size', '64', '64', '--keep-unsupported', '--verify'])
+                     '--input-size', '64', '64', '--verify'])
     assert rc == 0 and (out / 'shuffle_pruned.pth').is_file()
 
 

@@ -40,9 +40,10 @@ def parse_args(argv=None):
                    help='input size for tracing and FLOPs (default: the config\'s)')
     p.add_argument('--exclude', nargs='*', default=[],
                    help='module name prefixes to leave unpruned')
-    p.add_argument('--keep-unsupported', action='store_true',
-                   help='keep the channels of modules the tracer does not understand '
-                        'unpruned instead of stopping with an error')
+    p.add_argument('--on-unsupported', choices=('keep', 'error'),
+                   help='modules the tracer cannot follow: keep their channels unpruned '
+                        'with a warning (default, unless the config says otherwise) or stop '
+                        'with an error')
     p.add_argument('--force', action='store_true', help='replace an existing export')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     return p.parse_args(argv)
@@ -77,8 +78,7 @@ def main(argv=None) -> int:
     check_out_dir(args.out_dir, name, args.force)
     if args.checkpoint:
         state = load_state_dict(args.checkpoint)
-    cfg.model = gdp_model_cfg(cfg, args.input_size, args.exclude,
-                              'keep' if args.keep_unsupported else None)
+    cfg.model = gdp_model_cfg(cfg, args.input_size, args.exclude, args.on_unsupported)
     if args.checkpoint is None and 'init_cfg' in cfg.model['detector'].get('backbone', {}):
         cfg.model['detector']['backbone']['init_cfg'] = None  # no download for a check
     model = MODELS.build(cfg.model)

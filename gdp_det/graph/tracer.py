@@ -11,6 +11,7 @@ code directly, seen through :meth:`ChannelTracer.module_hook`.
 from __future__ import annotations
 
 import functools
+import sys
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -85,7 +86,7 @@ class ChannelTracer(TorchFunctionMode):
         """Note an op the tracer does not understand; see :meth:`resolve_unsupported`."""
         atoms = [lay.atoms for lay in map(self.layout, flat_tensors(objs)) if lay is not None]
         if atoms:
-            where = module or self.current_module() or '(model)'
+            where = module or self.owner_module()
             self.pending.append((where, what, np.concatenate(atoms)))
 
     def resolve_unsupported(self, exclude: Sequence[str]) -> None:
@@ -123,6 +124,19 @@ class ChannelTracer(TorchFunctionMode):
     # -- modules -------------------------------------------------------------------------
     def current_module(self) -> str:
         return self.stack[-1] if self.stack else ''
+
+    def owner_module(self) -> str:
+        """Name of the innermost module whose method is running (read off the Python
+        stack: heads are often run by a direct ``head.forward(x)`` call, which no
+        module hook sees), else the innermost hooked module; ``'(detector)'`` for the
+        top-level model's own code."""
+        frame = sys._getframe(1)
+        while frame is not None:
+            owner = frame.f_locals.get('self')
+            if isinstance(owner, nn.Module) and owner in self.names:
+                return self.names[owner] or self.current_module() or '(detector)'
+            frame = frame.f_back
+        return self.current_module() or '(detector)'
 
     def push(self, module, args) -> None:
         self.stack.append(self.names[module])

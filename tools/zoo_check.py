@@ -1,0 +1,401 @@
+#!/usr/bin/env python
+"""Run the prune self-check over one config of every detector folder of mmdet's zoo.
+
+    OMP_NUM_THREADS=1 python tools/zoo_check.py [--cache-dir DIR] [--md FILE] [--only NAME ...]
+
+For each folder of ``mmdet/.mim/configs`` (detection and instance segmentation) the
+simplest R50/base config is built with random init, a random half of every group's
+gates is zeroed (``--random-gates 0.5 --seed 0``), and the model is pruned, exported,
+rebuilt from disk and compared with the gated model (``tools/prune.py ... --verify``,
+in-process, with the modules the tracer cannot follow kept). Each config runs in a
+forked worker with a timeout; its result is one JSON file in the cache dir (written
+atomically), so a rerun skips the finished ones. The table goes to ``--md``.
+"""
+import argparse
+import json
+import multiprocessing as mp
+import os
+import os.path as osp
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import gdp_det  # noqa: E402
+gdp_det.compat.apply()
+from gdp_det.cli import ArgumentParser, describe_error, tool_main  # noqa: E402
+
+# folder -> config file, or (None, why it is not checked). R50 where the folder has one.
+ZOO = {
+    'albu_example': 'mask-rcnn_r50_fpn_albu-1x_coco.py',
+    'atss': 'atss_r50_fpn_1x_coco.py',
+    'autoassign': 'autoassign_r50-caffe_fpn_1x_coco.py',
+    'boxinst': 'boxinst_r50_fpn_ms-90k_coco.py',
+    'carafe': 'faster-rcnn_r50_fpn-carafe_1x_coco.py',
+    'cascade_rcnn': 'cascade-rcnn_r50_fpn_1x_coco.py',
+    'cascade_rpn': 'cascade-rpn_faster-rcnn_r50-caffe_fpn_1x_coco.py',
+    'centernet': 'centernet-update_r50-caffe_fpn_ms-1x_coco.py',
+    'centripetalnet': 'centripetalnet_hourglass104_16xb6-crop511-210e-mstest_coco.py',
+    'cityscapes': 'faster-rcnn_r50_fpn_1x_cityscapes.py',
+    'condinst': 'condinst_r50_fpn_ms-poly-90k_coco_instance.py',
+    'conditional_detr': 'conditional-detr_r50_8xb2-50e_coco.py',
+    'convnext': 'mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py',
+    'cornernet': 'cornernet_hourglass104_8xb6-210e-mstest_coco.py',
+    'crowddet': 'crowddet-rcnn_r50_fpn_8xb2-30e_crowdhuman.py',
+    'dab_detr': 'dab-detr_r50_8xb2-50e_coco.py',
+    'dcn': 'faster-rcnn_r50-dconv-c3-c5_fpn_1x_coco.py',
+    'dcnv2': 'faster-rcnn_r50-mdconv-c3-c5_fpn_1x_coco.py',
+    'ddod': 'ddod_r50_fpn_1x_coco.py',
+    'ddq': 'ddq-detr-4scale_r50_8xb2-12e_coco.py',
+    'deepfashion': 'mask-rcnn_r50_fpn_15e_deepfashion.py',
+    'deformable_detr': 'deformable-detr_r50_16xb2-50e_coco.py',
+    'detectors': 'detectors_htc-r50_1x_coco.py',
+    'detr': 'detr_r50_8xb2-150e_coco.py',
+    'dino': 'dino-4scale_r50_8xb2-12e_coco.py',
+    'double_heads': 'dh-faster-rcnn_r50_fpn_1x_coco.py',
+    'dsdl': 'coco.py',
+    'dyhead': 'atss_r50_fpn_dyhead_1x_coco.py',
+    'dynamic_rcnn': 'dynamic-rcnn_r50_fpn_1x_coco.py',
+    'efficientnet': 'retinanet_effb3_fpn_8xb4-crop896-1x_coco.py',
+    'empirical_attention': 'faster-rcnn_r50-attn1111_fpn_1x_coco.py',
+    'fast_rcnn': 'fast-rcnn_r50_fpn_1x_coco.py',
+    'faster_rcnn': 'faster-rcnn_r50_fpn_1x_coco.py',
+    'fcos': 'fcos_r50-caffe_fpn_gn-head_1x_coco.py',
+    'foveabox': 'fovea_r50_fpn_4xb4-1x_coco.py',
+    'fpg': 'retinanet_r50_fpg_crop640_50e_coco.py',
+    'free_anchor': 'freeanchor_r50_fpn_1x_coco.py',
+    'fsaf': 'fsaf_r50_fpn_1x_coco.py',
+    'gcnet': 'mask-rcnn_r50-gcb-r4-c3-c5_fpn_1x_coco.py',
+    'gfl': 'gfl_r50_fpn_1x_coco.py',
+    'ghm': 'retinanet_r50_fpn_ghm-1x_coco.py',
+    'gn': 'mask-rcnn_r50_fpn_gn-all_2x_coco.py',
+    'gn+ws': 'faster-rcnn_r50_fpn_gn-ws-all_1x_coco.py',
+    'grid_rcnn': 'grid-rcnn_r50_fpn_gn-head_1x_coco.py',
+    'groie': 'faste-rcnn_r50_fpn_groie_1x_coco.py',
+    'guided_anchoring': 'ga-retinanet_r50_fpn_1x_coco.py',
+    'hrnet': 'faster-rcnn_hrnetv2p-w18-1x_coco.py',
+    'htc': 'htc_r50_fpn_1x_coco.py',
+    'instaboost': 'mask-rcnn_r50_fpn_instaboost-4x_coco.py',
+    'lad': 'lad_r50-paa-r101_fpn_2xb8_coco_1x.py',
+    'ld': 'ld_r18-gflv1-r101_fpn_1x_coco.py',
+    'legacy_1.x': 'retinanet_r50_fpn_1x_coco_v1.py',
+    'libra_rcnn': 'libra-faster-rcnn_r50_fpn_1x_coco.py',
+    'lvis': 'mask-rcnn_r50_fpn_sample1e-3_ms-1x_lvis-v1.py',
+    'mask2former': 'mask2former_r50_8xb2-lsj-50e_coco.py',
+    'mask_rcnn': 'mask-rcnn_r50_fpn_1x_coco.py',
+    'ms_rcnn': 'ms-rcnn_r50_fpn_1x_coco.py',
+    'nas_fcos': 'nas-fcos_r50-caffe_fpn_nashead-gn-head_4xb4-1x_coco.py',
+    'nas_fpn': 'retinanet_r50_nasfpn_crop640-50e_coco.py',
+    'objects365': 'retinanet_r50_fpn_1x_objects365v2.py',
+    'openimages': 'retinanet_r50_fpn_32xb2-1x_openimages.py',
+    'paa': 'paa_r50_fpn_1x_coco.py',
+    'pafpn': 'faster-rcnn_r50_pafpn_1x_coco.py',
+    'pascal_voc': 'faster-rcnn_r50_fpn_1x_voc0712.py',
+    'pisa': 'retinanet-r50_fpn_pisa_1x_coco.py',
+    'point_rend': 'point-rend_r50-caffe_fpn_ms-1x_coco.py',
+    'pvt': 'retinanet_pvt-t_fpn_1x_coco.py',
+    'queryinst': 'queryinst_r50_fpn_1x_coco.py',
+    'regnet': 'retinanet_regnetx-800MF_fpn_1x_coco.py',
+    'reppoints': 'reppoints-moment_r50_fpn_1x_coco.py',
+    'res2net': 'faster-rcnn_res2net-101_fpn_2x_coco.py',
+    'resnest': 'faster-rcnn_s50_fpn_syncbn-backbone+head_ms-range-1x_coco.py',
+    'resnet_strikes_back': 'retinanet_r50-rsb-pre_fpn_1x_coco.py',
+    'retinanet': 'retinanet_r50_fpn_1x_coco.py',
+    'rpn': 'rpn_r50_fpn_1x_coco.py',
+    'rtmdet': 'rtmdet_tiny_8xb32-300e_coco.py',
+    'sabl': 'sabl-retinanet_r50_fpn_1x_coco.py',
+    'scnet': 'scnet_r50_fpn_1x_coco.py',
+    'scratch': 'faster-rcnn_r50-scratch_fpn_gn-all_6x_coco.py',
+    'seesaw_loss': 'mask-rcnn_r50_fpn_seesaw-loss_random-ms-2x_lvis-v1.py',
+    'selfsup_pretrain': 'mask-rcnn_r50-mocov2-pre_fpn_1x_coco.py',
+    'simple_copy_paste': 'mask-rcnn_r50_fpn_rpn-2conv_4conv1fc_syncbn-all_32xb2-ssj-90k_coco.py',
+    'soft_teacher': 'soft-teacher_faster-rcnn_r50-caffe_fpn_180k_semi-0.1-coco.py',
+    'solo': 'solo_r50_fpn_1x_coco.py',
+    'solov2': 'solov2_r50_fpn_1x_coco.py',
+    'sparse_rcnn': 'sparse-rcnn_r50_fpn_1x_coco.py',
+    'ssd': 'ssd300_coco.py',
+    'strong_baselines': 'mask-rcnn_r50_fpn_rpn-2conv_4conv1fc_syncbn-all_lsj-100e_coco.py',
+    'swin': 'retinanet_swin-t-p4-w7_fpn_1x_coco.py',
+    'timm_example': 'retinanet_timm-tv-resnet50_fpn_1x_coco.py',
+    'tood': 'tood_r50_fpn_1x_coco.py',
+    'tridentnet': 'tridentnet_r50-caffe_1x_coco.py',
+    'v3det': 'fcos_r50_fpn_8x4_sample1e-3_mstrain_v3det_2x.py',
+    'vfnet': 'vfnet_r50_fpn_1x_coco.py',
+    'wider_face': 'retinanet_r50_fpn_1x_widerface.py',
+    'yolact': 'yolact_r50_1xb8-55e_coco.py',
+    'yolo': 'yolov3_d53_8xb8-320-273e_coco.py',
+    'yolof': 'yolof_r50-c5_8xb8-1x_coco.py',
+    'yolox': 'yolox_tiny_8xb8-300e_coco.py',
+}
+_TRACKING = 'video tracking / re-identification, not a detector'
+SKIPPED = {
+    '_base_': 'shared base files, no complete config',
+    'common': 'shared dataset/schedule settings, no model of its own',
+    'bytetrack': _TRACKING, 'deepsort': _TRACKING, 'ocsort': _TRACKING, 'qdtrack': _TRACKING,
+    'sort': _TRACKING, 'strongsort': _TRACKING, 'reid': _TRACKING,
+    'masktrack_rcnn': 'video instance segmentation (tracking)',
+    'mask2former_vis': 'video instance segmentation (tracking)',
+    'panoptic_fpn': 'panoptic segmentation only',
+    'maskformer': 'panoptic segmentation only (COCO panoptic configs)',
+    'glip': 'needs a BERT language model downloaded from HuggingFace at build time',
+    'grounding_dino': 'needs a BERT language model downloaded from HuggingFace at build time',
+    'mm_grounding_dino': 'needs a BERT language model downloaded from HuggingFace at build '
+                         'time',
+    'misc': 'Detectron2 wrappers (need detectron2 and its own model zoo)',
+}
+# a teacher checkpoint that the detector's __init__ downloads
+NO_TEACHER = dict(teacher_ckpt=None)
+CFG_OPTIONS = {'lad': NO_TEACHER, 'ld': NO_TEACHER}
+INPUT_SIZE = {'ssd': (320, 320), 'pisa': (320, 320)}
+NEEDS = {'convnext': 'mmpretrain', 'timm_example': 'mmpretrain'}  # packages not in our stack
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('--cache-dir', default='work_dirs/zoo_check',
+                   help='one JSON result per config; a rerun skips those present')
+    p.add_argument('--md', default='benchmarks/zoo_coverage.md', help='table to write')
+    p.add_argument('--only', nargs='+', metavar='FOLDER', help='check these folders only')
+    p.add_argument('--input-size', type=int, nargs=2, default=(256, 256), metavar=('H', 'W'))
+    p.add_argument('--timeout', type=float, default=300, help='seconds per config')
+    p.add_argument('--random-gates', type=float, default=0.5)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--tolerance', type=float, default=1e-4)
+    return p.parse_args(argv)
+
+
+def configs_dir() -> str:
+    import mmdet
+    return osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
+
+
+def plan(root: str, only=None):
+    """``[(folder, config file or None, why skipped)]`` for every folder of ``root``."""
+    rows = []
+    for folder in sorted(os.listdir(root)):
+        if not osp.isdir(osp.join(root, folder)) or folder.startswith('__'):
+            continue
+        if only and folder not in only:
+            continue
+        need = NEEDS.get(folder)
+        if folder in SKIPPED:
+            rows.append((folder, None, SKIPPED[folder]))
+        elif need and not _installed(need):
+            rows.append((folder, ZOO[folder], f'needs {need}, not installed here'))
+        elif folder not in ZOO:
+            rows.append((folder, None, 'no config chosen for this folder (new in mmdet?)'))
+        else:
+            rows.append((folder, ZOO[folder], None))
+    return rows
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(package) is not None
+
+
+def shorten(names) -> list:
+    """Module paths with numeric indices folded: ``a.0.b``, ``a.1.b`` -> ``a.*.b (x2)``."""
+    counts: dict = {}
+    for n in names:
+        key = re.sub(r'\.\d+(?=\.|$)', '.*', n)
+        counts[key] = counts.get(key, 0) + 1
+    return [k if c == 1 else f'{k} (x{c})' for k, c in counts.items()]
+
+
+def check_one(path: str, folder: str, input_size, share: float, seed: int,
+              tolerance: float) -> dict:
+    """The self-check of one config; every outcome is a result dict, never a raise."""
+    start = time.time()
+    out_dir = tempfile.mkdtemp(prefix='gdp_zoo_')
+    row = dict(folder=folder, config=osp.basename(path))
+    try:
+        row.update(_prune_check(path, folder, input_size, share, seed, tolerance, out_dir))
+    except Exception as e:  # noqa: BLE001 - every failure becomes a named row
+        from gdp_det.cli import UserError
+        from gdp_det.detector import UnsupportedModuleError
+        refused = isinstance(e, (UserError, UnsupportedModuleError))  # said on purpose
+        row.update(result='refused' if refused else 'failed', error=describe_error(e)[0],
+                   where=_where(e))
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    row['seconds'] = round(time.time() - start, 1)
+    return row
+
+
+def _where(e: BaseException) -> str:
+    """``file:line`` of the innermost frame (shortened to the package path)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ''
+    f = tb.tb_frame.f_code.co_filename
+    return f"{re.sub(r'^.*site-packages/', '', f)}:{tb.tb_lineno}"
+
+
+def _prune_check(path, folder, input_size, share, seed, tolerance, out_dir) -> dict:
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from gdp_det.api import prune_and_export
+    from gdp_det.cli import gdp_model_cfg, load_config
+    from gdp_det.detector import unprunable_share
+    from tools.prune import randomize_gates
+    register_all_modules(init_default_scope=True)
+    cfg = load_config(path)
+    cfg.model.update(CFG_OPTIONS.get(folder, {}))
+    cfg.model = gdp_model_cfg(cfg, input_size, (), on_unsupported='keep')
+    if 'init_cfg' in cfg.model['detector'].get('backbone', {}):
+        cfg.model['detector']['backbone']['init_cfg'] = None  # as tools/prune.py: no download
+    model = MODELS.build(cfg.model)
+    graph = model.gdp_gates.graph
+    randomize_gates(model.gdp_gates, share, seed)
+    _, report, _ = prune_and_export(cfg, model, out_dir, name=folder, verify=True,
+                                    tolerance=tolerance, force=True)
+    kept = sorted(graph.unsupported)
+    return dict(result='pruned, modules kept' if kept else 'lossless',
+                flops_ratio=report['flops_ratio'], groups=len(graph.groups),
+                kept=shorten(kept), kept_ops=sorted(set(graph.unsupported.values())),
+                unprunable_share=unprunable_share(graph),
+                max_diff=report['max_rel_output_diff'], predict_check=report['predict_check'])
+
+
+def _worker(path, folder, input_size, args, out_json):
+    row = check_one(path, folder, input_size, args.random_gates, args.seed, args.tolerance)
+    write_json(out_json, row)
+
+
+def write_json(path: str, obj) -> None:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_forked(path, folder, input_size, args, out_json) -> dict:
+    """Run one check in a forked worker; a timeout or a dead worker is a row too."""
+    start = time.time()
+    proc = mp.get_context('fork').Process(target=_worker,
+                                          args=(path, folder, input_size, args, out_json))
+    proc.start()
+    proc.join(args.timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        row = dict(result='failed', error=f'timeout after {args.timeout:g} s')
+    elif not osp.isfile(out_json):
+        row = dict(result='failed', error=f'worker died (exit code {proc.exitcode})')
+    else:
+        with open(out_json) as f:
+            return json.load(f)
+    row.update(folder=folder, config=osp.basename(path), seconds=round(time.time() - start, 1))
+    write_json(out_json, row)
+    return row
+
+
+def _fmt_predict(p) -> str:
+    if not p:
+        return ''
+    if 'skipped' in p:
+        return f"skipped ({p['skipped'][:60]})"
+    return f"{p['num_dets']} dets, diff {p['max_diff']:.1e}"
+
+
+def write_md(path: str, rows, results: dict, args) -> dict:
+    """The coverage table; returns the counts per result."""
+    import mmdet
+    counts: dict = {}
+    lines = []
+    for folder, config, why in rows:
+        r = results.get(folder)
+        if why is not None:
+            counts['skipped'] = counts.get('skipped', 0) + 1
+            lines.append(f'| {folder} | {config or ""} | skipped: {why} | | | | | | |')
+            continue
+        if r is None:
+            counts['not run yet'] = counts.get('not run yet', 0) + 1
+            lines.append(f'| {folder} | {config} | not run yet | | | | | | |')
+            continue
+        counts[r['result']] = counts.get(r['result'], 0) + 1
+        if 'error' in r:
+            err = r['error'].replace('|', '/')[:200]
+            where = f" ({r['where']})" if r.get('where') else ''
+            lines.append(f"| {folder} | {config} | **{r['result']}**: {err}{where} "
+                         f"| | | | | | {r['seconds']:.0f} |")
+            continue
+        kept = ', '.join(f'`{k}`' for k in r['kept'][:8])
+        kept += f" (+{len(r['kept']) - 8} more)" if len(r['kept']) > 8 else ''
+        ops = f"<br>ops: {', '.join(r['kept_ops'])}" if r['kept_ops'] else ''
+        lines.append(f"| {folder} | {config} | {r['result']} | {r['flops_ratio']:.3f} "
+                     f"| {100 * r['unprunable_share']:.1f}% | {kept}{ops} "
+                     f"| {r['max_diff']:.1e} | {_fmt_predict(r['predict_check'])} "
+                     f"| {r['seconds']:.0f} |")
+    total = sum(v for k, v in counts.items() if k != 'skipped')
+    head = [
+        '# Coverage of the mmdet model zoo',
+        '',
+        f'Written by `tools/zoo_check.py` (mmdet {mmdet.__version__}): one config per folder of '
+        '`mmdet/.mim/configs`, built with random init at '
+        f'{args.input_size[0]}x{args.input_size[1]}, a random {args.random_gates:g} of every '
+        f"group's gates zeroed (seed {args.seed}), pruned, exported, rebuilt from disk and "
+        'compared with the gated model (tensor outputs: max relative difference, tolerance '
+        f'{args.tolerance:g}; predict mode: detections after NMS). Modules the tracer cannot '
+        "follow are kept (`on_unsupported='keep'`).",
+        '',
+        f'**{total} configs checked: ' + ', '.join(
+            f'{counts[k]} {k}' for k in ('lossless', 'pruned, modules kept', 'refused',
+                                          'failed', 'not run yet') if counts.get(k))
+        + f"; {counts.get('skipped', 0)} folders skipped.**",
+        '',
+        '*FLOPs ratio*: FLOPs after / before pruning. *Unprunable*: the share of FLOPs that '
+        'stays even with every prunable channel removed (layers whose input and output '
+        'channels are both fixed). *Kept modules*: modules the tracer cannot follow (their '
+        'channels stay unpruned), numeric indices folded to `*`.',
+        '',
+        '| folder | config | result | FLOPs ratio | unprunable | kept modules | max output '
+        'diff | predict check | time (s) |',
+        '|---|---|---|---|---|---|---|---|---|',
+    ]
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        f.write('\n'.join(head + lines) + '\n')
+    os.replace(tmp, path)
+    return counts
+
+
+@tool_main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    root = configs_dir()
+    rows = plan(root, args.only)
+    os.makedirs(args.cache_dir, exist_ok=True)
+    todo = [r for r in rows if r[2] is None
+            and not osp.isfile(osp.join(args.cache_dir, f'{r[0]}.json'))]
+    print(f'{len(rows)} folders, {sum(r[2] is None for r in rows)} to check, '
+          f'{len(todo)} not done yet (cache: {args.cache_dir})', flush=True)
+    start = time.time()
+    for i, (folder, config, _) in enumerate(todo):
+        size = INPUT_SIZE.get(folder, tuple(args.input_size))
+        out_json = osp.join(args.cache_dir, f'{folder}.json')
+        row = run_forked(osp.join(root, folder, config), folder, size, args, out_json)
+        elapsed = time.time() - start
+        eta = elapsed / (i + 1) * (len(todo) - i - 1)
+        print(f"[{i + 1}/{len(todo)}] {folder}/{config}: {row['result']} "
+              f"({row['seconds']:.0f} s) {row.get('error', '')[:120]} | elapsed "
+              f'{elapsed / 60:.1f} min, ETA {eta / 60:.1f} min', flush=True)
+    results = {}
+    for folder, _, why in rows:
+        p = osp.join(args.cache_dir, f'{folder}.json')
+        if why is None and osp.isfile(p):
+            with open(p) as f:
+                results[folder] = json.load(f)
+    counts = write_md(args.md, rows, results, args)
+    print(f'wrote {args.md}: {counts}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
