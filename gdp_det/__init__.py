@@ -10,15 +10,6 @@ This loads the core (``graph/``, gates, FLOPs model, hook, pruner, export). The 
 job (:mod:`gdp_det.pipeline`) and the toy dataset (:mod:`gdp_det.datasets`) are
 subpackages built on it, imported on their own.
 """
-import warnings
-
-# mmengine 0.10.7's is_installed (mmengine.utils.package_utils) imports and reloads
-# pkg_resources whenever a config's _base_ names `mmdet::...`, and setuptools >= 67.5
-# warns on that import that pkg_resources is deprecated: mmengine's to fix, not ours
-# or the user's, yet it opened every tool run. Filtered here, before anything imports it.
-warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
-                        category=UserWarning)
-
 from . import compat  # noqa: F401  (gdp_det.compat.apply() for entry points)
 from . import registry  # noqa: F401
 

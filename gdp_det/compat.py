@@ -30,6 +30,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os.path as osp
+import warnings
 from typing import List
 
 __all__ = ['apply', 'mmengine_safe_globals', 'register_safe_globals']
@@ -242,11 +243,21 @@ def patch_voc_metric_class_names() -> None:
 _applied = False
 
 
+def silence_pkg_resources_warning() -> None:
+    """mmengine 0.10.7's ``is_installed`` (mmengine.utils.package_utils) imports and
+    reloads ``pkg_resources`` whenever a config's ``_base_`` names ``mmdet::...``, and
+    setuptools >= 67.5 warns on that import that pkg_resources is deprecated:
+    mmengine's to fix, not the user's, yet it opened every tool run."""
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
+                            category=UserWarning)
+
+
 def apply() -> None:
     """Apply every patch of this module; later calls do nothing."""
     global _applied
     if _applied:
         return
+    silence_pkg_resources_warning()
     register_safe_globals()
     patch_package_utils()
     patch_voc_metric_class_names()
