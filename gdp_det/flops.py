@@ -70,10 +70,15 @@ class FlopsModel:
         n_in, n_out = self._active(alive)
         return np.where(self.depthwise, self.coef * n_out, self.coef * n_in * n_out)
 
-    def channel_weights(self, alive) -> np.ndarray:
+    def call_slopes(self, alive) -> Tuple[np.ndarray, np.ndarray]:
+        """Per call: the cost of one more input channel and of one more output channel."""
         n_in, n_out = self._active(alive)
         w_in = np.where(self.depthwise, 0.0, self.coef * n_out)
         w_out = np.where(self.depthwise, self.coef, self.coef * n_in)
+        return w_in, w_out
+
+    def channel_weights(self, alive) -> np.ndarray:
+        w_in, w_out = self.call_slopes(alive)
         size = self.num_channels + 1
         w = (np.bincount(self.in_idx, w_in[self.in_call], minlength=size)
              + np.bincount(self.out_idx, w_out[self.out_call], minlength=size))

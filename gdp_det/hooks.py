@@ -1,8 +1,10 @@
-"""``GDPHook``: eps schedule, proximal step, FLOPs budget controller, logging, export.
+"""``GDPHook``: eps schedule, proximal step, FLOPs/latency budget controller, logging,
+export.
 
 Add to a config that builds a ``GDPDetector``::
 
     custom_hooks = [dict(type='GDPHook', flops_target=0.5)]
+    custom_hooks = [dict(type='GDPHook', latency_target=0.5)]  # measured on the device
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from mmengine.hooks import Hook
 
 from .detector import find_gates, unwrap
 from .flops import Budget, FlopsModel
+from .latency import LatencyModel, forward_latencies, plain_copy
 from .pruner import exported_channels, group_minimum
 
 # gate-value histogram bins of the snapshots (non-zero gates; normalized gates reach 1+eps)
@@ -23,7 +26,7 @@ HIST_BINS = [i / 20 for i in range(23)]
 
 
 class GDPHook(Hook):
-    """Drives GDP training of the model's gates towards a FLOPs budget.
+    """Drives GDP training of the model's gates towards a FLOPs and/or latency budget.
 
     Contract: the hook, not the model's optimizer, updates the gates: a proximal
     SGD step with its own ``gate_lr``. The gates are taken out of the optimizer
@@ -42,10 +45,16 @@ class GDPHook(Hook):
     1 is the paper's FLOPs-weighted penalty, the default 0 a plain L1 that lets the
     task loss alone rank the channels while the budget decides how many go (on the
     toy set the FLOPs-weighted form removes the costly high-resolution channels
-    first and loses 0.2-0.3 mAP; see benchmarks/RESULTS.md). ``lambda`` starts at
+    first and loses 0.2-0.3 mAP; see benchmarks/RESULTS.md). With ``latency_target``
+    the hook measures a :class:`~gdp_det.latency.LatencyModel` of the model on its
+    device in ``before_train`` (cached), adds the constraint "predicted latency ratio
+    <= latency_target" to the budget, and the channels' cost while that constraint
+    is violated is their marginal latency. ``flops_target`` defaults to 0.5 when no
+    other target is given. ``lambda`` starts at
     ``lambda_init`` and is multiplied by ``1 + lambda_rate`` while the exact FLOPs
     ratio is above ``flops_target`` (or the weight ratio above the optional
-    ``params_target``), by ``1 - lambda_rate`` below it (default rate: lambda may
+    ``params_target``, or the predicted latency ratio above ``latency_target``), by
+    ``1 - lambda_rate`` below it (default rate: lambda may
     grow 1e4-fold over the first half of the phase, so the gates first learn which
     channels matter and the cut comes around mid-phase), and no step removes more
     channels than the budget needs. ``min_channels`` channels per group always
@@ -53,7 +62,9 @@ class GDPHook(Hook):
     layer collapse). Logs ``gdp/flops_ratio``, ``gdp/lambda``, ``gdp/eps``,
     ``gdp/zero_share`` and ``gdp/high_share`` (gates > 0.9). Its state is saved in
     checkpoints under ``'gdp_hook'`` and restored on resume. With ``export=True``
-    the pruned model is exported into ``<work_dir>/pruned`` after training.
+    the pruned model is exported into ``<work_dir>/pruned`` after training; with a
+    latency budget its report adds the predicted latency ratio and the measured one
+    (tensor-mode forward of the export vs the unpruned network, interleaved medians).
 
     The budget is counted on what the export keeps (``min_channels`` and
     ``channel_divisor`` applied), so the exported FLOPs ratio lands at the target.
@@ -67,15 +78,19 @@ class GDPHook(Hook):
 
     priority = 'LOW'  # after the optimizer step of the train loop
 
-    def __init__(self, flops_target: float = 0.5, eps_start: float = 1e-2,
+    def __init__(self, flops_target: Optional[float] = None, eps_start: float = 1e-2,
                  eps_end: float = 1e-6, gdp_iters: Optional[int] = None,
                  gate_lr: float = 0.1, lambda_init: float = 1e-3,
                  lambda_rate: Optional[float] = None,
                  min_channels: float = 1, channel_divisor: int = 1,
                  warmup_iters: int = 0, log_interval: int = 50, export: bool = True,
                  num_snapshots: int = 6, params_target: Optional[float] = None,
-                 cost_power: float = 0.0, grad_norm: bool = True):
-        for name, t in (('flops_target', flops_target), ('params_target', params_target)):
+                 cost_power: float = 0.0, grad_norm: bool = True,
+                 latency_target: Optional[float] = None):
+        if flops_target is None and params_target is None and latency_target is None:
+            flops_target = 0.5
+        for name, t in (('flops_target', flops_target), ('params_target', params_target),
+                        ('latency_target', latency_target)):
             if t is not None and not 0 < t <= 1:
                 raise ValueError(f'GDPHook: {name} must be in (0, 1], got {t}')
         if cost_power < 0:
@@ -87,6 +102,7 @@ class GDPHook(Hook):
         self.grad_norm = grad_norm
         self.grad_sq = None  # running mean of the gates' squared gradient (a tensor)
         self.params_target = params_target
+        self.latency_target = latency_target
         self.eps_start, self.eps_end = eps_start, eps_end
         self.gdp_iters = gdp_iters
         self.gate_lr = gate_lr
@@ -103,8 +119,11 @@ class GDPHook(Hook):
         self.num_snapshots = num_snapshots
         self.snapshots = []  # [iter, zero count, histogram of non-zero gates in HIST_BINS]
         self.flops: Optional[FlopsModel] = None
+        self.latency: Optional[LatencyModel] = None
         self.budget: Optional[Budget] = None
+        self.targets = []  # names of the budget's constraints, in order
         self.ratio = 1.0
+        self.latency_ratio = 1.0  # predicted, with a latency budget
         self.dead: Optional[torch.Tensor] = None  # gates zeroed by the proximal step
         self.history = []  # (iter, ratio, lambda, eps, zero_share, high_share)
 
@@ -144,8 +163,13 @@ class GDPHook(Hook):
         self.gates = self._gates(runner)
         graph = self.gates.graph
         self.flops = FlopsModel(graph)
-        self.budget = Budget([(self.flops, self.flops_target),
-                              (FlopsModel(graph, params=True), self.params_target)])
+        if self.latency_target is not None:
+            self.latency = LatencyModel.measure(unwrap(runner.model))
+        constraints = [('flops_target', self.flops, self.flops_target),
+                       ('params_target', FlopsModel(graph, params=True), self.params_target),
+                       ('latency_target', self.latency, self.latency_target)]
+        self.targets = [n for n, _, t in constraints if t is not None]
+        self.budget = Budget([(m, t) for _, m, t in constraints])
         if self.gdp_iters is None:
             self.gdp_iters = runner.max_iters
         if self.lambda_rate is None:
@@ -159,9 +183,8 @@ class GDPHook(Hook):
 
     def _check_reachable(self) -> None:
         floor_mask = self.exported(np.zeros(self.gates.a.numel()))
-        names = ('flops_target', 'params_target')
         for (_, target), floor, name in zip(self.budget.constraints,
-                                            self.budget.ratios(floor_mask), names):
+                                            self.budget.ratios(floor_mask), self.targets):
             if floor > target:
                 raise ValueError(f'GDPHook: {name}={target} is unreachable with '
                                  f'min_channels={self.min_channels} and channel_divisor='
@@ -233,7 +256,7 @@ class GDPHook(Hook):
         old = a.detach().float().cpu().numpy()
         kept = self.exported(old)
         if self.budget.met(kept):
-            self.ratio = self.flops.count(kept) / self.flops.full
+            self._set_ratios(kept)
             self.lam = max(self.lam * (1 - self.lambda_rate), 0.0)
             return
         alive = old != 0
@@ -245,8 +268,14 @@ class GDPHook(Hook):
         new = self._keep_min_channels(old, new)
         new = self._stop_at_target(old, new, thresh)
         a.copy_(torch.from_numpy(new).to(a))
-        self.ratio = self.flops.count(self.exported(new)) / self.flops.full
+        self._set_ratios(self.exported(new))
         self.lam *= 1 + self.lambda_rate
+
+    def _set_ratios(self, kept: np.ndarray) -> None:
+        """The FLOPs ratio (and predicted latency ratio) of the export of ``kept``."""
+        self.ratio = self.flops.count(kept) / self.flops.full
+        if self.latency is not None:
+            self.latency_ratio = self.latency.count(kept) / self.latency.full
 
     def _stop_at_target(self, old: np.ndarray, new: np.ndarray,
                         thresh: np.ndarray) -> np.ndarray:
@@ -289,6 +318,8 @@ class GDPHook(Hook):
         for k, v in (('flops_ratio', self.ratio), ('lambda', self.lam),
                      ('eps', gates.eps_value)):
             hub.update_scalar(f'train/gdp_{k}', v)
+        if self.latency is not None:
+            hub.update_scalar('train/gdp_latency_ratio', self.latency_ratio)
         last = runner.iter + 1 == runner.max_iters
         every = max(self.gdp_iters // max(self.num_snapshots - 1, 1), 1)
         snapshot = runner.iter % every == 0 or last
@@ -333,11 +364,29 @@ class GDPHook(Hook):
         # With an EMAHook the checkpoints hold the EMA weights (with the live gates):
         # the export prunes the same model that a checkpoint holds.
         model = self._ema_model(runner) or unwrap(runner.model)
+        extra = dict(history=self.history, snapshots=self.snapshots, hist_bins=HIST_BINS,
+                     flops_target=self.flops_target)
+        if self.latency is not None:
+            extra.update(self.latency_report(model))
         prune_and_export(runner.cfg, model, osp.join(runner.work_dir, 'pruned'),
                          min_channels=self.min_channels, channel_divisor=self.channel_divisor,
-                         force=True, extra_report=dict(
-                             history=self.history, snapshots=self.snapshots,
-                             hist_bins=HIST_BINS, flops_target=self.flops_target))
+                         force=True, extra_report=extra)
+
+    def latency_report(self, model, repeats: int = 10) -> dict:
+        """Predicted latency ratio of the export of ``model``'s gates, and the measured
+        one: tensor-mode forward of that export vs the unpruned network, on the
+        model's device, interleaved medians (seconds)."""
+        kept = self.exported(model.gdp_gates.a.detach().float().cpu().numpy())
+        trace = model.gdp_gates.trace
+        unpruned, pruned = forward_latencies(
+            [plain_copy(model, np.ones(kept.shape)),
+             plain_copy(model, None, self.min_channels, self.channel_divisor)],
+            trace.input_size, trace.num_proposals, repeats)
+        return dict(latency_target=self.latency_target, latency_device=self.latency.device,
+                    latency_predicted=self.latency.count(kept),
+                    latency_predicted_ratio=self.latency.count(kept) / self.latency.full,
+                    latency_unpruned_measured=unpruned, latency_measured=pruned,
+                    latency_measured_ratio=pruned / unpruned)
 
     @staticmethod
     def _ema_model(runner):

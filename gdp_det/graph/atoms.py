@@ -69,6 +69,9 @@ class LayerCall:
     coef: float  # FLOPs = coef * active_in * active_out  (depthwise: coef * active)
     depthwise: bool
     param_coef: float  # weights = param_coef * active_in * active_out (depthwise: * active)
+    # the op's shapes and arguments at the traced size (``op``: conv2d, conv_transpose2d
+    # or linear; ``input``/``weight`` shapes, ``bias``, stride, padding, ...)
+    geometry: Optional[dict] = None
 
 
 @dataclass

@@ -15,6 +15,20 @@ from .atoms import LayerCall, Layout
 _TRANSPOSED = (torch.conv_transpose2d, F.conv_transpose2d)
 _PER_CHANNEL_NORMS = (torch.batch_norm, F.batch_norm, torch.group_norm, F.group_norm)
 _GROUP_NORMS = (torch.group_norm, F.group_norm)
+_CONV_ARGS = ('input', 'weight', 'bias', 'stride', 'padding', 'dilation', 'groups')
+_TRANSPOSED_ARGS = ('input', 'weight', 'bias', 'stride', 'padding', 'output_padding',
+                    'groups', 'dilation')
+
+
+def _geometry(op: str, names, args, kwargs, out) -> dict:
+    """What a standalone call of the op needs (for the latency model): input, weight
+    and output shapes, bias, and the op's remaining arguments (JSON-friendly)."""
+    params = dict(zip(names, args), **kwargs)
+    geo = dict(op=op, input=list(params.pop('input').shape),
+               weight=list(params.pop('weight').shape), bias=params.pop('bias') is not None,
+               output=list(out.shape))
+    geo.update({k: list(v) if isinstance(v, (tuple, list)) else v for k, v in params.items()})
+    return geo
 
 
 def conv(tr, func, args, kwargs, out) -> None:
@@ -24,8 +38,10 @@ def conv(tr, func, args, kwargs, out) -> None:
     if m is None or not isinstance(out, torch.Tensor):
         tr.fix_unsupported(args, f'{func.__name__} with a computed weight')
         return
-    groups = kwargs.get('groups', args[6] if len(args) > 6 else 1)
     transposed = func in _TRANSPOSED
+    geometry = _geometry('conv_transpose2d' if transposed else 'conv2d',
+                         _TRANSPOSED_ARGS if transposed else _CONV_ARGS, args, kwargs, out)
+    groups = geometry.get('groups', 1)
     if transposed:
         cin, cout = weight.shape[0], weight.shape[1] * groups
     else:
@@ -50,7 +66,7 @@ def conv(tr, func, args, kwargs, out) -> None:
     spatial = x.shape[2] * x.shape[3] if transposed else out.shape[2] * out.shape[3]
     coef = float(k * spatial) / x.shape[0] / (1 if depthwise else groups)
     tr.calls.append(LayerCall(name, in_atoms, out_atoms, coef, depthwise,
-                              float(k) / (1 if depthwise else groups)))
+                              float(k) / (1 if depthwise else groups), geometry))
     tr.set_layout(out, Layout(out_atoms, 1))
 
 
@@ -67,7 +83,8 @@ def linear(tr, func, args, kwargs, out) -> None:
     tr.module_in(m, in_atoms)
     rows = x.numel() // x.shape[-1]
     tr.depthwise[m] = False
-    tr.calls.append(LayerCall(name, in_atoms, out_atoms, float(rows), False, 1.0))
+    geometry = _geometry('linear', ('input', 'weight', 'bias'), args, kwargs, out)
+    tr.calls.append(LayerCall(name, in_atoms, out_atoms, float(rows), False, 1.0, geometry))
     tr.set_layout(out, Layout(out_atoms, out.dim() - 1))
 
 

@@ -1,0 +1,390 @@
+"""Latency model of a traced network as a function of which channels are alive.
+
+Measured, not counted: each prunable conv/linear call of the graph is timed as a
+standalone op (``F.conv2d`` / ``F.conv_transpose2d`` / ``F.linear`` on random tensors
+of its traced shapes, with its stride, padding, dilation and groups) on a small grid
+of its active input x output channel counts (depthwise convs: of their channels),
+on the model's device with the torch threads at hand. A call's latency at other
+counts is the bilinear interpolation of its grid (made monotone). What the layers
+do not explain (norms, activations, upsampling, the heads' reshapes: the measured
+tensor-mode forward of the unpruned model minus the layers' sum) is a constant.
+Calls of the same geometry share one table. Tables are cached per model, input
+size, device, threads and torch version in ``~/.cache/gdp_det/latency/``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import os
+import os.path as osp
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .flops import FlopsModel
+from .graph import ChannelGraph
+
+CACHE_DIR = osp.join(osp.expanduser('~'), '.cache', 'gdp_det', 'latency')
+FORMAT = 3  # bump when the table's meaning changes: old cache files are then ignored
+PROBE_SHARE = 0.5  # the uniformly pruned network timed to calibrate the non-layer cost
+
+
+def device_name(device) -> str:
+    """The device a table was measured on, as the cache key names it."""
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'{platform.processor() or platform.machine()} ({os.cpu_count()} cores)'
+
+
+class Clock:
+    """The clock latencies are read with on ``device``. CUDA: wall time, synchronised
+    before each reading. CPU with one torch thread: the process's CPU time, which is
+    the latency on an idle core and leaves out the time other processes hold it (on
+    a shared machine a 100 ms forward gets preempted, a 1 ms op rarely does); with
+    more threads: wall time."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == 'cuda'
+        self.read = (time.process_time if not self.cuda and torch.get_num_threads() == 1
+                     else time.perf_counter)
+
+    def __call__(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return self.read()
+
+
+def interleaved_medians(setups: Sequence[Callable[[], Callable[[], object]]], device,
+                        repeats: int) -> List[float]:
+    """Median seconds (:class:`Clock`) of each timed function over ``repeats`` rounds.
+
+    ``setups[i]()`` prepares its inputs (not timed) and returns the function to time.
+    Every round calls each function once in turn, after a warm-up round, so load
+    from other processes spreads evenly over them.
+    """
+    clock = Clock(device)
+    times: List[List[float]] = [[] for _ in setups]
+    with torch.no_grad():
+        for r in range(repeats + 1):
+            for setup, ts in zip(setups, times):
+                fn = setup()
+                t = clock()
+                fn()
+                if r:
+                    ts.append(clock() - t)
+    return [statistics.median(ts) for ts in times]
+
+
+class _LayerTimer:
+    """Sums, per forward of ``model``, the time spent inside the modules ``names``
+    (forward hooks); :meth:`wrap` turns a forward into a setup that starts a new sum."""
+
+    def __init__(self, model: nn.Module, names, device):
+        self.clock = Clock(device)
+        self.sums: List[float] = []
+        self.handles = []
+        for name, m in model.named_modules():
+            if name in names:
+                self.handles += [m.register_forward_pre_hook(self._pre),
+                                 m.register_forward_hook(self._post)]
+
+    def _pre(self, module, args):
+        self.start = self.clock()
+
+    def _post(self, module, args, out):
+        self.sums[-1] += self.clock() - self.start
+
+    def wrap(self, fn):
+        return lambda: (self.sums.append(0.0), fn)[1]
+
+    def median(self) -> float:
+        """Median sum over the timed forwards (the first one warmed up)."""
+        for h in self.handles:
+            h.remove()
+        return statistics.median(self.sums[1:])
+
+
+@contextmanager
+def num_threads(threads: Optional[int]):
+    """``torch.set_num_threads(threads)`` inside the block (None: leave as is)."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def plain_copy(gated: nn.Module, gates: Optional[np.ndarray] = None, min_channels: float = 1,
+               channel_divisor: int = 1) -> nn.Module:
+    """The plain (gate-free) network that the export of GDP model ``gated`` would be, in
+    eval mode on its device; with ``gates``, the export of those gate values instead
+    of its own. ``gated`` is untouched."""
+    from .pruner import extract_pruned
+    device = next(gated.parameters()).device
+    model = copy.deepcopy(gated).cpu()
+    if gates is not None:
+        with torch.no_grad():
+            model.gdp_gates.a.copy_(torch.as_tensor(gates, dtype=torch.float32))
+    extract_pruned(model, min_channels, channel_divisor)
+    return model.to(device).eval()
+
+
+def uniform_gates(graph: ChannelGraph, share: float) -> np.ndarray:
+    """Gates (0/1) keeping the first ``share`` of every group's channels."""
+    a = np.zeros(graph.num_channels, np.float32)
+    for i, g in enumerate(graph.groups):
+        a[graph.offsets[i]:graph.offsets[i] + max(1, int(round(share * g.size)))] = 1
+    return a
+
+
+def forward_latencies(models: Sequence[nn.Module], input_size: Tuple[int, int],
+                      num_proposals: int = 256, repeats: int = 10) -> List[float]:
+    """Median seconds of the tensor-mode forward (batch 1, ``input_size``) of each
+    model, measured interleaved; two-stage detectors run their RoI head on
+    ``num_proposals`` boxes, as traced."""
+    from .detector import detector_forward_fn
+    forward = detector_forward_fn(tuple(input_size), num_proposals)
+    device = next(models[0].parameters()).device
+    return interleaved_medians([lambda m=m: (lambda: forward(m)) for m in models],
+                               device, repeats)
+
+
+def channel_block(device, geometry: dict) -> int:
+    """Channel count a conv's latency steps with on ``device``: oneDNN runs spatial
+    convs in blocks of 16 channels on AVX-512 CPUs (8 on others), so 65 channels cost
+    what 80 do; 1x1 convs (GEMM), linear layers and CUDA are taken as smooth."""
+    if torch.device(device).type == 'cuda' or geometry['op'] == 'linear':
+        return 1
+    if int(np.prod(geometry['weight'][2:])) == 1:
+        return 1
+    return 16 if torch.backends.cpu.get_cpu_capability() == 'AVX512' else 8
+
+
+def _grid(lo: int, hi: int, points: int, step: int) -> List[int]:
+    """Up to ``points`` channel counts from ``lo`` to ``hi``, multiples of ``step``
+    (and ``hi``)."""
+    vals = np.round(np.linspace(max(lo, step), hi, points) / step) * step
+    return sorted({int(v) for v in np.clip(vals, step, hi)} | {hi})
+
+
+def _call_spec(call, fixed_in: int, fixed_out: int, points: int, device) -> dict:
+    """What to time for one call: its geometry and the grid of its channel counts."""
+    geo = call.geometry
+    if geo is None:
+        raise ValueError(f'{call.name}: the graph records no op geometry (traced by an '
+                         'older gdp_det); trace the model again')
+    cin, cout = len(call.in_atoms), len(call.out_atoms)
+    block = channel_block(device, geo)
+    step = block if call.depthwise else math.lcm(block, int(geo.get('groups', 1)))
+    grid_out = _grid(fixed_out, cout, points, step)
+    grid_in = [cin] if call.depthwise else _grid(fixed_in, cin, points, step)
+    return dict(geometry=geo, depthwise=bool(call.depthwise), block=block,
+                grid_in=grid_in, grid_out=grid_out)
+
+
+def _out_channels(geo: dict) -> int:
+    if geo['op'] == 'conv_transpose2d':  # weight (C_in, C_out / groups, kh, kw)
+        return geo['weight'][1] * geo.get('groups', 1)
+    return geo['weight'][0]
+
+
+def _timed_op(spec: dict, n_in: int, n_out: int, full: Tuple[torch.Tensor, ...]):
+    """A setup (see :func:`interleaved_medians`) of the op at ``n_in`` x ``n_out``
+    channels, sliced from the full-size random tensors ``full``."""
+    geo = spec['geometry']
+    x_full, w_full, b_full = full
+    kwargs = {k: v for k, v in geo.items()
+              if k not in ('op', 'input', 'weight', 'bias', 'output')}
+    if geo['op'] == 'linear':
+        sl = (slice(None), ) * (x_full.dim() - 1) + (slice(n_in), )
+        x, w = x_full[sl], w_full[:n_out, :n_in]
+        op = F.linear
+    elif spec['depthwise']:
+        x, w = x_full[:, :n_out], w_full[:n_out]
+        kwargs['groups'] = n_out
+        op = F.conv2d
+    elif geo['op'] == 'conv2d':
+        x, w = x_full[:, :n_in], w_full[:n_out, :n_in // kwargs.get('groups', 1)]
+        op = F.conv2d
+    else:  # conv_transpose2d: weight (C_in, C_out / groups, kh, kw)
+        x, w = x_full[:, :n_in], w_full[:n_in, :n_out // kwargs.get('groups', 1)]
+        op = F.conv_transpose2d
+    b = None if b_full is None else b_full[:n_out]
+
+    def setup():
+        # fresh contiguous copies: hot in cache, as a layer's input is in the network
+        xc, wc = x.clone(), w.clone()
+        bc = None if b is None else b.clone()
+        return lambda: op(xc, wc, bc, **kwargs)
+    return setup
+
+
+def measure_table(model: nn.Module, points: int = 5, repeats: int = 7,
+                  cache: bool = True) -> dict:
+    """Measure (or load from the cache) the latency table of GDP model ``model``
+    on its device, with the current torch threads. See :class:`LatencyModel`."""
+    gates = model.gdp_gates
+    graph, trace = gates.graph, gates.trace
+    device = next(model.parameters()).device
+    plain = plain_copy(model, np.ones(graph.num_channels))
+    probe = plain_copy(model, uniform_gates(graph, PROBE_SHARE))
+    specs = [_call_spec(c, int((i < 0).sum()), int((o < 0).sum()), points, device)
+             for c, i, o in zip(graph.calls, graph.call_in, graph.call_out)]
+    keys = [json.dumps(s, sort_keys=True) for s in specs]
+    ident = dict(format=FORMAT, model=hashlib.sha1(repr(plain).encode()).hexdigest(),
+                 calls=keys, input_size=list(trace.input_size),
+                 num_proposals=trace.num_proposals, device=device_name(device),
+                 threads=torch.get_num_threads(), torch=torch.__version__, points=points)
+    digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+    path = osp.join(CACHE_DIR, f'{digest}.json')
+    if cache and osp.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    unique = dict(zip(keys, specs))
+    setups, cells = [], []
+    for key, spec in unique.items():
+        geo = spec['geometry']
+        full = (torch.randn(geo['input'], device=device),
+                torch.randn(geo['weight'], device=device),
+                torch.randn(_out_channels(geo), device=device) if geo['bias'] else None)
+        for n_in, n_out in itertools.product(spec['grid_in'], spec['grid_out']):
+            setups.append(_timed_op(spec, n_in, n_out, full))
+            cells.append(key)
+    times = interleaved_medians(setups, device, repeats)
+    entries: Dict[str, dict] = {}
+    for key, t in zip(cells, times):
+        entries.setdefault(key, dict(unique[key], times=[]))['times'].append(t)
+    # the whole networks in rounds of their own (as they are timed when deployed), with
+    # the time spent inside their layers
+    from .detector import detector_forward_fn
+    forward = detector_forward_fn(tuple(trace.input_size), trace.num_proposals)
+    names = {c.name for c in graph.calls}
+    timers = [_LayerTimer(m, names, device) for m in (plain, probe)]
+    whole, probed = interleaved_medians(
+        [t.wrap(lambda m=m: forward(m)) for t, m in zip(timers, (plain, probe))], device,
+        repeats)
+    table = dict(ident, entries={k: {f: e[f] for f in ('grid_in', 'grid_out', 'block', 'times')}
+                                 for k, e in entries.items()},
+                 whole=whole, whole_layers=timers[0].median(), probe=probed,
+                 probe_layers=timers[1].median(), probe_share=PROBE_SHARE)
+    if cache:
+        from .pipeline.report import atomic_write
+        atomic_write(path, json.dumps(table))
+    return table
+
+
+class LatencyModel(FlopsModel):
+    """Predicted latency (seconds, batch 1) of a traced network, from measurements.
+
+    Same contract as :class:`FlopsModel`, so :class:`~gdp_det.flops.Budget` takes it
+    unchanged: ``count(alive)`` is the predicted latency of the network in which the
+    channels with ``alive[c] == False`` were removed, ``full`` that of the unpruned
+    network (equal to its measured forward ``measured`` by construction), and
+    ``channel_weights(alive)`` the marginal latency of each channel with the others
+    held fixed (the slope of each call's latency, summed over the calls that read or
+    write the channel). Build it with :meth:`measure`.
+
+    A call's latency is its op's interpolated table plus ``act_cost`` per output
+    element (the norm, activation, residual add or pooling that each conv output
+    passes through in the network); ``rest`` is the constant remainder (Python,
+    the unpruned layers' glue). ``act_cost`` and ``rest`` are fitted so that the
+    prediction equals the two measured forwards: the unpruned network and the one
+    keeping ``probe_share`` of every group's channels.
+    """
+
+    def __init__(self, graph: ChannelGraph, table: dict):
+        from .pruner import exported_channels
+        entries = [table['entries'][k] for k in table['calls']]
+        size = max([2] + [len(e[g]) for e in entries for g in ('grid_in', 'grid_out')])
+        pad = lambda g: np.pad(np.asarray(g, np.float64), (0, size - len(g)), mode='edge')
+        self.grid_in = np.stack([pad(e['grid_in']) for e in entries])
+        self.grid_out = np.stack([pad(e['grid_out']) for e in entries])
+        tables = []
+        for e in entries:
+            t = np.asarray(e['times'], np.float64).reshape(len(e['grid_in']), -1)
+            t = np.pad(t, ((0, size - t.shape[0]), (0, size - t.shape[1])), mode='edge')
+            # more channels never run faster: each entry is capped by every entry with
+            # more channels (a slow outlier, e.g. a preempted run, cannot raise the rest)
+            t = np.minimum.accumulate(np.minimum.accumulate(t[::-1, ::-1], 0), 1)[::-1, ::-1]
+            tables.append(t)
+        self.tables = np.stack(tables)
+        self.block = np.array([e['block'] for e in entries], np.float64)
+        # output elements per output channel of each call
+        self.spatial = np.array([np.prod(c.geometry['output']) / _out_channels(c.geometry)
+                                 for c in graph.calls], np.float64)
+        self.measured = float(table['whole'])
+        self.device = table['device']
+        self.scale, self.act_cost, self.rest = 1.0, 0.0, 0.0
+        super().__init__(graph)
+        ones = np.ones(self.num_channels, bool)
+        probe = exported_channels(graph, uniform_gates(graph, table['probe_share']))
+        # in the network, the layers take scale x their standalone time plus a constant
+        # (module call overhead); the rest takes act_cost per output element plus a constant
+        layers, other, volume = [], [], []
+        for alive, key in ((ones, 'whole'), (probe, 'probe')):
+            layers.append(float(self._interpolate(alive)[0].sum()))
+            other.append(table[key] - table[f'{key}_layers'])
+            volume.append(float((self._active(alive)[1] * self.spatial).sum()))
+        if layers[0] > layers[1]:
+            self.scale = max((table['whole_layers'] - table['probe_layers'])
+                             / (layers[0] - layers[1]), 0.0)
+        if volume[0] > volume[1]:
+            self.act_cost = max((other[0] - other[1]) / (volume[0] - volume[1]), 0.0)
+        self.rest = table['whole'] - self.scale * layers[0] - self.act_cost * volume[0]
+        self.full = self.count(ones)
+
+    @classmethod
+    def measure(cls, model: nn.Module, points: int = 5, repeats: int = 7,
+                cache: bool = True) -> 'LatencyModel':
+        """Measure (or load) the table of GDP model ``model`` on its device with the
+        current ``torch.get_num_threads()`` (set it to the deployment setting first):
+        ``points`` channel counts per axis, medians of ``repeats`` interleaved rounds."""
+        return cls(model.gdp_gates.graph, measure_table(model, points, repeats, cache))
+
+    @staticmethod
+    def _cells(grid: np.ndarray, x: np.ndarray):
+        """Per call: the grid cell holding ``x`` (the one below it on a grid point),
+        the position in it (0..1) and its width."""
+        x = np.clip(x, grid[:, 0], grid[:, -1])
+        i = (grid[:, 1:-1] < x[:, None]).sum(1)
+        rows = np.arange(len(x))
+        lo, width = grid[rows, i], grid[rows, i + 1] - grid[rows, i]
+        u = np.where(width > 0, (x - lo) / np.where(width > 0, width, 1), 0.0)
+        return i, u, np.where(width > 0, width, np.inf)
+
+    def _interpolate(self, alive):
+        n_in, n_out = (np.ceil(n / self.block) * self.block for n in self._active(alive))
+        i, u, w_in = self._cells(self.grid_in, n_in)
+        k, v, w_out = self._cells(self.grid_out, n_out)
+        rows = np.arange(len(i))
+        t00, t10 = self.tables[rows, i, k], self.tables[rows, i + 1, k]
+        t01, t11 = self.tables[rows, i, k + 1], self.tables[rows, i + 1, k + 1]
+        t = (1 - u) * (1 - v) * t00 + u * (1 - v) * t10 + (1 - u) * v * t01 + u * v * t11
+        d_in = ((1 - v) * (t10 - t00) + v * (t11 - t01)) / w_in
+        d_out = ((1 - u) * (t01 - t00) + u * (t11 - t10)) / w_out
+        return t, d_in, d_out
+
+    def count(self, alive) -> float:
+        return float(self.per_call(alive).sum()) + self.rest
+
+    def per_call(self, alive=None) -> np.ndarray:
+        alive = np.ones(self.num_channels, dtype=bool) if alive is None else alive
+        n_out = self._active(alive)[1]
+        return self.scale * self._interpolate(alive)[0] + self.act_cost * self.spatial * n_out
+
+    def call_slopes(self, alive) -> Tuple[np.ndarray, np.ndarray]:
+        _, d_in, d_out = self._interpolate(alive)
+        return self.scale * d_in, self.scale * d_out + self.act_cost * self.spatial

@@ -1,0 +1,193 @@
+"""The latency model (gdp_det.latency) and GDPHook's latency budget.
+
+Timings on a shared 2-core machine are noisy: one torch thread (CPU time is
+measured), interleaved rounds, medians, and tolerances wider than the benchmark's
+figures (tools/benchmark_latency.py, benchmarks/RESULTS.md section (l)).
+"""
+import copy
+import json
+import os.path as osp
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import REPO
+from gdp_det import latency as latency_mod
+from gdp_det.flops import Budget
+from gdp_det.graph import trace_channel_graph
+from gdp_det.hooks import GDPHook
+from gdp_det.latency import (LatencyModel, _call_spec, forward_latencies, plain_copy,
+                             uniform_gates)
+from gdp_det.pruner import exported_channels
+
+GDP_TOY = osp.join(REPO, 'configs', 'gdp', 'toy', 'gdp_retinanet_r18_fpn_toyvoc.py')
+
+
+@pytest.fixture
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope='module')
+def toy():
+    """The gated toy RetinaNet R18-FPN at 224 px (GDPDetector) and its config."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from gdp_det.cli import load_config
+    register_all_modules()
+    cfg = load_config(GDP_TOY)
+    torch.manual_seed(0)
+    return MODELS.build(cfg.model).eval(), cfg
+
+
+@pytest.fixture
+def smooth_ops(monkeypatch):
+    """Op latencies without channel blocks (the synthetic tables are exactly bilinear)."""
+    monkeypatch.setattr(latency_mod, 'channel_block', lambda device, geometry: 1)
+
+
+def synthetic_table(graph, scale=2.0, act=1e-9, rest=1e-3):
+    """A table whose op times are exactly bilinear (1 us per in x out channel pair),
+    the network's layers ``scale`` x that, ``act`` s per output element, ``rest`` s."""
+    specs = [_call_spec(c, int((i < 0).sum()), int((o < 0).sum()), 4, 'cpu')
+             for c, i, o in zip(graph.calls, graph.call_in, graph.call_out)]
+    keys = [json.dumps(s, sort_keys=True) for s in specs]
+    entries = {k: dict(s, times=[1e-6 * (1 if s['depthwise'] else a) * b
+                                 for a in s['grid_in'] for b in s['grid_out']])
+               for k, s in zip(keys, specs)}
+    table = dict(calls=keys, entries=entries, device='test', probe_share=0.5)
+    for key, alive in (('whole', np.ones(graph.num_channels, bool)),
+                       ('probe', exported_channels(graph, uniform_gates(graph, 0.5)))):
+        layers, volume = exact(graph, alive)
+        table[f'{key}_layers'] = scale * layers
+        table[key] = scale * layers + act * volume + rest
+    return table
+
+
+def exact(graph, alive):
+    """Sum over calls of in x out channels (us) and of output elements."""
+    ext = np.append(alive, True)
+    layers = volume = 0.0
+    for c, i, o in zip(graph.calls, graph.call_in, graph.call_out):
+        n_in, n_out = ext[i].sum(), ext[o].sum()
+        layers += 1e-6 * (n_out if c.depthwise else n_in * n_out)
+        volume += n_out * np.prod(c.geometry['output']) / len(o)
+    return layers, volume
+
+
+def test_interpolation_fit_and_marginal_costs(smooth_ops):
+    """On exactly bilinear op times the model reproduces the network's latency at
+    any widths, recovers the fitted constants, and each channel's weight is the
+    latency its removal saves."""
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 24, 3, stride=2), nn.ReLU(),
+                        nn.Conv2d(24, 24, 3, groups=24), nn.Conv2d(24, 8, 1))
+    graph = trace_channel_graph(net, lambda m: m(torch.randn(1, 3, 20, 20)))
+    model = LatencyModel(graph, synthetic_table(graph))
+    assert model.scale == pytest.approx(2.0)
+    assert model.act_cost == pytest.approx(1e-9)
+    assert model.rest == pytest.approx(1e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        alive = rng.random(graph.num_channels) < 0.6
+        layers, volume = exact(graph, alive)
+        assert model.count(alive) == pytest.approx(2 * layers + 1e-9 * volume + 1e-3)
+        w = model.channel_weights(alive)
+        for c in np.flatnonzero(alive)[:10]:
+            fewer = alive.copy()
+            fewer[c] = False
+            assert w[c] == pytest.approx(model.count(alive) - model.count(fewer))
+    assert model.full == pytest.approx(synthetic_table(graph)['whole'])
+
+
+def test_budget_takes_the_latency_model(smooth_ops):
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3))
+    graph = trace_channel_graph(net, lambda m: m(torch.randn(1, 3, 12, 12)))
+    model = LatencyModel(graph, synthetic_table(graph, rest=0.0))
+    budget = Budget([(model, 0.6)])
+    alive = np.ones(graph.num_channels, bool)
+    assert not budget.met(alive)
+    assert budget.weights(alive) == pytest.approx(model.channel_weights(alive) / model.full)
+    alive[:12] = False
+    assert budget.met(alive) and budget.ratios(alive)[0] < 0.6
+
+
+def test_table_is_cached_per_setting(toy, tmp_path, monkeypatch, one_thread):
+    """The second measurement of the same model and setting reads the cache file; other
+    torch threads are another setting."""
+    model, _ = toy
+    monkeypatch.setattr(latency_mod, 'CACHE_DIR', str(tmp_path))
+    first = LatencyModel.measure(model, repeats=1, points=2)
+    assert len(list(tmp_path.glob('*.json'))) == 1
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError('measured again')
+    monkeypatch.setattr(latency_mod, 'interleaved_medians', no_timing)
+    again = LatencyModel.measure(model, repeats=1, points=2)
+    assert again.full == first.full
+    torch.set_num_threads(2)
+    with pytest.raises(AssertionError, match='measured again'):
+        LatencyModel.measure(model, repeats=1, points=2)
+
+
+def test_prediction_matches_measured_forward(toy, one_thread):
+    """Toy RetinaNet at 224: predicted latency of exports with random gates within 25 %
+    of their measured forward, predicted latency ratio within 0.05 of the measured."""
+    model, _ = toy
+    graph = model.gdp_gates.graph
+    latency = LatencyModel.measure(model, repeats=5, cache=False)
+    rng = np.random.default_rng(1)
+    gates = [np.ones(graph.num_channels)] + [
+        (rng.random(graph.num_channels) < p).astype(np.float32) for p in (0.5, 0.3)]
+    predicted = np.array([latency.count(exported_channels(graph, a)) for a in gates])
+    measured = np.array(forward_latencies([plain_copy(model, a) for a in gates], (224, 224),
+                                          repeats=10))
+    assert np.all(np.abs(predicted / measured - 1) <= 0.25), (predicted, measured)
+    ratio_err = predicted / predicted[0] - measured / measured[0]
+    assert np.all(np.abs(ratio_err) <= 0.05), ratio_err
+    assert predicted[2] < predicted[1] < predicted[0]
+
+
+def test_hook_latency_budget_is_met_and_reported(toy, tmp_path, monkeypatch, one_thread):
+    """GDPHook(latency_target=0.5) alone, driven with random gate gradients: the
+    predicted latency ratio of the export reaches the target, and the export's report
+    gives the predicted and the measured latency ratio."""
+    from mmengine.logging import MessageHub
+    model, cfg = toy
+    model = copy.deepcopy(model)  # the hook changes its gates
+    monkeypatch.setattr(latency_mod, 'CACHE_DIR', str(tmp_path / 'cache'))
+    hook = GDPHook(latency_target=0.5, gdp_iters=60, lambda_init=1.0, log_interval=1000)
+    assert hook.flops_target is None
+    optimizer = torch.optim.SGD([p for n, p in model.named_parameters()
+                                 if not n.startswith('gdp_gates')], lr=0.1)
+    runner = SimpleNamespace(model=model, iter=0, max_iters=60, rank=0, hooks=[], cfg=cfg,
+                             work_dir=str(tmp_path), optim_wrapper=SimpleNamespace(
+                                 optimizer=optimizer),
+                             message_hub=MessageHub.get_instance('gdp_latency'))
+    hook.before_run(runner)
+    hook.before_train(runner)
+    assert hook.targets == ['latency_target']
+    gen = torch.Generator().manual_seed(0)
+    for it in range(60):
+        runner.iter = it
+        model.gdp_gates.a.grad = 1e-3 * torch.randn(model.gdp_gates.a.shape, generator=gen)
+        hook.before_train_iter(runner, it)
+        hook._on_optimizer_step(optimizer, (), {})
+        hook.after_train_iter(runner, it)
+    kept = hook.exported(model.gdp_gates.a.detach().numpy())
+    predicted = hook.latency.count(kept) / hook.latency.full
+    assert predicted <= 0.5 + 0.01
+    assert hook.latency_ratio == pytest.approx(predicted)
+    hook.after_train(runner)
+    report = json.loads((tmp_path / 'pruned' / 'prune_report.json').read_text())
+    assert report['latency_target'] == 0.5
+    assert report['latency_predicted_ratio'] == pytest.approx(predicted)
+    assert 0 < report['latency_measured_ratio'] <= 0.5 + 0.15
+    assert report['latency_measured'] < report['latency_unpruned_measured']

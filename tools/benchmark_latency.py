@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Accuracy of the latency model (gdp_det.latency); results go to benchmarks/RESULTS.md.
+
+    python tools/benchmark_latency.py [--out benchmarks/RESULTS.md] [--quick]
+        [--models toy-retinanet toy-frcnn r50-retinanet] [--threads 1]
+
+For each detector: measure the latency table (uncached, timed), then time the
+tensor-mode forward (batch 1) of the unpruned network and of two exports with random
+gates (each channel kept with probability 0.5 / 0.3), interleaved, medians, and
+compare them with the model's predictions: absolute error and latency ratio.
+"""
+import os
+import os.path as osp
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import gdp_det  # noqa: E402
+gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
+from gdp_det.cli import ArgumentParser, check_writable_dir, load_config, tool_main  # noqa: E402
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+MODELS = {
+    'toy-retinanet': (osp.join(REPO, 'configs/toy/retinanet_r18_fpn_toyvoc.py'), 224),
+    'toy-frcnn': (osp.join(REPO, 'configs/toy/faster-rcnn_r18_fpn_toyvoc.py'), 224),
+    'r50-retinanet': ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', 512),
+}
+KEEP = (0.5, 0.3)  # probability of keeping each channel in the random exports
+
+
+def gated_model(config: str, size: int):
+    from mmdet.registry import MODELS as REGISTRY
+
+    from gdp_det.detector import attach_gates
+    cfg = load_config(config)
+    if 'init_cfg' in cfg.model.get('backbone', {}):
+        cfg.model.backbone.init_cfg = None
+    return attach_gates(REGISTRY.build(cfg.model), (size, size)).eval()
+
+
+def evaluate(model, repeats: int, seed: int = 0) -> dict:
+    """Predicted vs measured latency of the unpruned network and random exports."""
+    from gdp_det.latency import LatencyModel, forward_latencies, plain_copy
+    from gdp_det.pruner import exported_channels
+    graph = model.gdp_gates.graph
+    t = time.perf_counter()
+    latency = LatencyModel.measure(model, repeats=repeats, cache=False)
+    build_s = time.perf_counter() - t
+    rng = np.random.default_rng(seed)
+    gates = [np.ones(graph.num_channels, np.float32)] + [
+        (rng.random(graph.num_channels) < p).astype(np.float32) for p in KEEP]
+    predicted = [latency.count(exported_channels(graph, a)) for a in gates]
+    trace = model.gdp_gates.trace
+    measured = forward_latencies([plain_copy(model, a) for a in gates], trace.input_size,
+                                 trace.num_proposals, repeats=2 * repeats)
+    return dict(build_s=build_s, predicted=predicted, measured=measured)
+
+
+def rows_for(name: str, size: int, r: dict) -> list:
+    pred, meas = r['predicted'], r['measured']
+    out = []
+    for i, (p, m) in enumerate(zip(pred, meas)):
+        label = f'random, keep {KEEP[i - 1]:.1f}' if i else 'unpruned'
+        build = f'{r["build_s"]:.0f}' if i == 0 else ''
+        out.append(f'| {name} @{size} | {label} | {1e3 * p:.1f} | {1e3 * m:.1f} | '
+                   f'{100 * (p / m - 1):+.1f} % | {p / pred[0]:.3f} | {m / meas[0]:.3f} | '
+                   f'{p / pred[0] - m / meas[0]:+.3f} | {build} |')
+    return out
+
+
+@tool_main
+def main(argv=None):
+    p = ArgumentParser(description=__doc__)
+    p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
+    p.add_argument('--quick', action='store_true', help='fewer repeats (smoke run)')
+    p.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch threads (the deployment setting; 1: CPU time is measured)')
+    args = p.parse_args(argv)
+    check_writable_dir(osp.dirname(osp.abspath(args.out)), 'directory of --out')
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    repeats = 3 if args.quick else 7
+    rows = ['| model | network | predicted (ms) | measured (ms) | error | predicted ratio | '
+            'measured ratio | ratio error | table built in (s) |',
+            '|---|---|---|---|---|---|---|---|---|']
+    for name in args.models:
+        config, size = MODELS[name]
+        rows += rows_for(name, size, evaluate(gated_model(config, size), repeats))
+        print('\n'.join(rows), flush=True)
+    clock = 'CPU time' if args.threads == 1 else 'wall time'
+    rows += ['', f'Tensor-mode forward, batch 1, {args.threads} torch thread(s), {clock}; the '
+             f'measured column is timed after the table, in {2 * repeats} interleaved rounds. '
+             'The prediction of the unpruned network equals the table\'s own measurement of it, '
+             'so its error here is the run-to-run noise. '
+             f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores '
+             f'(shared), torch {torch.__version__}.', '',
+             f'Command: `python tools/benchmark_latency.py --models {" ".join(args.models)}` '
+             f'({time.strftime("%Y-%m-%d")}), {repeats} repeats per table entry.']
+    from gdp_det.pipeline.report import update_sections
+    update_sections(args.out, [('(l) Latency model: predicted vs measured latency', rows)])
+    print('\n'.join(rows))
+
+
+if __name__ == '__main__':
+    sys.exit(main())
