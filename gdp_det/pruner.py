@@ -248,7 +248,9 @@ def fix_width_attributes(model: nn.Module, graph: ChannelGraph,
     """Update ``out_channels`` of modules that own a pass-through op (RoI extractors).
 
     Such modules allocate their output from a stated width at run time; returns the
-    new attribute values per module name.
+    new attribute values per module name. A GRoIE extractor with a pre-processing
+    module (``with_pre``) allocates the width of that module's output, which the
+    tracer keeps fixed (it is added into that allocation): left as it is.
     """
     alive = np.append(kept_mask(graph, kept), True)  # index -1 reads True (fixed)
     modules = dict(model.named_modules())
@@ -259,6 +261,8 @@ def fix_width_attributes(model: nn.Module, graph: ChannelGraph,
         for k in range(len(parts) - 1, 0, -1):
             owner = '.'.join(parts[:k])
             if isinstance(getattr(modules[owner], 'out_channels', None), int):
+                if getattr(modules[owner], 'with_pre', False):
+                    break
                 if modules[owner].out_channels != width:
                     modules[owner].out_channels = width
                     attrs[owner] = dict(out_channels=width)

@@ -51,7 +51,9 @@ ZOO = {
     'ddq': 'ddq-detr-4scale_r50_8xb2-12e_coco.py',
     'deepfashion': 'mask-rcnn_r50_fpn_15e_deepfashion.py',
     'deformable_detr': 'deformable-detr_r50_16xb2-50e_coco.py',
-    'detectors': 'detectors_htc-r50_1x_coco.py',
+    # the full DetectoRS (RFP) gives NaN features at random init without its pretrained
+    # RFP backbone: its SAC backbone alone
+    'detectors': 'cascade-rcnn_r50-sac_1x_coco.py',
     'detr': 'detr_r50_8xb2-150e_coco.py',
     'dino': 'dino-4scale_r50_8xb2-12e_coco.py',
     'double_heads': 'dh-faster-rcnn_r50_fpn_1x_coco.py',
@@ -144,12 +146,17 @@ SKIPPED = {
     'mm_grounding_dino': 'needs a BERT language model downloaded from HuggingFace at build '
                          'time',
     'misc': 'Detectron2 wrappers (need detectron2 and its own model zoo)',
+    'carafe': "mmcv's CARAFE op has no CPU implementation (needs CUDA)",
+    'guided_anchoring': "mmcv's MaskedConv2d has no CPU implementation (needs CUDA)",
 }
-# a teacher checkpoint that the detector's __init__ downloads
-NO_TEACHER = dict(teacher_ckpt=None)
-CFG_OPTIONS = {'lad': NO_TEACHER, 'ld': NO_TEACHER}
-INPUT_SIZE = {'ssd': (320, 320), 'pisa': (320, 320)}
-NEEDS = {'convnext': 'mmpretrain', 'timm_example': 'mmpretrain'}  # packages not in our stack
+# knowledge distillation: the teacher's checkpoint is downloaded by the detector's
+# __init__ (none: random teacher), its config named relative to mmdet's repository
+CFG_OPTIONS = {'lad': dict(teacher_ckpt=None),
+               'ld': dict(teacher_ckpt=None, teacher_config='gfl/gfl_r101_fpn_ms-2x_coco.py')}
+# SSD's extra layers need >= 300 px; DDOD's P7 is too small for its 3x3 convs at 256
+INPUT_SIZE = {'ssd': (320, 320), 'pisa': (320, 320), 'ddod': (512, 512)}
+NEEDS = {'convnext': 'mmpretrain', 'timm_example': 'mmpretrain',  # not in our stack
+         'boxinst': 'skimage'}
 
 
 def parse_args(argv=None):
@@ -246,6 +253,8 @@ def _prune_check(path, folder, input_size, share, seed, tolerance, out_dir) -> d
     register_all_modules(init_default_scope=True)
     cfg = load_config(path)
     cfg.model.update(CFG_OPTIONS.get(folder, {}))
+    if isinstance(cfg.model.get('teacher_config'), str):
+        cfg.model.teacher_config = osp.join(configs_dir(), cfg.model.teacher_config)
     cfg.model = gdp_model_cfg(cfg, input_size, (), on_unsupported='keep')
     if 'init_cfg' in cfg.model['detector'].get('backbone', {}):
         cfg.model['detector']['backbone']['init_cfg'] = None  # as tools/prune.py: no download
