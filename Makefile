@@ -3,8 +3,9 @@
 PY := .venv/bin/python
 DATA ?= data/toyvoc
 DEMO_DIR ?= work_dirs/demo
+COMPARE_DIR ?= work_dirs/compare
 
-.PHONY: setup test test-fast demo
+.PHONY: setup test test-fast demo compare
 
 setup:
 	bash tools/setup_env.sh
@@ -35,3 +36,16 @@ demo: setup
 	$(PY) tools/gdp_prune_pipeline.py configs/toy/retinanet_r18_fpn_toyvoc.py \
 	  --flops-target 0.5 --min-channels 0.25 --gdp-epochs 2 --finetune-epochs 1 \
 	  --work-dir $(DEMO_DIR)
+
+# The comparison of pruners (issue 13): a converged baseline, then the no-pruning control,
+# GDP, Torch-Pruning 1.6 (L1 / BN scale / Taylor, uniform and global) and random channels at
+# 0.5 and 0.3 of the FLOPs, 3 seeds each, 3 epochs after the baseline, reported on a separately
+# generated 1000-image split -> benchmarks/compare.json, section (e) of benchmarks/RESULTS.md,
+# benchmarks/compare_pareto.png. Many CPU hours; rerunning it skips the finished runs
+# (`tools/benchmark_compare.py --dry-run` prints the plan and the time left).
+compare: setup
+	@$(PY) -c "import torch_pruning" 2>/dev/null || $(PY) -m pip install -q torch-pruning==1.6.1 \
+	  || echo "make compare: no Torch-Pruning; its rows are reported as skipped" >&2
+	$(PY) tools/benchmark_compare.py --work-dir $(COMPARE_DIR) --data $(DATA) \
+	  --val-data data/toyvoc_val1000 --num-val 1000 --val-seed 1 --budgets 0.5 0.3 \
+	  --seeds 0 1 2 --epochs 3 --gdp-epochs 2 $(COMPARE_ARGS)

@@ -165,12 +165,21 @@ def test_independent_flops_counter_agrees_with_flops_model():
     full = cm.counted_flops(MODELS.build(cfg.model), size)
     assert full > 1e8
     assert cm.counted_flops(gated, size) / full == pytest.approx(ratio, abs=2e-3)
-    assert cm.count_params(gated) < cm.count_params(MODELS.build(cfg.model))
+    unpruned = MODELS.build(cfg.model)
+    assert cm.count_params(gated) < cm.count_params(unpruned)
+    slow, fast = cm.measure_latencies([unpruned, gated], size, repeats=5)
+    assert slow > fast > 0
 
 
-def test_bisect_finds_smallest_pruning_within_budget():
-    model, ratio = cm.bisect(lambda x: (x, 1 - x), 0.3, steps=20, hi=1.0)
+def test_first_within_finds_the_first_crossing_of_the_budget():
+    model, ratio = cm.first_within(lambda x: (x, 1 - x), 0.3, hi=1.0, steps=20)
     assert ratio <= 0.3 and ratio == pytest.approx(0.3, abs=1e-5)
+    # not monotone (0.2 at x = 0.6, back to 0.33 at 0.9): the scan finds the dip
+    curve = lambda x: (x, 1 - 1.33 * x if x <= 0.6 else 0.2 + (x - 0.6) * 0.43)  # noqa: E731
+    assert cm.first_within(curve, 0.3, hi=0.9, grid=3, steps=12)[0] == pytest.approx(
+        0.7 / 1.33, abs=1e-3)
+    with pytest.raises(RuntimeError, match='does not reach 0.1'):
+        cm.first_within(curve, 0.1, hi=0.9, grid=3)
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ all cases in parallel once per module; each parametrised test checks one of them
 exit code != 0, exactly one line on stderr of the form ``<tool>: error: ...`` naming
 the problem, no traceback and no warning (the pkg_resources one included).
 """
-import json
 import os
 import os.path as osp
 import subprocess
@@ -48,14 +47,16 @@ CASES = {
     'toy-option': ('make_toy_voc.py', ['--out', '{d}/toy', '--num-train', '0'],
                    '--num-train must be at least 1'),
     'bench-option': ('benchmark_gdp.py', ['--only', 'x'], "invalid choice: 'x'"),
-    'compare-syntax': ('benchmark_compare.py', ['--work-dir', '{d}', '--out', '{d}/r.md'],
+    'compare-syntax': ('benchmark_compare.py', ['{d}/broken.py', '--work-dir', '{d}/w',
+                                                '--data', '{d}/toy', '--val-data', '{d}/val'],
                        'syntax'),
+    'compare-option': ('benchmark_compare.py', ['--methods', 'gdp', 'nope'],
+                       'unknown method(s) nope'),
 }
 
 
 def inputs(d):
-    """The broken inputs: configs, an empty checkpoint, a cut-off JSON report and a
-    finished pipeline run whose config does not parse."""
+    """The broken inputs: configs, an empty checkpoint and a cut-off JSON report."""
     with open(osp.join(d, 'broken.py'), 'w') as f:
         f.write(f"_base_ = '{TOY_CFG}'\nmodel = dict(type='RetinaNet'\n")
     with open(osp.join(d, 'unknown.py'), 'w') as f:
@@ -63,13 +64,6 @@ def inputs(d):
     open(osp.join(d, 'empty.pth'), 'wb').close()
     with open(osp.join(d, 'prune_report.json'), 'w') as f:
         f.write('{"history": [[0, 1.0')
-    with open(osp.join(d, 'pipeline.json'), 'w') as f:
-        json.dump(dict(config=osp.join(d, 'broken.py'), baseline_checkpoint='base.pth',
-                       gdp_epochs=1, finetune_epochs=0), f)
-    with open(osp.join(d, 'report.json'), 'w') as f:
-        json.dump(dict(rows=[dict(model='baseline', mAP=0.5, **{'FLOPs ratio': 1.0}),
-                             dict(model='GDP pruned (no fine-tune)', mAP=0.5,
-                                  **{'FLOPs ratio': 0.5})]), f)
 
 
 def run_case(case, root):

@@ -7,7 +7,8 @@
 
 Trains on --data's trainval split, stops the baseline on --data's test split (the
 tuning split: the defaults were tuned on it) and reports on --val-data's test split
-(generated with --num-val images and --val-seed when missing). Every method starts from
+(generated with --num-val images and --val-seed when missing); with --config-data on the
+config's own train / val / test dataloaders. Every method starts from
 the same converged baseline and trains --epochs epochs after it on the same schedule
 (gdp_det.pipeline.compare). Rerunning the command skips the finished runs. Writes
 --out (compare.json, every run), section (e) of --results and the Pareto plot --plot.
@@ -76,6 +77,9 @@ def main(argv=None):
                    'does when missing')
     p.add_argument('--val-data', default=osp.join(REPO, 'data', 'toyvoc_val1000'),
                    help='its test split is the report split; generated when missing')
+    p.add_argument('--config-data', action='store_true',
+                   help="the config's own data instead: train, val (tuning) and test (report) "
+                   'dataloaders as it defines them (e.g. VOC07+12 / VOC07 test)')
     p.add_argument('--num-val', type=int, default=1000)
     p.add_argument('--val-seed', type=int, default=1, help="not the demo data's seed 0")
     p.add_argument('--baseline-checkpoint', help='start of the convergence stage instead of '
@@ -118,11 +122,13 @@ def main(argv=None):
         raise UserError(str(e))
     if args.dry_run:
         return dry_run(args, settings, runs, skipped)
-    ensure_data(args.data, 480, 120, 0)
-    ensure_data(args.val_data, 0, args.num_val, args.val_seed)
+    cfg = load_config(args.config, args.cfg_options)
     for path in (args.out, args.results, args.plot):
         check_writable_dir(osp.dirname(osp.abspath(path)), f'directory of {path}')
-    cfg = point_data(load_config(args.config, args.cfg_options), args.data, args.val_data)
+    if not args.config_data:
+        ensure_data(args.data, 480, 120, 0)
+        ensure_data(args.val_data, 0, args.num_val, args.val_seed)
+        cfg = point_data(cfg, args.data, args.val_data)
     comparison = C.Comparison(cfg, args.work_dir, settings)
     n_train, n_test = _count(args.data, 'trainval', 480), _count(args.val_data, 'test', 1000)
     failed = C.execute(runs, comparison.work_dir, comparison.run,
@@ -141,15 +147,15 @@ def dry_run(args, settings, runs, skipped) -> int:
     marker = osp.join(args.work_dir, 'baseline_eval', 'stage_done.json')
     base = 0 if osp.isfile(marker) else base
     total = base
-    print(f'[compare] baseline: {"done" if not base else f"up to {C._hms(base)}"}')
+    print(f'[compare] baseline: {"done" if not base else f"up to {C.hms(base)}"}')
     for r in runs:
         t = 0 if r.name in finished else C.estimate_seconds(r, settings, n_train, n_test, done)
         total += t
-        print(f'[compare] {r.name:32s} {"done" if not t else "~" + C._hms(t)}')
+        print(f'[compare] {r.name:32s} {"done" if not t else "~" + C.hms(t)}')
     for s in skipped:
         print(f'[compare] skipped {s["method"]}: {s["reason"]}')
     print(f'[compare] {len(runs)} runs, {len(finished)} finished; estimated time left '
-          f'{C._hms(total)} (the baseline at its longest)')
+          f'{C.hms(total)} (the baseline at its longest)')
     return 0
 
 

@@ -72,8 +72,15 @@ for DET in faster-rcnn retinanet; do
 print(json.load(open(sys.argv[1]))["checkpoint"])' "$WORK/${DET}_flops50/baseline/stage_done.json")")
     fi
     if [ "$COMPARE" = 1 ] && [ "$DET" = retinanet ]; then
-      "$PYTHON" tools/benchmark_compare.py --work-dir "$RUN" --torch-pruning \
-        --out "$RUN/compare.md"
+      BASELINE=$("$PYTHON" -c 'import json, os.path as osp, sys
+run = json.load(open(osp.join(sys.argv[1], "pipeline.json")))
+print(run["baseline_checkpoint"] or json.load(open(osp.join(
+    sys.argv[1], "baseline", "stage_done.json")))["checkpoint"])' "$RUN")
+      "$PYTHON" tools/benchmark_compare.py "mmdet::pascal_voc/$NAME.py" --config-data \
+        --work-dir "$RUN/compare" --baseline-checkpoint "$BASELINE" --patience 0 \
+        --methods tp_l1_uniform --budgets 0.$T --seeds 0 \
+        --epochs $((GDP_EPOCHS + FINETUNE_EPOCHS)) --gdp-epochs "$GDP_EPOCHS" \
+        --out "$RUN/compare.json" --results "$RUN/compare.md" --plot "$RUN/compare.png"
     fi
   done
 done
@@ -90,12 +97,10 @@ for det in ('faster-rcnn', 'retinanet'):
         run = osp.join(work, f'{det}_flops{target}')
         with open(osp.join(run, 'report.json')) as f:
             rows = json.load(f)['rows']
-        tp = osp.join(run, 'compare_tp_l1', 'stage_done.json')
-        if osp.isfile(tp):
-            with open(tp) as f:
-                r = json.load(f)
-            rows.append({'model': 'Torch-Pruning L1 + fine-tune', 'FLOPs ratio': r['ratio'],
-                         'mAP': r['mAP']})
+        tp = osp.join(run, 'compare.json')
+        for r in json.load(open(tp))['runs'] if osp.isfile(tp) else []:
+            rows.append({'model': 'Torch-Pruning L1 + fine-tune',
+                         'FLOPs ratio': r['flops_ratio'], 'mAP': r['mAP']})
         for r in rows[target == '30':]:  # the baseline once per detector
             lines.append(f"| {det} R50-FPN | {r['model']} | {r['FLOPs ratio']:.3f} | "
                          f"{r['mAP']:.4f} |")

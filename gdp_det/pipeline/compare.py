@@ -126,7 +126,7 @@ def estimate_seconds(run: Run, settings: Settings, num_train: int, num_test: int
             + evals * num_test * EVAL_S_PER_IMAGE)
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
     s = int(seconds)
     return f'{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s'
 
@@ -142,8 +142,8 @@ def execute(runs: Sequence[Run], work_dir: str, run_fn: Callable[[Run], dict],
     for i, run in enumerate(todo):
         finished = load_results(work_dir, runs)
         eta = sum(estimate(r, finished) for r in todo[i:])
-        log(f'[compare] run {i + 1}/{len(todo)}: {run.name} (elapsed {_hms(time.time() - t0)}, '
-            f'ETA {_hms(eta)})')
+        log(f'[compare] run {i + 1}/{len(todo)}: {run.name} (elapsed {hms(time.time() - t0)}, '
+            f'ETA {hms(eta)})')
         try:
             run_fn(run)
         except Exception:  # noqa: BLE001 - one broken run must not stop the others
@@ -152,7 +152,7 @@ def execute(runs: Sequence[Run], work_dir: str, run_fn: Callable[[Run], dict],
             os.makedirs(osp.dirname(err), exist_ok=True)
             atomic_write(err, traceback.format_exc())
             log(f'[compare] run {run.name} failed: {err}')
-    log(f'[compare] done in {_hms(time.time() - t0)}; failed: {", ".join(failed) or "none"}')
+    log(f'[compare] done in {hms(time.time() - t0)}; failed: {", ".join(failed) or "none"}')
     return failed
 
 

@@ -50,7 +50,7 @@ class Method:
 
 def _tp(importance: str, global_pruning: bool) -> Method:
     scope = 'global' if global_pruning else 'uniform'
-    label = {'l1': 'L1', 'bn': 'BN scale', 'taylor': 'Taylor'}[importance]
+    label = {'l1': 'L1', 'bn': 'BN scale (L1 without BN)', 'taylor': 'Taylor'}[importance]
     return Method(f'tp_{importance}_{scope}', 'torch_pruning',
                   f'Torch-Pruning {label}, {scope}',
                   dict(importance=importance, global_pruning=global_pruning))
@@ -168,19 +168,30 @@ def export_module(cfg: Config, model: nn.Module, reference: nn.Module, out_dir: 
     return paths
 
 
-def bisect(prune: Callable[[float], Tuple[nn.Module, float]], budget: float,
-           steps: int = 10, hi: float = 0.95) -> Tuple[nn.Module, float]:
-    """The model of ``prune(x)`` (x in [0, hi], more pruning with larger x, returning
-    the model and its FLOPs ratio) with the smallest x whose ratio is <= ``budget``."""
+def first_within(prune: Callable[[float], Tuple[object, float]], budget: float,
+                 hi: float = 0.95, grid: int = 1, steps: int = 10) -> Tuple[object, float]:
+    """``prune(x)`` (the pruned model and its FLOPs ratio, for x in (0, hi]) at about the
+    smallest x whose ratio is <= ``budget``: the first of ``grid`` even steps up to
+    ``hi`` that reaches the budget (a coarse scan for pruners whose ratio is not
+    monotone in x, e.g. Torch-Pruning's global ranking), then ``steps`` bisections
+    below it. Raises ``RuntimeError`` when no step reaches the budget."""
     lo, best = 0.0, None
+    for x in (hi * (i + 1) / grid for i in range(grid)):
+        result = prune(x)
+        if result[1] <= budget:
+            hi, best = x, result
+            break
+        lo = x
+    if best is None:
+        raise RuntimeError(f'pruning as far as {hi:g} does not reach {budget:g} of the FLOPs')
     for _ in range(steps):
         mid = (lo + hi) / 2
-        model, ratio = prune(mid)
-        if ratio <= budget:
-            hi, best = mid, (model, ratio)
+        result = prune(mid)
+        if result[1] <= budget:
+            hi, best = mid, result
         else:
             lo = mid
-    return best or prune(hi)
+    return best
 
 
 def prune_random(gated: nn.Module, budget: float, seed: int) -> float:
@@ -203,7 +214,7 @@ def prune_random(gated: nn.Module, budget: float, seed: int) -> float:
         alive = alive_for(share)
         return alive, fm.count(alive) / fm.full
 
-    alive, ratio = bisect(prune, budget, steps=30, hi=1.0)
+    alive, ratio = first_within(prune, budget, hi=1.0, steps=30)
     with torch.no_grad():
         gated.gdp_gates.a.copy_(alive.float())
     return ratio
@@ -229,10 +240,23 @@ def taylor_gradients(cfg: Config, model: nn.Module, batches: int, seed: int) -> 
     model.zero_grad()
     for _, batch in zip(range(batches), loader):
         data = model.data_preprocessor(batch, True)
-        loss, _ = model.parse_losses(model.loss(**data))
+        loss, _ = model.parse_losses(model(**data, mode='loss'))
         loss.backward()
     model.eval()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _bn_scale_or_l1():
+    """Torch-Pruning's BNScaleImportance, and its L1 magnitude importance for the
+    groups without a BN layer (FPN and head convs), which BN scale alone never prunes
+    (it could not reach 0.3 of the toy RetinaNet's FLOPs)."""
+    import torch_pruning as tp
+    bn, l1 = tp.importance.BNScaleImportance(), tp.importance.GroupMagnitudeImportance(p=1)
+
+    def score(group):
+        imp = bn(group)
+        return l1(group) if imp is None else imp
+    return score
 
 
 def prune_torch_pruning(cfg: Config, state: dict, budget: float, input_size, importance: str,
@@ -240,7 +264,8 @@ def prune_torch_pruning(cfg: Config, state: dict, budget: float, input_size, imp
                         taylor_batches: int = 8) -> Tuple[nn.Module, nn.Module, float]:
     """The baseline (``cfg.model`` with ``state``) pruned by Torch-Pruning 1.6's
     MetaPruner with its own DependencyGraph, the prediction layers ignored, the
-    pruning ratio searched so that the counted FLOPs ratio is at most ``budget``.
+    pruning ratio searched (:func:`first_within`) so that the counted FLOPs ratio is
+    at most ``budget``.
     Returns (pruned model, unpruned model, FLOPs ratio)."""
     import torch_pruning as tp
     from mmdet.registry import MODELS
@@ -254,8 +279,7 @@ def prune_torch_pruning(cfg: Config, state: dict, budget: float, input_size, imp
     full = counted_flops(reference, input_size)
     grads = (taylor_gradients(cfg, build(), taylor_batches, seed)
              if importance == 'taylor' else {})
-    imp = {'l1': lambda: tp.importance.GroupMagnitudeImportance(p=1),
-           'bn': tp.importance.BNScaleImportance,
+    imp = {'l1': lambda: tp.importance.GroupMagnitudeImportance(p=1), 'bn': _bn_scale_or_l1,
            'taylor': tp.importance.GroupTaylorImportance}[importance]
 
     def pruned(ratio):
@@ -269,7 +293,7 @@ def prune_torch_pruning(cfg: Config, state: dict, budget: float, input_size, imp
         det.zero_grad(set_to_none=True)
         return det, counted_flops(det, input_size) / full
 
-    model, ratio = bisect(pruned, budget)
+    model, ratio = first_within(pruned, budget, grid=10, steps=6)
     return model, reference, ratio
 
 
@@ -277,25 +301,30 @@ def prune_torch_pruning(cfg: Config, state: dict, budget: float, input_size, imp
 def measure_latencies(models: List[nn.Module], input_size: Tuple[int, int], repeats: int = 20,
                       threads: int = 1) -> List[float]:
     """Median milliseconds of each model's tensor-mode forward (batch 1, one and the same
-    random ``input_size`` image, ``threads`` torch threads), measured in this process
-    and interleaved: every round times each model once in turn, after a warm-up round,
-    so load from other processes spreads evenly over them."""
+    random ``input_size`` image, ``threads`` torch threads, denormals flushed so that
+    tiny trained weights cost no extra time), measured in this process and
+    interleaved: every round times each model once, starting one model later than the
+    round before (no model always runs first), after a warm-up round, so load from
+    other processes spreads evenly over them."""
     import statistics
     import time
     from ..detector import detector_forward_fn
     forward = detector_forward_fn(tuple(input_size))
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
     times: List[List[float]] = [[] for _ in models]
     try:
         for r in range(repeats + 1):
-            for model, ts in zip(models, times):
-                model.eval()
+            for i in range(len(models)):
+                k = (i + r) % len(models)
+                models[k].eval()
                 torch.manual_seed(0)  # the same image for every model
                 t = time.perf_counter()
-                forward(model)
+                forward(models[k])
                 if r:
-                    ts.append(1000 * (time.perf_counter() - t))
+                    times[k].append(1000 * (time.perf_counter() - t))
     finally:
         torch.set_num_threads(old)
+        torch.set_flush_denormal(False)
     return [statistics.median(ts) for ts in times]
