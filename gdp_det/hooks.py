@@ -121,7 +121,10 @@ class GDPHook(Hook):
         self.flops: Optional[FlopsModel] = None
         self.latency: Optional[LatencyModel] = None
         self.budget: Optional[Budget] = None
-        self.targets = []  # names of the budget's constraints, in order
+        # names of the budget's constraints, in its order
+        self.targets = [n for n, t in (('flops_target', flops_target),
+                                       ('params_target', params_target),
+                                       ('latency_target', latency_target)) if t is not None]
         self.ratio = 1.0
         self.latency_ratio = 1.0  # predicted, with a latency budget
         self.dead: Optional[torch.Tensor] = None  # gates zeroed by the proximal step
@@ -165,11 +168,9 @@ class GDPHook(Hook):
         self.flops = FlopsModel(graph)
         if self.latency_target is not None:
             self.latency = LatencyModel.measure(unwrap(runner.model))
-        constraints = [('flops_target', self.flops, self.flops_target),
-                       ('params_target', FlopsModel(graph, params=True), self.params_target),
-                       ('latency_target', self.latency, self.latency_target)]
-        self.targets = [n for n, _, t in constraints if t is not None]
-        self.budget = Budget([(m, t) for _, m, t in constraints])
+        self.budget = Budget([(self.flops, self.flops_target),
+                              (FlopsModel(graph, params=True), self.params_target),
+                              (self.latency, self.latency_target)])
         if self.gdp_iters is None:
             self.gdp_iters = runner.max_iters
         if self.lambda_rate is None:
