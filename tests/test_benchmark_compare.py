@@ -132,6 +132,11 @@ def test_markdown_table_from_fake_results():
     assert '| random channels, uniform | 0.3 | 6.0 | — | — |' in text
     assert 'Skipped: Torch-Pruning L1, uniform (Torch-Pruning is not installed).' in text
     assert '| baseline (no extra training) | — | 1 | 1.000 | 20.0 | 2.00 | | 0.660 | |' in text
+    assert 'Over their FLOPs budget' not in text
+    data = _fake_data()
+    data['runs'][4]['flops_ratio'] = 0.32  # gdp at 0.3, seed 1
+    assert 'Over their FLOPs budget by more than 0.01: gdp at 0.3 seed 1 (0.320).' in \
+        '\n'.join(markdown(data))
 
 
 def test_outputs_written_from_fake_results(tmp_path):
@@ -141,12 +146,15 @@ def test_outputs_written_from_fake_results(tmp_path):
     args = argparse.Namespace(out=str(tmp_path / 'compare.json'),
                               results=str(tmp_path / 'RESULTS.md'),
                               plot=str(tmp_path / 'pareto.png'))
-    (tmp_path / 'RESULTS.md').write_text('# benchmarks\n\n## (a) other\n\nkept\n')
+    from tools.benchmark_compare import OLD_SECTIONS
+    (tmp_path / 'RESULTS.md').write_text(f'# benchmarks\n\n## (a) other\n\nkept\n\n'
+                                         f'## {OLD_SECTIONS[0]}\n\nold table\n\n## (f) x\n\ny\n')
     write_outputs(_fake_data(), args, ['--seeds', '0', '1', '2'])
     data = json.load(open(args.out))
     assert len(data['runs']) == 15 and data['summary']['rows'][0]['method'] == 'control'
     md = open(args.results).read()
-    assert '## (a) other\n\nkept' in md and f'## {SECTION}' in md
+    assert '## (a) other\n\nkept' in md and f'## {SECTION}' in md and '## (f) x\n\ny' in md
+    assert 'old table' not in md and OLD_SECTIONS[0] not in md
     assert 'Command: `python tools/benchmark_compare.py --seeds 0 1 2`' in md
     assert open(args.plot, 'rb').read(4) == b'\x89PNG'
 

@@ -24,6 +24,8 @@ from gdp_det.cli import (ArgumentParser, DictAction, UserError,  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '(e) Accuracy at equal FLOPs and equal latency: GDP vs other pruners'
+# the sections this one replaces (the one-run comparison before issue 13)
+OLD_SECTIONS = ('(e) Accuracy at equal FLOPs: GDP vs magnitude and BN-scale pruning',)
 TEST_LIST = osp.join('VOC2007', 'ImageSets', 'Main', '{}.txt')
 
 
@@ -126,6 +128,8 @@ def main(argv=None):
     for path in (args.out, args.results, args.plot):
         check_writable_dir(osp.dirname(osp.abspath(path)), f'directory of {path}')
     if not args.config_data:
+        if osp.abspath(args.data) == osp.abspath(args.val_data):
+            print('[compare] warning: --val-data is --data: the report split is the tuning split')
         ensure_data(args.data, 480, 120, 0)
         ensure_data(args.val_data, 0, args.num_val, args.val_seed)
         cfg = point_data(cfg, args.data, args.val_data)
@@ -161,9 +165,15 @@ def dry_run(args, settings, runs, skipped) -> int:
 
 def write_outputs(data: dict, args, argv) -> None:
     import json
+    import re
     from gdp_det.pipeline.compare_summary import markdown, plot_pareto
     from gdp_det.pipeline.report import atomic_write, update_sections
     atomic_write(args.out, json.dumps(data, indent=2))
+    if osp.isfile(args.results):
+        text = open(args.results).read()
+        for title in OLD_SECTIONS:
+            text = re.sub(rf'^## {re.escape(title)}\n.*?(?=^## |\Z)', '', text, flags=re.M | re.S)
+        atomic_write(args.results, text)
     command = 'python tools/benchmark_compare.py ' + ' '.join(
         sys.argv[1:] if argv is None else argv)
     update_sections(args.results, [(SECTION, markdown(data, command.strip()))])

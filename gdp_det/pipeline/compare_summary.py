@@ -16,6 +16,8 @@ import numpy as np
 
 from .compare_methods import REFERENCE
 
+BUDGET_SLACK = 0.01  # a run's counted FLOPs ratio above budget + this is flagged
+
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     """Mean and sample standard deviation (0 for one value)."""
@@ -147,6 +149,12 @@ def markdown(data: dict, command: str = '') -> List[str]:
         lines += [f'| {labels.get(e["method"], e["method"])} | {e["reference_budget"]:g} | '
                   f'{e["latency_ms"]:.1f} | {pm(e["mAP"])} | {pm(e["diff_to_reference"])} |'
                   for e in summary['equal_latency']]
+    missed = [f'{r["method"]} at {r["budget"]:g} seed {r["seed"]} ({r["flops_ratio"]:.3f})'
+              for r in data['runs'] if r['budget'] is not None
+              and r['flops_ratio'] > r['budget'] + BUDGET_SLACK]
+    if missed:
+        lines.append(f'\nOver their FLOPs budget by more than {BUDGET_SLACK}: '
+                     f'{", ".join(missed)}.')
     for sk in data.get('skipped', []):
         lines.append(f'\nSkipped: {sk["label"]} ({sk["reason"]}).')
     if data.get('failed'):
