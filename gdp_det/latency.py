@@ -5,11 +5,12 @@ standalone op (``F.conv2d`` / ``F.conv_transpose2d`` / ``F.linear`` on random te
 of its traced shapes, with its stride, padding, dilation and groups) on a small grid
 of its active input x output channel counts (depthwise convs: of their channels),
 on the model's device with the torch threads at hand. A call's latency at other
-counts is the bilinear interpolation of its grid (made monotone). What the layers
-do not explain (norms, activations, upsampling, the heads' reshapes: the measured
-tensor-mode forward of the unpruned model minus the layers' sum) is a constant.
-Calls of the same geometry share one table. Tables are cached per model, input
-size, device, threads and torch version in ``~/.cache/gdp_det/latency/``.
+counts is the bilinear interpolation of its grid (made monotone; channel counts
+rounded up to the device's channel block). Calls of the same geometry share one
+table. Two measured tensor-mode forwards, of the unpruned network and of one keeping
+half of every group, calibrate what standalone ops miss (see :class:`LatencyModel`).
+Tables are cached per model, input size, device, threads and torch version in
+``~/.cache/gdp_det/latency/``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import os.path as osp
 import platform
 import statistics
 import time
-from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -113,18 +113,6 @@ class _LayerTimer:
         for h in self.handles:
             h.remove()
         return statistics.median(self.sums[1:])
-
-
-@contextmanager
-def num_threads(threads: Optional[int]):
-    """``torch.set_num_threads(threads)`` inside the block (None: leave as is)."""
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def plain_copy(gated: nn.Module, gates: Optional[np.ndarray] = None, min_channels: float = 1,

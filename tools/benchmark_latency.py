@@ -44,6 +44,7 @@ def gated_model(config: str, size: int):
 
 def evaluate(model, repeats: int, seed: int = 0) -> dict:
     """Predicted vs measured latency of the unpruned network and random exports."""
+    from gdp_det.flops import FlopsModel
     from gdp_det.latency import LatencyModel, forward_latencies, plain_copy
     from gdp_det.pruner import exported_channels
     graph = model.gdp_gates.graph
@@ -53,20 +54,23 @@ def evaluate(model, repeats: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     gates = [np.ones(graph.num_channels, np.float32)] + [
         (rng.random(graph.num_channels) < p).astype(np.float32) for p in KEEP]
-    predicted = [latency.count(exported_channels(graph, a)) for a in gates]
+    kept = [exported_channels(graph, a) for a in gates]
+    predicted = [latency.count(k) for k in kept]
+    flops = FlopsModel(graph)
     trace = model.gdp_gates.trace
     measured = forward_latencies([plain_copy(model, a) for a in gates], trace.input_size,
                                  trace.num_proposals, repeats=2 * repeats)
-    return dict(build_s=build_s, predicted=predicted, measured=measured)
+    return dict(build_s=build_s, predicted=predicted, measured=measured,
+                flops=[flops.count(k) / flops.full for k in kept])
 
 
 def rows_for(name: str, size: int, r: dict) -> list:
     pred, meas = r['predicted'], r['measured']
     out = []
-    for i, (p, m) in enumerate(zip(pred, meas)):
+    for i, (p, m, f) in enumerate(zip(pred, meas, r['flops'])):
         label = f'random, keep {KEEP[i - 1]:.1f}' if i else 'unpruned'
         build = f'{r["build_s"]:.0f}' if i == 0 else ''
-        out.append(f'| {name} @{size} | {label} | {1e3 * p:.1f} | {1e3 * m:.1f} | '
+        out.append(f'| {name} @{size} | {label} | {f:.2f} | {1e3 * p:.1f} | {1e3 * m:.1f} | '
                    f'{100 * (p / m - 1):+.1f} % | {p / pred[0]:.3f} | {m / meas[0]:.3f} | '
                    f'{p / pred[0] - m / meas[0]:+.3f} | {build} |')
     return out
@@ -87,15 +91,17 @@ def main(argv=None):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 7
-    rows = ['| model | network | predicted (ms) | measured (ms) | error | predicted ratio | '
+    rows = ['| model | network | FLOPs ratio | predicted (ms) | measured (ms) | error | predicted ratio | '
             'measured ratio | ratio error | table built in (s) |',
-            '|---|---|---|---|---|---|---|---|---|']
+            '|---|---|---|---|---|---|---|---|---|---|']
     for name in args.models:
         config, size = MODELS[name]
         rows += rows_for(name, size, evaluate(gated_model(config, size), repeats))
         print('\n'.join(rows), flush=True)
     clock = 'CPU time' if args.threads == 1 else 'wall time'
-    rows += ['', f'Tensor-mode forward, batch 1, {args.threads} torch thread(s), {clock}; the '
+    rows += ['', f'Tensor-mode forward, batch 1, {args.threads} torch thread(s), {clock} '
+             '(with one thread the CPU time is the latency on an idle core; wall time on this '
+             'shared machine is up to 3x that and noisy); the '
              f'measured column is timed after the table, in {2 * repeats} interleaved rounds. '
              'The prediction of the unpruned network equals the table\'s own measurement of it, '
              'so its error here is the run-to-run noise. '
