@@ -5,7 +5,6 @@ import os
 import os.path as osp
 
 import pytest
-import torch
 
 from conftest import RETINANET_CFG
 from gdp_det.pipeline import compare as C
@@ -68,6 +67,23 @@ def test_estimate_uses_finished_runs_of_the_method():
     assert C.estimate_seconds(run, s, 100, 1000, done[2:]) == 99.0
 
 
+def test_dry_run_prints_the_plan_and_what_finished(tmp_path, capsys):
+    from tools.benchmark_compare import main
+    argv = ['--dry-run', '--work-dir', str(tmp_path), '--methods', 'control', 'random',
+            '--budgets', '0.5', '--seeds', '0', '--data', str(tmp_path / 'none'),
+            '--val-data', str(tmp_path / 'none')]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert '[compare] random_b0.5_s0' in out and '2 runs, 0 finished' in out
+    runs, _ = C.make_plan(C.Settings(methods=['random'], budgets=[0.5], seeds=[0]))
+    _finish(str(tmp_path), runs[0], seconds=60.0)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert '2 runs, 1 finished' in out
+    assert [ln.split()[-1] for ln in out.splitlines() if 'random_b0.5_s0' in ln] == ['done']
+    assert not osp.exists(tmp_path / 'none')  # a dry run generates no data
+
+
 def _fake_data():
     runs = []
     gdp = {0.5: ([0.60, 0.62, 0.64], 10.0), 0.3: ([0.50, 0.52, 0.54], 6.0)}
@@ -128,7 +144,8 @@ def test_markdown_table_from_fake_results():
            '0.540 ± 0.040 | -0.080 ± 0.020 |' in text
     assert '| no pruning (control) | — | 3 | 1.000 ± 0.000 | 20.0 ± 0.0 | 2.00 ± 0.00 | — | ' \
            '0.700 ± 0.000 | 0.080 ± 0.020 (at 0.5); 0.180 ± 0.020 (at 0.3) |' in text
-    assert '| random channels, uniform | 0.5 | 10.0 | 0.490 ± 0.040 | -0.130 ± 0.020 |' in text
+    assert '| random channels, uniform | 0.5 | 10.0 | 0.490 ± 0.040 | -0.130 ± 0.020 |' \
+        in text
     assert '| random channels, uniform | 0.3 | 6.0 | — | — |' in text
     assert 'Skipped: Torch-Pruning L1, uniform (Torch-Pruning is not installed).' in text
     assert '| baseline (no extra training) | — | 1 | 1.000 | 20.0 | 2.00 | | 0.660 | |' in text

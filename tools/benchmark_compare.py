@@ -105,6 +105,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if any(not 0 < b < 1 for b in args.budgets):
         p.error(f'--budgets must be in (0, 1), got {args.budgets}')
+    for name in ('epochs', 'num_val', 'latency_repeats', 'threads', 'converge_max_epochs'):
+        if getattr(args, name) < 1:
+            p.error(f'--{name.replace("_", "-")} must be at least 1, got {getattr(args, name)}')
     if not 1 <= args.gdp_epochs <= args.epochs:
         p.error(f'--gdp-epochs must be in [1, --epochs], got {args.gdp_epochs}')
     if args.baseline_checkpoint and not osp.isfile(args.baseline_checkpoint):

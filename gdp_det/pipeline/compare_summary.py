@@ -137,15 +137,17 @@ def markdown(data: dict, command: str = '') -> List[str]:
         diffs = '; '.join((f'{pm(d["values"])} (at {d["budget"]:g})' if r['budget'] is None
                            else pm(d['values'])) for d in r['diff_to_reference']
                           if d['values'])
+        diffs = '' if r['method'] == REFERENCE else diffs or '—'
         lines.append(f'| {r["label"]} | {_budget(r["budget"])} | {r["n"]} | '
                      f'{_stat(r["flops_ratio"], 3)} | {_stat(r["latency_ms"], 1)} | '
                      f'{_stat(r["params"], 2, 1e-6)} | {_stat(r["mAP_before_finetune"], 3)} | '
-                     f'{_stat(r["mAP"], 3)} | {diffs or "—" if r["method"] != REFERENCE else ""} |')
+                     f'{_stat(r["mAP"], 3)} | {diffs} |')
     if summary['equal_latency']:
         lines += ['', "At equal latency: each method's mAP per seed, interpolated between its "
                   "budgets at the mean latency of GDP's models (— where that latency is "
                   "outside the method's range).", '',
-                  '| method | at GDP budget | latency (ms) | mAP | Δ GDP |', '|---|---|---|---|---|']
+                  '| method | at GDP budget | latency (ms) | mAP | Δ GDP |',
+                  '|---|---|---|---|---|']
         lines += [f'| {labels.get(e["method"], e["method"])} | {e["reference_budget"]:g} | '
                   f'{e["latency_ms"]:.1f} | {pm(e["mAP"])} | {pm(e["diff_to_reference"])} |'
                   for e in summary['equal_latency']]
