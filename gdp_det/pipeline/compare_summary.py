@@ -128,9 +128,11 @@ def markdown(data: dict, command: str = '') -> List[str]:
              f'{s["input_size"]}; latency: median of {s["latency_repeats"]} interleaved '
              f'single-image CPU forwards, {s["threads"]} thread(s), one process, same input. '
              f'Δ GDP: the run minus GDP (FLOPs budget) of the same seed, mean ± std over '
-             f'seeds.' + (f' Command: `{command}`.' if command else ''), '',
+             f'seeds. mAP before fine-tune: the pruned model before the training after it '
+             f'(GDP: at the end of its phase).' + (f' Command: `{command}`.' if command else ''),
+             '',
              '| method | budget | runs | FLOPs ratio | latency (ms) | params (M) | '
-             'mAP before training | mAP | Δ GDP |', '|---|---|---|---|---|---|---|---|---|',
+             'mAP before fine-tune | mAP | Δ GDP |', '|---|---|---|---|---|---|---|---|---|',
              f'| baseline (no extra training) | — | 1 | 1.000 | {base["latency_ms"]:.1f} | '
              f'{base["params"] / 1e6:.2f} | | {base["mAP"]:.3f} | |']
     for r in summary['rows']:
