@@ -42,14 +42,15 @@ class SyncCounter(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def r50_retinanet(size=(128, 128)):
+def gated_detector(size=(128, 128), config='mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'):
+    """A gated detector from ``config`` (random init) and its config."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
     from gdp_det.cli import load_config
     from gdp_det.detector import attach_gates
     register_all_modules()
-    cfg = load_config('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py')
+    cfg = load_config(config)
     cfg.model.backbone.init_cfg = None
     return attach_gates(MODELS.build(cfg.model), size), cfg
 
@@ -65,7 +66,7 @@ def test_gated_forward_backward_has_no_host_sync(monkeypatch):
     a tensor back to the host, and each gate vector is computed once per forward
     (the shared head reads the FPN group on five levels)."""
     from gdp_det.graph import flat_tensors
-    model, _ = r50_retinanet()
+    model, _ = gated_detector()
     model.train()
     with torch.no_grad():
         model.gdp_gates.a.uniform_(0.2, 1.5)
@@ -98,7 +99,7 @@ def test_hook_iteration_needs_at_most_two_syncs():
     """The hook's per-iteration work on R50 gates (gradient step, proximal step,
     budget, logging of host-side scalars) reads the device at most twice outside
     its logging/snapshot iterations."""
-    model, _ = r50_retinanet()
+    model, _ = gated_detector()
     hook = GDPHook(flops_target=0.5, log_interval=1000, num_snapshots=2, export=False,
                    gdp_iters=40, lambda_init=1.0)
     optimizer = torch.optim.SGD([p for n, p in model.named_parameters()
@@ -217,12 +218,17 @@ def test_accumulated_gate_gradient_is_the_sum_of_both_iterations():
 
 @pytest.mark.parametrize('min_channels', [1, 0.25, 5])
 @pytest.mark.parametrize('target', [0.5, 0.3])
-def test_budget_with_channel_divisor_lands_on_target(min_channels, target, tmp_path):
+@pytest.mark.parametrize('config', ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+                                    'toy/retinanet_r18_fpn_toyvoc.py'], ids=['r50', 'toy'])
+def test_budget_with_channel_divisor_lands_on_target(config, min_channels, target, tmp_path):
     """channel_divisor=8 with any min_channels: the export's FLOPs ratio is within
-    +0.005 of flops_target (R50 RetinaNet, random gate gradients)."""
+    +0.005 of flops_target (R50 and the toy R18 RetinaNet, random gate gradients)."""
+    from conftest import CONFIG_DIR
     from gdp_det.api import prune_and_export
     from gdp_det.pruner import exported_channels
-    model, cfg = r50_retinanet((128, 128))
+    if config.startswith('toy/'):
+        config = CONFIG_DIR + config[3:]
+    model, cfg = gated_detector((128, 128), config)
     hook = GDPHook(flops_target=target, min_channels=min_channels, channel_divisor=8,
                    export=False, gdp_iters=300, lambda_init=1.0, log_interval=1000)
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
