@@ -184,15 +184,15 @@ def test_independent_flops_counter_agrees_with_flops_model():
     cfg = Config.fromfile(RETINANET_CFG)
     size = (64, 96)
     gated = MODELS.build(gdp_model_cfg(cfg, size))
-    ratio = cm.prune_random(gated, 0.5, seed=0)
-    assert 0.4 < ratio <= 0.5
+    ratio = cm.prune_random(gated, 0.3, seed=0)
+    assert 0.25 < ratio <= 0.3
     extract_pruned(gated, 1, 1)
     full = cm.counted_flops(MODELS.build(cfg.model), size)
     assert full > 1e8
     assert cm.counted_flops(gated, size) / full == pytest.approx(ratio, abs=2e-3)
     unpruned = MODELS.build(cfg.model)
     assert cm.count_params(gated) < cm.count_params(unpruned)
-    slow, fast = cm.measure_latencies([unpruned, gated], size, repeats=5)
+    slow, fast = cm.measure_latencies([unpruned, gated], size, repeats=9)
     assert slow > fast > 0
 
 
