@@ -194,3 +194,32 @@ def test_conv_that_calls_f_conv2d_itself_is_recorded_as_that_module():
     assert [c.name for c in graph.calls] == ['0', '2', '4']
     assert set(graph.group_by_name('0').consumers) == {'2'}
     assert set(graph.group_by_name('2').consumers) == {'4'}
+
+
+class Halves(nn.Module):
+    """conv -> two halves (``chunk(2)`` or Res2Net's ``split(self.width)``) -> a conv
+    on each -> cat -> conv."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.width = how, 8
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1)
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        p, q = x.chunk(2, 1) if self.how == 'chunk' else torch.split(x, self.width, 1)
+        return self.head(F.relu(torch.cat([self.a(p), self.b(q)], 1)))
+
+
+@pytest.mark.parametrize('how', ['chunk', 'split'])
+def test_channel_chunks_are_pruned_alike_and_stated_splits_kept(how):
+    x = torch.randn(2, 3, 8, 8)
+    graph, ref, out, pruned = pruned_twin(Halves(how), x, share=0.6)
+    assert torch.allclose(ref, out, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    if how == 'chunk':  # channel j of both halves is one gate: the halves stay equal
+        assert graph.group_by_name('c1').size == 8
+        assert pruned.c1.out_channels == 2 * pruned.a.in_channels < 16
+    else:  # the pruned net would still split at 8
+        assert 'c1' not in producers(graph) and pruned.c1.out_channels == 16

@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     print(f'FLOPs (MACs) at {model.gdp_gates.trace.input_size}: {flops.full / 1e9:.3f} G')
     print('channels kept unpruned because of: ' + '; '.join(sorted(graph.fixed_reasons)))
     if graph.unsupported:
-        print('modules the tracer cannot follow channels through (GDPDetector refuses them '
-              'unless excluded or on_unsupported="keep"): '
+        print('modules the tracer cannot follow channels through (their channels stay '
+              'unpruned; on_unsupported="error" refuses them): '
               + '; '.join(f'{n}: {w}' for n, w in graph.unsupported.items()))
     if args.json:
         with open(args.json, 'w') as f:

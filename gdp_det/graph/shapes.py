@@ -63,13 +63,23 @@ def setitem(tr, func, args, kwargs, out) -> None:
 
 
 def split(tr, func, args, kwargs, out, lay) -> None:
-    """``split``/``chunk``: along the channel dim each part gets its slice."""
+    """``split``/``chunk``: along the channel dim each part gets its slice.
+
+    The pruned network cuts its narrower tensor the same way: ``chunk(n)`` into n
+    equal parts, so channel ``j`` of every part shares one gate (the parts stay
+    equal); ``split`` at the sizes its code states (Res2Net's ``self.width``), which
+    would cut at the old boundaries, so its channels stay unpruned."""
     x = args[0]
     dim = kwargs.get('dim', args[2] if len(args) > 2 else 0) % x.dim()
     if dim != lay.dim:
         for o in out:
             tr.set_layout(o, lay)
         return
+    sizes = {o.shape[dim] for o in out}
+    if func.__name__ == 'chunk' and len(sizes) == 1:
+        tr.tie_rows(lay.atoms.reshape(len(out), -1))
+    else:
+        tr.fix(lay.atoms, f'{func.__name__} of the channels at sizes stated in the code')
     start = 0
     for o in out:
         n = o.shape[dim]
