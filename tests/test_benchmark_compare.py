@@ -149,10 +149,13 @@ def test_markdown_table_from_fake_results():
     assert '| random channels, uniform | 0.3 | 6.0 | — | — |' in text
     assert 'Skipped: Torch-Pruning L1, uniform (Torch-Pruning is not installed).' in text
     assert '| baseline (no extra training) | — | 1 | 1.000 | 20.0 | 2.00 | | 0.660 | |' in text
-    assert 'Over their FLOPs budget' not in text
+    assert 'Over their budget' not in text
     data = _fake_data()
     data['runs'][4]['flops_ratio'] = 0.32  # gdp at 0.3, seed 1
-    assert 'Over their FLOPs budget by more than 0.01: gdp at 0.3 seed 1 (0.320).' in \
+    data['runs'][6].update(budget_kind='latency', latency_ms=11.2)  # random at 0.5: 0.56
+    data['runs'][7].update(budget_kind='latency', latency_ms=10.8)  # 0.54: within 0.05
+    assert 'Over their budget by more than 0.01 (FLOPs) or 0.05 (measured latency): gdp at ' \
+        '0.3 seed 1 (flops 0.320), random at 0.5 seed 0 (latency 0.560).' in \
         '\n'.join(markdown(data))
 
 

@@ -249,7 +249,8 @@ class Comparison:
         torch.save(dict(state_dict=model.state_dict()), weights)
         flops = cm.counted_flops(model, self.input_size)
         result = dict(run=run.name, method=run.method.name, label=run.method.label,
-                      seed=run.seed, budget=run.budget, config=pruned['config'],
+                      seed=run.seed, budget=run.budget, budget_kind=run.method.budget_kind,
+                      config=pruned['config'],
                       weights=weights, flops=flops, flops_ratio=flops / base['flops'],
                       params=cm.count_params(model), mAP=after['mAP'],
                       mAP_before_finetune=before, epochs=s.epochs,
@@ -307,7 +308,7 @@ def collect(comparison: Comparison, runs: Sequence[Run], skipped: List[dict],
     lat = cm.measure_latencies(models, comparison.input_size, s.latency_repeats, s.threads)
     base['latency_ms'] = lat[0]
     for r, ms in zip(results, lat[1:]):
-        r['latency_ms'] = ms
+        r['latency_ms'], r['latency_ratio'] = ms, ms / lat[0]
     settings = dict(vars(s), input_size=list(comparison.input_size),
                     test_split=_split_name(comparison.cfg.test_dataloader),
                     tuning_split=_split_name(comparison.cfg.val_dataloader),

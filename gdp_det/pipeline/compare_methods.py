@@ -47,6 +47,11 @@ class Method:
     def budgeted(self) -> bool:
         return self.kind != 'control'
 
+    @property
+    def budget_kind(self) -> str:
+        """What the budget bounds: ``'latency'`` (GDP's latency budget) or ``'flops'``."""
+        return 'latency' if self.options.get('budget_key') == 'latency_target' else 'flops'
+
 
 def _tp(importance: str, global_pruning: bool) -> Method:
     scope = 'global' if global_pruning else 'uniform'
@@ -60,7 +65,7 @@ METHODS: List[Method] = [
     Method('control', 'control', 'no pruning (control)'),
     Method('gdp', 'gdp', 'GDP, FLOPs budget', dict(budget_key='flops_target')),
     Method('gdp_latency', 'gdp', 'GDP, latency budget',
-           dict(budget_key='latency_target', hook=dict(flops_target=1.0))),
+           dict(budget_key='latency_target', hook=dict(flops_target=None))),
     *[_tp(imp, g) for imp in ('l1', 'bn', 'taylor') for g in (False, True)],
     Method('random', 'random', 'random channels, uniform'),
 ]
@@ -297,34 +302,20 @@ def prune_torch_pruning(cfg: Config, state: dict, budget: float, input_size, imp
     return model, reference, ratio
 
 
-@torch.no_grad()
 def measure_latencies(models: List[nn.Module], input_size: Tuple[int, int], repeats: int = 20,
                       threads: int = 1) -> List[float]:
-    """Median milliseconds of each model's tensor-mode forward (batch 1, one and the same
-    random ``input_size`` image, ``threads`` torch threads, denormals flushed so that
-    tiny trained weights cost no extra time), measured in this process and
-    interleaved: every round times each model once, starting one model later than the
-    round before (no model always runs first), after a warm-up round, so load from
-    other processes spreads evenly over them."""
-    import statistics
-    import time
-    from ..detector import detector_forward_fn
-    forward = detector_forward_fn(tuple(input_size))
+    """Median milliseconds of each model's tensor-mode forward (batch 1, ``input_size``)
+    with ``threads`` torch threads, measured in this process and interleaved by
+    :func:`gdp_det.latency.forward_latencies` (one thread: the process's CPU time, which
+    leaves out the time other processes hold the core), denormals flushed so that
+    tiny trained weights cost no extra time."""
+    from ..latency import forward_latencies
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
-    times: List[List[float]] = [[] for _ in models]
     try:
-        for r in range(repeats + 1):
-            for i in range(len(models)):
-                k = (i + r) % len(models)
-                models[k].eval()
-                torch.manual_seed(0)  # the same image for every model
-                t = time.perf_counter()
-                forward(models[k])
-                if r:
-                    times[k].append(1000 * (time.perf_counter() - t))
+        return [1000 * t for t in forward_latencies(models, tuple(input_size),
+                                                     repeats=repeats)]
     finally:
         torch.set_num_threads(old)
         torch.set_flush_denormal(False)
-    return [statistics.median(ts) for ts in times]

@@ -16,7 +16,9 @@ import numpy as np
 
 from .compare_methods import REFERENCE
 
-BUDGET_SLACK = 0.01  # a run's counted FLOPs ratio above budget + this is flagged
+# a run whose FLOPs ratio (latency budgets: measured latency ratio) is above its budget
+# by more than this is flagged
+BUDGET_SLACK = dict(flops=0.01, latency=0.05)
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -115,6 +117,15 @@ def _stat(stat: Optional[dict], digits: int, scale: float = 1.0) -> str:
     return f'{m:.{digits}f}' if stat['n'] == 1 else f'{m:.{digits}f} ± {s:.{digits}f}'
 
 
+def _budget_use(run: dict, base: dict) -> Tuple[dict, str, Optional[float]]:
+    """The run, what its budget bounds and the ratio it reached (None: no budget)."""
+    kind = run.get('budget_kind', 'flops')
+    if run['budget'] is None:
+        return run, kind, None
+    return run, kind, (run['flops_ratio'] if kind == 'flops'
+                       else run['latency_ms'] / base['latency_ms'])
+
+
 def markdown(data: dict, command: str = '') -> List[str]:
     """The RESULTS.md section of a comparison (lines)."""
     s, base, summary = data['settings'], data['baseline'], data['summary']
@@ -126,7 +137,8 @@ def markdown(data: dict, command: str = '') -> List[str]:
              f'on the same schedule; seeds {", ".join(map(str, s["seeds"]))}. FLOPs ratio: '
              f'`torch.utils.flop_counter.FlopCounterMode` on the tensor-mode forward at '
              f'{s["input_size"]}; latency: median of {s["latency_repeats"]} interleaved '
-             f'single-image CPU forwards, {s["threads"]} thread(s), one process, same input. '
+             f'single-image CPU forwards in one process, {s["threads"]} thread(s) (one: '
+             f'process CPU time, `gdp_det.latency.forward_latencies`). '
              f'Δ GDP: the run minus GDP (FLOPs budget) of the same seed, mean ± std over '
              f'seeds. mAP before fine-tune: the pruned model before the training after it '
              f'(GDP: at the end of its phase).' + (f' Command: `{command}`.' if command else ''),
@@ -153,12 +165,12 @@ def markdown(data: dict, command: str = '') -> List[str]:
         lines += [f'| {labels.get(e["method"], e["method"])} | {e["reference_budget"]:g} | '
                   f'{e["latency_ms"]:.1f} | {pm(e["mAP"])} | {pm(e["diff_to_reference"])} |'
                   for e in summary['equal_latency']]
-    missed = [f'{r["method"]} at {r["budget"]:g} seed {r["seed"]} ({r["flops_ratio"]:.3f})'
-              for r in data['runs'] if r['budget'] is not None
-              and r['flops_ratio'] > r['budget'] + BUDGET_SLACK]
+    missed = [f'{r["method"]} at {r["budget"]:g} seed {r["seed"]} ({kind} {ratio:.3f})'
+              for r, kind, ratio in map(_budget_use, data['runs'], [base] * len(data['runs']))
+              if ratio is not None and ratio > r['budget'] + BUDGET_SLACK[kind]]
     if missed:
-        lines.append(f'\nOver their FLOPs budget by more than {BUDGET_SLACK}: '
-                     f'{", ".join(missed)}.')
+        lines.append(f'\nOver their budget by more than {BUDGET_SLACK["flops"]} (FLOPs) or '
+                     f'{BUDGET_SLACK["latency"]} (measured latency): {", ".join(missed)}.')
     for sk in data.get('skipped', []):
         lines.append(f'\nSkipped: {sk["label"]} ({sk["reason"]}).')
     if data.get('failed'):
