@@ -126,6 +126,7 @@ def _prune_check(path, folder, input_size, share, seed, tolerance, out_dir) -> d
     cfg.model.update(CFG_OPTIONS.get(folder, {}))
     if isinstance(cfg.model.get('teacher_config'), str):
         cfg.model.teacher_config = osp.join(configs_dir(), cfg.model.teacher_config)
+    _no_sync_bn(cfg.model)
     cfg.model = gdp_model_cfg(cfg, input_size, (), on_unsupported='keep')
     if 'init_cfg' in cfg.model['detector'].get('backbone', {}):
         cfg.model['detector']['backbone']['init_cfg'] = None  # as tools/prune.py: no download
@@ -140,6 +141,17 @@ def _prune_check(path, folder, input_size, share, seed, tolerance, out_dir) -> d
                 kept=shorten(kept), kept_ops=sorted(set(graph.unsupported.values())),
                 unprunable_share=unprunable_share(graph),
                 max_diff=report['max_rel_output_diff'], predict_check=report['predict_check'])
+
+
+def _no_sync_bn(cfg) -> None:
+    """(MM)SyncBN -> BN everywhere in ``cfg`` (they need a process group; one CPU
+    process has none; the two compute the same in eval mode)."""
+    items = cfg.items() if isinstance(cfg, dict) else enumerate(cfg)
+    for k, v in items:
+        if isinstance(v, (dict, list)):
+            _no_sync_bn(v)
+        elif k == 'type' and v in ('SyncBN', 'MMSyncBN'):
+            cfg[k] = 'BN'
 
 
 def _worker(path, folder, input_size, args, out_json):

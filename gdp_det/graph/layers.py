@@ -8,6 +8,7 @@ time, and a layer whose forward calls ``F.conv2d`` itself (mmcv's
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .atoms import LayerCall, Layout
@@ -31,12 +32,23 @@ def _geometry(op: str, names, args, kwargs, out) -> dict:
     return geo
 
 
+def _foreign_layer(tr, func, args, m) -> None:
+    """A conv/linear call with the weight of a module that is no torch conv/linear
+    (TridentNet's ``TridentConv`` runs one weight at three dilations): the pruner
+    could not narrow it, so its channels are kept and it is named."""
+    tr.fix_unsupported(args, f'{func.__name__} in {type(m).__name__} (not a torch layer)',
+                       tr.names[m])
+
+
 def conv(tr, func, args, kwargs, out) -> None:
     """2-D (transposed) convolution with the weight of a module."""
     x, weight = args[0], args[1]
     m = tr.param_owner.get(id(weight))
     if m is None or not isinstance(out, torch.Tensor):
         tr.fix_unsupported(args, f'{func.__name__} with a computed weight')
+        return
+    if not isinstance(m, nn.Conv2d if func not in _TRANSPOSED else nn.ConvTranspose2d):
+        _foreign_layer(tr, func, args, m)
         return
     transposed = func in _TRANSPOSED
     geometry = _geometry('conv_transpose2d' if transposed else 'conv2d',
@@ -76,6 +88,9 @@ def linear(tr, func, args, kwargs, out) -> None:
     m = tr.param_owner.get(id(weight))
     if m is None:
         tr.fix_unsupported(args, 'linear with a computed weight')
+        return
+    if not isinstance(m, nn.Linear):
+        _foreign_layer(tr, func, args, m)
         return
     name = tr.names[m]
     in_atoms = tr.input_atoms(x, -1, weight.shape[1], f'{name}: input layout unknown')
