@@ -115,6 +115,7 @@ def _where(e: BaseException) -> str:
 
 
 def _prune_check(path, folder, input_size, share, seed, tolerance, out_dir) -> dict:
+    import torch
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from gdp_det.api import prune_and_export
@@ -130,6 +131,7 @@ def _prune_check(path, folder, input_size, share, seed, tolerance, out_dir) -> d
     cfg.model = gdp_model_cfg(cfg, input_size, (), on_unsupported='keep')
     if 'init_cfg' in cfg.model['detector'].get('backbone', {}):
         cfg.model['detector']['backbone']['init_cfg'] = None  # as tools/prune.py: no download
+    torch.manual_seed(seed)  # the random init: results are reproducible
     model = MODELS.build(cfg.model)
     graph = model.gdp_gates.graph
     randomize_gates(model.gdp_gates, share, seed)
@@ -229,7 +231,7 @@ def write_md(path: str, rows, results: dict, args) -> dict:
         '# Coverage of the mmdet model zoo',
         '',
         f'Written by `tools/zoo_check.py` (mmdet {mmdet.__version__}): one config per folder of '
-        '`mmdet/.mim/configs`, built with random init at '
+        f'`mmdet/.mim/configs`, built with random init (torch seed {args.seed}) at '
         f'{args.input_size[0]}x{args.input_size[1]}, a random {args.random_gates:g} of every '
         f"group's gates zeroed (seed {args.seed}), pruned, exported, rebuilt from disk and "
         'compared with the gated model (tensor outputs: max relative difference, tolerance '
