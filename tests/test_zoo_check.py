@@ -57,3 +57,14 @@ def test_missing_config_and_timeout_are_named_rows(tmp_path, monkeypatch):
     md, cache = run(tmp_path, '--timeout', '0.01')
     assert json.loads(cache.read_text())['error'] == 'timeout after 0.01 s'
     assert '1 failed' in md
+
+
+def test_forked_worker_runs_after_the_parent_used_threads(tmp_path):
+    """GNU OpenMP hangs a forked child whose parent ran parallel ops (the whole test
+    suite does): the worker must still finish (it runs single-threaded)."""
+    import torch
+    torch.set_num_threads(2)
+    x = torch.randn(512, 512)
+    (x @ x).sum()
+    md, cache = run(tmp_path, '--timeout', '120')
+    assert json.loads(cache.read_text())['result'] == 'lossless'

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+import torch
+
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()
@@ -157,6 +159,10 @@ def _no_sync_bn(cfg) -> None:
 
 
 def _worker(path, folder, input_size, args, out_json):
+    # a forked child whose parent already ran OpenMP-parallel torch ops hangs in its
+    # first parallel region (GNU OpenMP is not fork-safe): one thread, as torch's own
+    # DataLoader workers do
+    torch.set_num_threads(1)
     row = check_one(path, folder, input_size, args.random_gates, args.seed, args.tolerance)
     write_json(out_json, row)
 
