@@ -126,6 +126,7 @@ class GDPHook(Hook):
                                        ('params_target', params_target),
                                        ('latency_target', latency_target)) if t is not None]
         self.ratio = 1.0
+        self._exported = None  # (zero mask, exported mask) of the last exported() call
         self.latency_ratio = 1.0  # predicted, with a latency budget
         self.dead: Optional[torch.Tensor] = None  # gates zeroed by the proximal step
         self.history = []  # (iter, ratio, lambda, eps, zero_share, high_share)
@@ -145,9 +146,15 @@ class GDPHook(Hook):
     def exported(self, a: np.ndarray) -> np.ndarray:
         """The channels an export of gates ``a`` (host copy) keeps: what the budget
         counts, with ``min_channels`` and ``channel_divisor`` applied as the pruner
-        applies them."""
-        return exported_channels(self.gates.graph, np.abs(a), self.min_channels,
+        applies them. It depends only on which gates are zero (top-ups take zero-gated
+        channels in index order), so the last answer is reused while that is unchanged."""
+        zero = a == 0
+        if self._exported is not None and np.array_equal(zero, self._exported[0]):
+            return self._exported[1]
+        kept = exported_channels(self.gates.graph, np.abs(a), self.min_channels,
                                  self.channel_divisor)
+        self._exported = (zero, kept)
+        return kept
 
     # -- hook points -------------------------------------------------------------
     def before_run(self, runner) -> None:
