@@ -89,8 +89,9 @@ class GDPHook(Hook):
                  latency_target: Optional[float] = None):
         if flops_target is None and params_target is None and latency_target is None:
             flops_target = 0.5
-        for name, t in (('flops_target', flops_target), ('params_target', params_target),
-                        ('latency_target', latency_target)):
+        given = dict(flops_target=flops_target, params_target=params_target,
+                     latency_target=latency_target)
+        for name, t in given.items():
             if t is not None and not 0 < t <= 1:
                 raise ValueError(f'GDPHook: {name} must be in (0, 1], got {t}')
         if cost_power < 0:
@@ -122,9 +123,7 @@ class GDPHook(Hook):
         self.latency: Optional[LatencyModel] = None
         self.budget: Optional[Budget] = None
         # names of the budget's constraints, in its order
-        self.targets = [n for n, t in (('flops_target', flops_target),
-                                       ('params_target', params_target),
-                                       ('latency_target', latency_target)) if t is not None]
+        self.targets = [n for n, t in given.items() if t is not None]
         self.ratio = 1.0
         self._exported = None  # (zero mask, exported mask) of the last exported() call
         self.latency_ratio = 1.0  # predicted, with a latency budget

@@ -7,7 +7,6 @@ figures (tools/benchmark_latency.py, benchmarks/RESULTS.md section (l)).
 import copy
 import json
 import os.path as osp
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from gdp_det.hooks import GDPHook
 from gdp_det.latency import (LatencyModel, _call_spec, forward_latencies, plain_copy,
                              uniform_gates)
 from gdp_det.pruner import exported_channels
+from hook_driver import drive_hook
 
 GDP_TOY = osp.join(REPO, 'configs', 'gdp', 'toy', 'gdp_retinanet_r18_fpn_toyvoc.py')
 
@@ -159,28 +159,16 @@ def test_hook_latency_budget_is_met_and_reported(toy, tmp_path, monkeypatch, one
     """GDPHook(latency_target=0.5) alone, driven with random gate gradients: the
     predicted latency ratio of the export reaches the target, and the export's report
     gives the predicted and the measured latency ratio."""
-    from mmengine.logging import MessageHub
     model, cfg = toy
     model = copy.deepcopy(model)  # the hook changes its gates
     monkeypatch.setattr(latency_mod, 'CACHE_DIR', str(tmp_path / 'cache'))
     hook = GDPHook(latency_target=0.5, gdp_iters=60, lambda_init=1.0, log_interval=1000)
     assert hook.flops_target is None
-    optimizer = torch.optim.SGD([p for n, p in model.named_parameters()
-                                 if not n.startswith('gdp_gates')], lr=0.1)
-    runner = SimpleNamespace(model=model, iter=0, max_iters=60, rank=0, hooks=[], cfg=cfg,
-                             work_dir=str(tmp_path), optim_wrapper=SimpleNamespace(
-                                 optimizer=optimizer),
-                             message_hub=MessageHub.get_instance('gdp_latency'))
-    hook.before_run(runner)
-    hook.before_train(runner)
-    assert hook.targets == ['latency_target']
     gen = torch.Generator().manual_seed(0)
-    for it in range(60):
-        runner.iter = it
-        model.gdp_gates.a.grad = 1e-3 * torch.randn(model.gdp_gates.a.shape, generator=gen)
-        hook.before_train_iter(runner, it)
-        hook._on_optimizer_step(optimizer, (), {})
-        hook.after_train_iter(runner, it)
+    runner = drive_hook(model, hook, 60,
+                        lambda it: 1e-3 * torch.randn(model.gdp_gates.a.shape, generator=gen),
+                        cfg=cfg, work_dir=str(tmp_path))
+    assert hook.targets == ['latency_target']
     kept = hook.exported(model.gdp_gates.a.detach().numpy())
     predicted = hook.latency.count(kept) / hook.latency.full
     assert predicted <= 0.5 + 0.01

@@ -12,6 +12,7 @@ from gdp_det.gates import add_gates
 from gdp_det.graph import trace_channel_graph
 from gdp_det.hooks import GDPHook
 from gdp_det.pruner import extract_pruned
+from hook_driver import drive_hook
 
 
 class Net(nn.Module):
@@ -119,29 +120,6 @@ def test_min_channels_as_a_share_of_each_group():
         extract_pruned(pruned, min_channels=0.5)
     assert (pruned[0].out_channels, pruned[3].out_channels) == (4, 8)
     assert torch.allclose(pruned(x), ref, atol=1e-6)
-
-
-def drive_hook(model, hook, iters, grad_fn, on_iter=None):
-    """Run ``hook`` as mmengine would for ``iters`` iterations, with the gates'
-    gradient given by ``grad_fn(it)`` instead of a forward/backward pass."""
-    from types import SimpleNamespace
-
-    from mmengine.logging import MessageHub
-    optimizer = torch.optim.SGD([p for n, p in model.named_parameters()
-                                 if not n.startswith('gdp_gates')], lr=0.1)
-    runner = SimpleNamespace(model=model, iter=0, max_iters=iters, rank=0,
-                             message_hub=MessageHub.get_instance('gdp_drive_hook'),
-                             optim_wrapper=SimpleNamespace(optimizer=optimizer))
-    hook.before_run(runner)
-    hook.before_train(runner)
-    for it in range(iters):
-        runner.iter = it
-        hook.before_train_iter(runner, it)
-        model.gdp_gates.a.grad = grad_fn(it)
-        hook._on_optimizer_step(optimizer, (), {})
-        hook.after_train_iter(runner, it)
-        if on_iter:
-            on_iter(it)
 
 
 def test_normalized_gate_gradient_lets_the_task_loss_rank_channels():

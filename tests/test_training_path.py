@@ -3,13 +3,11 @@ and autocast, AMP, EMA, gradient accumulation and clipping, budgets with a chann
 divisor, gate fingerprints in checkpoints."""
 import copy
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from mmengine.logging import MessageHub
 from mmengine.optim import OptimWrapper
 from torch.overrides import TorchFunctionMode
 
@@ -17,6 +15,7 @@ from gdp_det import gates as gates_mod
 from gdp_det.gates import GateMismatchError
 from gdp_det.hooks import GDPHook
 from test_gdp_training import gdp_cfg
+from hook_driver import drive_hook, fake_runner
 from test_reliability import small_net
 
 # what reads a device tensor back to the host (a CUDA sync)
@@ -53,12 +52,6 @@ def gated_detector(size=(128, 128), config='mmdet::retinanet/retinanet_r50_fpn_1
     cfg = load_config(config)
     cfg.model.backbone.init_cfg = None
     return attach_gates(MODELS.build(cfg.model), size), cfg
-
-
-def fake_runner(model, optim_wrapper, iters, name):
-    return SimpleNamespace(model=model, iter=0, max_iters=iters, rank=0, hooks=[],
-                           message_hub=MessageHub.get_instance(name),
-                           optim_wrapper=optim_wrapper)
 
 
 def test_gated_forward_backward_has_no_host_sync(monkeypatch):
@@ -102,22 +95,17 @@ def test_hook_iteration_needs_at_most_two_syncs():
     model, _ = gated_detector()
     hook = GDPHook(flops_target=0.5, log_interval=1000, num_snapshots=2, export=False,
                    gdp_iters=40, lambda_init=1.0)
-    optimizer = torch.optim.SGD([p for n, p in model.named_parameters()
-                                 if not n.startswith('gdp_gates')], lr=0.1)
-    runner = fake_runner(model, SimpleNamespace(optimizer=optimizer), 40, 'gdp_sync')
-    hook.before_run(runner)
-    hook.before_train(runner)
     gen = torch.Generator().manual_seed(0)
-    worst = 0
-    for it in range(40):
-        runner.iter = it
-        model.gdp_gates.a.grad = 1e-3 * torch.randn(model.gdp_gates.a.shape, generator=gen)
-        with SyncCounter() as counter:
-            hook.before_train_iter(runner, it)
-            hook._on_optimizer_step(optimizer, (), {})
-            hook.after_train_iter(runner, it)
-        if 0 < it < 39:
-            worst = max(worst, len(counter.calls))
+    counters = []
+
+    def counted(it):
+        counters.append(SyncCounter())
+        return counters[-1]
+
+    drive_hook(model, hook, 40,
+               lambda it: 1e-3 * torch.randn(model.gdp_gates.a.shape, generator=gen),
+               iteration_context=counted)
+    worst = max(len(c.calls) for c in counters[1:-1])  # not the snapshot iterations
     assert worst <= 2, worst
     assert (model.gdp_gates.a == 0).any()  # it did cut channels
 
@@ -163,7 +151,7 @@ def _accumulating_run(net, iters, **wrapper_kw):
     wrapper.initialize_count_status(net, 0, iters)
     hook = GDPHook(flops_target=0.9, export=False, gdp_iters=iters, lambda_init=0.0,
                    grad_norm=False, gate_lr=1.0)
-    runner = fake_runner(net, wrapper, iters, f'gdp_accum_{iters}')
+    runner = fake_runner(net, wrapper, iters)
     hook.before_run(runner)
     hook.before_train(runner)
     return wrapper, hook, runner
@@ -231,17 +219,9 @@ def test_budget_with_channel_divisor_lands_on_target(config, min_channels, targe
     model, cfg = gated_detector((128, 128), config)
     hook = GDPHook(flops_target=target, min_channels=min_channels, channel_divisor=8,
                    export=False, gdp_iters=300, lambda_init=1.0, log_interval=1000)
-    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    runner = fake_runner(model, SimpleNamespace(optimizer=optimizer), 300, 'gdp_div')
-    hook.before_run(runner)
-    hook.before_train(runner)
     gen = torch.Generator().manual_seed(0)
-    for it in range(300):
-        runner.iter = it
-        hook.before_train_iter(runner, it)
-        model.gdp_gates.a.grad = torch.randn(model.gdp_gates.a.shape, generator=gen)
-        hook._on_optimizer_step(optimizer, (), {})
-        hook.after_train_iter(runner, it)
+    drive_hook(model, hook, 300,
+               lambda it: torch.randn(model.gdp_gates.a.shape, generator=gen))
     a = model.gdp_gates.a.detach().numpy()
     kept = exported_channels(model.gdp_gates.graph, np.abs(a), min_channels, 8)
     predicted = hook.flops.count(kept) / hook.flops.full
