@@ -40,7 +40,8 @@ class GDPHook(Hook):
     ``a <- sign(a) max(|a| - gate_lr * lambda * w_c, 0)``. With ``grad_norm`` (default)
     ``dL/da`` is divided by its running RMS over all live gates: one scalar, so the
     task loss still ranks the gates, but ``gate_lr`` means the same step size
-    whatever the detector's loss scale. ``w_c`` is each channel's FLOPs cost
+    whatever the detector's loss scale; with ``grad_momentum`` > 0 the step follows a
+    running mean of that normalised gradient instead of one batch's. ``w_c`` is each channel's FLOPs cost
     (relative to the full model, normalised to mean 1) raised to ``cost_power``:
     1 is the paper's FLOPs-weighted penalty, the default 0 a plain L1 that lets the
     task loss alone rank the channels while the budget decides how many go (on the
@@ -55,8 +56,8 @@ class GDPHook(Hook):
     ratio is above ``flops_target`` (or the weight ratio above the optional
     ``params_target``, or the predicted latency ratio above ``latency_target``), by
     ``1 - lambda_rate`` below it (default rate: lambda may
-    grow 1e4-fold over the first half of the phase, so the gates first learn which
-    channels matter and the cut comes around mid-phase), and no step removes more
+    grow 1e4-fold over the first ``lambda_span`` of the phase, so the gates first learn
+    which channels matter and the cut comes within it), and no step removes more
     channels than the budget needs. ``min_channels`` channels per group always
     survive (a count, or a share of each group when in (0, 1), e.g. 0.25 against
     layer collapse). Logs ``gdp/flops_ratio``, ``gdp/lambda``, ``gdp/eps``,
@@ -86,7 +87,8 @@ class GDPHook(Hook):
                  warmup_iters: int = 0, log_interval: int = 50, export: bool = True,
                  num_snapshots: int = 6, params_target: Optional[float] = None,
                  cost_power: float = 0.0, grad_norm: bool = True,
-                 latency_target: Optional[float] = None):
+                 latency_target: Optional[float] = None, grad_momentum: float = 0.0,
+                 lambda_span: float = 0.5):
         if flops_target is None and params_target is None and latency_target is None:
             flops_target = 0.5
         given = dict(flops_target=flops_target, params_target=params_target,
@@ -98,10 +100,17 @@ class GDPHook(Hook):
             raise ValueError(f'GDPHook: cost_power must be >= 0, got {cost_power}')
         if eps_start <= 0 or eps_end <= 0:
             raise ValueError('GDPHook: eps_start and eps_end must be > 0')
+        if not 0 <= grad_momentum < 1:
+            raise ValueError(f'GDPHook: grad_momentum must be in [0, 1), got {grad_momentum}')
+        if not 0 < lambda_span <= 1:
+            raise ValueError(f'GDPHook: lambda_span must be in (0, 1], got {lambda_span}')
         self.flops_target = flops_target
         self.cost_power = cost_power
         self.grad_norm = grad_norm
         self.grad_sq = None  # running mean of the gates' squared gradient (a tensor)
+        self.grad_momentum = grad_momentum
+        self.grad_avg = None  # running mean of the gates' (normalised) gradient
+        self.lambda_span = lambda_span
         self.params_target = params_target
         self.latency_target = latency_target
         self.eps_start, self.eps_end = eps_start, eps_end
@@ -180,8 +189,8 @@ class GDPHook(Hook):
         if self.gdp_iters is None:
             self.gdp_iters = runner.max_iters
         if self.lambda_rate is None:
-            # lambda can grow 1e4-fold over the first half of the GDP phase
-            span = max((self.gdp_iters - self.warmup_iters) / 2, 1)
+            # lambda can grow 1e4-fold over the first lambda_span of the GDP phase
+            span = max((self.gdp_iters - self.warmup_iters) * self.lambda_span, 1)
             self.lambda_rate = min(max(1e4 ** (1 / span) - 1, 1e-3), 0.5)
         self._check_reachable()
         ema = self._ema_model(runner)
@@ -253,6 +262,12 @@ class GDPHook(Hook):
             else:
                 self.grad_sq = 0.99 * torch.as_tensor(self.grad_sq).to(sq) + 0.01 * sq
             grad = grad / self.grad_sq.sqrt().clamp_min(1e-12)
+        if self.grad_momentum:
+            # a running mean over the last ~1 / (1 - momentum) steps: the gates move on
+            # the loss averaged over batches, not on one batch's noise
+            avg = grad if self.grad_avg is None else torch.as_tensor(self.grad_avg).to(grad)
+            self.grad_avg = grad = avg.mul(self.grad_momentum).add_(
+                grad, alpha=1 - self.grad_momentum) * live
         a.sub_(self.gate_lr * grad)
         a.mul_(live)  # a gate at exactly 0 stays there (g'(0) = 0)
 
@@ -347,8 +362,9 @@ class GDPHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         grad_sq = None if self.grad_sq is None else float(self.grad_sq)
+        grad_avg = None if self.grad_avg is None else self.grad_avg.detach().cpu()
         checkpoint['gdp_hook'] = dict(lam=float(self.lam), ratio=float(self.ratio),
-                                      grad_sq=grad_sq,
+                                      grad_sq=grad_sq, grad_avg=grad_avg,
                                       gdp_iters=int(self.gdp_iters or 0),
                                       history=[list(map(float, h)) for h in self.history],
                                       snapshots=[list(map(float, h)) for h in self.snapshots])
@@ -359,6 +375,7 @@ class GDPHook(Hook):
             self.lam = state['lam']
             self.ratio = state['ratio']
             self.grad_sq = state.get('grad_sq')
+            self.grad_avg = state.get('grad_avg')
             self.gdp_iters = state['gdp_iters'] or self.gdp_iters
             self.history = [list(h) for h in state['history']]
             self.snapshots = [list(h) for h in state.get('snapshots', [])]

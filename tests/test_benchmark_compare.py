@@ -31,6 +31,19 @@ def test_plan_orders_by_seed_and_skips_unavailable(monkeypatch):
         C.make_plan(C.Settings(methods=['nope']))
 
 
+def test_gdp_variants_are_selectable_but_not_in_the_default_plan():
+    from gdp_det.hooks import GDPHook
+    import inspect
+    names = [m.name for m in cm.METHODS + cm.GDP_VARIANTS]
+    assert len(names) == len(set(names))
+    assert not set(C.Settings().methods) & {m.name for m in cm.GDP_VARIANTS}
+    runs, _ = C.make_plan(C.Settings(methods=['gdp_phase3'], budgets=[0.5], seeds=[0]))
+    assert [r.name for r in runs] == ['gdp_phase3_b0.5_s0']
+    hook_args = inspect.signature(GDPHook.__init__).parameters
+    for m in cm.GDP_VARIANTS:  # every variant is a valid GDPHook call
+        assert set(cm.gdp_hook_options(m, 0.5)) <= set(hook_args), m.name
+
+
 def test_execute_skips_finished_runs_and_survives_a_failure(tmp_path):
     work = str(tmp_path)
     runs, _ = C.make_plan(C.Settings(methods=['control', 'random'], budgets=[0.5],
@@ -165,7 +178,7 @@ def test_outputs_written_from_fake_results(tmp_path):
     from tools.benchmark_compare import SECTION, write_outputs
     args = argparse.Namespace(out=str(tmp_path / 'compare.json'),
                               results=str(tmp_path / 'RESULTS.md'),
-                              plot=str(tmp_path / 'pareto.png'))
+                              plot=str(tmp_path / 'pareto.png'), section=SECTION)
     from tools.benchmark_compare import OLD_SECTIONS
     (tmp_path / 'RESULTS.md').write_text(f'# benchmarks\n\n## (a) other\n\nkept\n\n'
                                          f'## {OLD_SECTIONS[0]}\n\nold table\n\n## (f) x\n\ny\n')
@@ -177,6 +190,10 @@ def test_outputs_written_from_fake_results(tmp_path):
     assert 'old table' not in md and OLD_SECTIONS[0] not in md
     assert 'Command: `python tools/benchmark_compare.py --seeds 0 1 2`' in md
     assert open(args.plot, 'rb').read(4) == b'\x89PNG'
+    args.section = '(m) GDP variants'  # a tuning run writes its own section, removes none
+    write_outputs(_fake_data(), args, [])
+    md = open(args.results).read()
+    assert f'## {SECTION}' in md and '## (m) GDP variants' in md
 
 
 def test_independent_flops_counter_agrees_with_flops_model():

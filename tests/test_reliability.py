@@ -220,3 +220,57 @@ def test_block_with_all_zero_inner_group_is_removed(tmp_path):
     assert sum(p.numel() for p in block.conv2.parameters()) == 0  # no bias in ResNet
     assert report['max_rel_output_diff'] < 1e-5  # rebuilt from the exported files
     assert report['flops_ratio'] < 0.95
+
+
+
+def _wanted_cut(hook_kwargs, iters=120, noise=0.1, seeds=range(4)):
+    """Over ``seeds``: how many of the channels that a toy loss needs a GDP run at half
+    the FLOPs cuts, and the iteration at which the budget was first met. The toy loss
+    ``sum_c need_c (1 - g_c)^2 / 2`` plus per-batch noise on dL/dg, through
+    ``g = a^2 / (a^2 + eps)``: a channel only feels the loss once its gate drops."""
+    cut, met = 0, []
+    for seed in seeds:
+        net, _ = small_net()
+        gates = net.gdp_gates
+        n = gates.a.numel()
+        need = torch.zeros(n)
+        need[::2] = 1.0
+        gen = torch.Generator().manual_seed(seed)
+        hook = GDPHook(flops_target=0.5, export=False, **hook_kwargs)
+
+        def grad(it):
+            a, eps = gates.a.detach(), gates.eps_value
+            g = a * a / (a * a + eps)
+            dg_da = 2 * a * eps / (a * a + eps) ** 2
+            return dg_da * (-need * (1 - g) + noise * torch.randn(n, generator=gen))
+
+        first = []
+        drive_hook(net, hook, iters, grad,
+                   on_iter=lambda it: first.append(it) if hook.ratio <= 0.5 else None)
+        cut += int(((need > 0) & (gates.a == 0)).sum())
+        met.append(first[0])
+    return cut, met, hook
+
+
+def test_gate_gradient_momentum_averages_out_batch_noise():
+    """A gate feels the loss only in the few steps while it drops; one batch's gradient
+    there is noisy. The default step follows it and cuts needed channels; the running
+    mean (grad_momentum) does not."""
+    cut_plain, _, _ = _wanted_cut(dict())
+    cut_momentum, _, hook = _wanted_cut(dict(grad_momentum=0.9))
+    assert cut_plain >= 4 and cut_momentum == 0
+    ckpt = {}
+    hook.before_save_checkpoint(None, ckpt)  # the running mean is part of the resume state
+    restored = GDPHook(grad_momentum=0.9)
+    restored.after_load_checkpoint(None, ckpt)
+    assert torch.equal(restored.grad_avg, hook.grad_avg.cpu())
+
+
+def test_lambda_span_sets_when_the_budget_is_reached():
+    _, half, _ = _wanted_cut(dict(), seeds=[0])
+    _, quarter, _ = _wanted_cut(dict(lambda_span=0.25), seeds=[0])
+    assert quarter[0] < 0.3 * 120 < half[0] <= 0.55 * 120
+    with pytest.raises(ValueError, match='lambda_span'):
+        GDPHook(lambda_span=0)
+    with pytest.raises(ValueError, match='grad_momentum'):
+        GDPHook(grad_momentum=1.0)

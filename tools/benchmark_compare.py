@@ -100,6 +100,8 @@ def main(argv=None):
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'compare.json'))
     p.add_argument('--results', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
     p.add_argument('--plot', default=osp.join(REPO, 'benchmarks', 'compare_pareto.png'))
+    p.add_argument('--section', default=SECTION, help='the section of --results it writes '
+                   '(e.g. a tuning run of GDP variants beside the comparison)')
     p.add_argument('--dry-run', action='store_true', help='print the plan and the time')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = p.parse_args(argv)
@@ -172,17 +174,17 @@ def write_outputs(data: dict, args, argv) -> None:
     from gdp_det.pipeline.compare_summary import markdown, plot_pareto
     from gdp_det.pipeline.report import atomic_write, update_sections
     atomic_write(args.out, json.dumps(data, indent=2))
-    if osp.isfile(args.results):
+    if osp.isfile(args.results) and args.section == SECTION:
         text = open(args.results).read()
         for title in OLD_SECTIONS:
             text = re.sub(rf'^## {re.escape(title)}\n.*?(?=^## |\Z)', '', text, flags=re.M | re.S)
         atomic_write(args.results, text)
     command = 'python tools/benchmark_compare.py ' + ' '.join(
         sys.argv[1:] if argv is None else argv)
-    update_sections(args.results, [(SECTION, markdown(data, command.strip()))])
+    update_sections(args.results, [(args.section, markdown(data, command.strip()))])
     if data['runs']:
         plot_pareto(data, args.plot)
-    print(f'[compare] wrote {args.out}, {args.results} ({SECTION[:3]}), {args.plot}')
+    print(f'[compare] wrote {args.out}, {args.results} ({args.section[:3]}), {args.plot}')
 
 
 if __name__ == '__main__':

@@ -34,7 +34,7 @@ from ..api import prune_and_export
 from ..cli import gdp_model_cfg, load_state_dict
 from . import compare_methods as cm
 from . import evaluate, gdp_config, phase_schedule, stage, train
-from .compare_methods import METHODS, Method, unavailable
+from .compare_methods import GDP_VARIANTS, METHODS, Method, unavailable
 from .compare_summary import summarize
 from .report import atomic_write
 
@@ -77,7 +77,7 @@ class Run:
 
 
 def select_methods(names: Sequence[str]) -> List[Method]:
-    by_name = {m.name: m for m in METHODS}
+    by_name = {m.name: m for m in METHODS + GDP_VARIANTS}
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise ValueError(f'unknown method(s) {", ".join(unknown)}; known: {", ".join(by_name)}')
@@ -229,9 +229,10 @@ class Comparison:
         cfg = self.seeded(run.seed)
         if run.method.budgeted:
             pruned = stage(d, 'prune', lambda: self._prune(run, cfg, d), self.log)
-            before = stage(d, 'eval_pruned', lambda: evaluate(
+            before_eval = stage(d, 'eval_pruned', lambda: evaluate(
                 self._file_cfg(pruned['config'], run.seed), pruned['checkpoint'],
-                osp.join(d, 'eval_pruned')), self.log)['mAP']
+                osp.join(d, 'eval_pruned')), self.log)
+            before = before_eval['mAP']
         else:
             pruned, before = dict(config=self.base_config, checkpoint=base['checkpoint'],
                                   epochs=0), None
@@ -243,7 +244,8 @@ class Comparison:
             fcfg.load_from = ckpt
             ckpt = stage(d, 'finetune', lambda: dict(checkpoint=train(
                 fcfg, osp.join(d, 'finetune'))), self.log)['checkpoint']
-        after = stage(d, 'eval', lambda: evaluate(pcfg, ckpt, osp.join(d, 'eval')), self.log)
+        after = (before_eval if left <= 0 and before is not None else  # nothing to fine-tune
+                 stage(d, 'eval', lambda: evaluate(pcfg, ckpt, osp.join(d, 'eval')), self.log))
         model = cm.build_model(pruned['config'], ckpt)
         weights = osp.join(d, 'final.pth')
         torch.save(dict(state_dict=model.state_dict()), weights)
@@ -274,13 +276,13 @@ class Comparison:
         out = osp.join(d, 'pruned')
         if m.kind == 'gdp':
             hook = cm.gdp_hook_options(m, budget)
+            epochs = min(m.options.get('gdp_epochs', self.settings.gdp_epochs),
+                         self.settings.epochs)
             gcfg = gdp_config(cfg, hook.pop('flops_target'), self.baseline()['checkpoint'],
-                              self.settings.gdp_epochs, self.input_size,
-                              self.settings.lr_factor, **hook)
+                              epochs, self.input_size, self.settings.lr_factor, **hook)
             train(gcfg, osp.join(d, 'gdp'))
             config = glob.glob(osp.join(d, 'gdp', 'pruned', '*_pruned.py'))[0]
-            return dict(config=config, checkpoint=config[:-3] + '.pth',
-                        epochs=self.settings.gdp_epochs)
+            return dict(config=config, checkpoint=config[:-3] + '.pth', epochs=epochs)
         if m.kind == 'random':
             mcfg = copy.deepcopy(cfg)
             mcfg.model = gdp_model_cfg(cfg, self.input_size)

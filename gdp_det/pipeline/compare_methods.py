@@ -32,7 +32,8 @@ class Method:
 
     ``kind`` says how the baseline is pruned at a FLOPs budget ``b``: ``'control'``
     (not at all; runs once per seed, without a budget), ``'gdp'`` (a GDP phase with
-    ``GDPHook(**options['hook'], <options['budget_key']>=b)``, then its export),
+    ``GDPHook(**options['hook'], <options['budget_key']>=b)`` over
+    ``options['gdp_epochs']`` epochs (default: the comparison's), then its export),
     ``'torch_pruning'`` (MetaPruner with ``options['importance']`` in ``l1``, ``bn``,
     ``taylor`` and ``options['global_pruning']``, its ratio searched to ``b``
     FLOPs) or ``'random'`` (random channels, the same share of every coupled group,
@@ -70,6 +71,30 @@ METHODS: List[Method] = [
     Method('random', 'random', 'random channels, uniform'),
 ]
 REFERENCE = 'gdp'  # the method every other one is compared with
+
+
+def _gdp_variant(name: str, label: str, gdp_epochs: Optional[int] = None, **hook) -> Method:
+    options = dict(budget_key='flops_target', hook=hook)
+    if gdp_epochs is not None:
+        options['gdp_epochs'] = gdp_epochs
+    return Method(f'gdp_{name}', 'gdp', f'GDP, {label}', options)
+
+
+# GDP settings tried against the defaults (`--methods gdp gdp_momentum ...` on a tuning
+# split); not in the default comparison. ``gdp_epochs`` is the length of the GDP phase,
+# of the same total epochs after the baseline.
+GDP_VARIANTS: List[Method] = [
+    _gdp_variant('momentum', 'gate gradient momentum 0.9', grad_momentum=0.9),
+    _gdp_variant('eps1', 'eps 1 -> 1e-4 (soft gates while they are cut)', eps_start=1.0,
+                 eps_end=1e-4),
+    _gdp_variant('eps1_momentum', 'eps 1 -> 1e-4, momentum 0.9', eps_start=1.0, eps_end=1e-4,
+                 grad_momentum=0.9),
+    _gdp_variant('phase3', 'GDP phase = all epochs', gdp_epochs=3),
+    _gdp_variant('phase3_early', 'GDP phase = all epochs, cut in its first quarter',
+                 gdp_epochs=3, lambda_span=0.25),
+    _gdp_variant('lr0.03', 'gate_lr 0.03', gate_lr=0.03),
+    _gdp_variant('cost0.5', 'cost_power 0.5 (half FLOPs-weighted)', cost_power=0.5),
+]
 
 
 def unavailable(method: Method) -> Optional[str]:
