@@ -21,7 +21,7 @@ from gdp_det.hooks import GDPHook
 from gdp_det.latency import (LatencyModel, _call_spec, forward_latencies, plain_copy,
                              uniform_gates)
 from gdp_det.pruner import exported_channels
-from hook_driver import drive_hook
+from gdp_det.testing import drive_hook
 
 GDP_TOY = osp.join(REPO, 'configs', 'gdp', 'toy', 'gdp_retinanet_r18_fpn_toyvoc.py')
 

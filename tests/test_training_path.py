@@ -15,7 +15,7 @@ from gdp_det import gates as gates_mod
 from gdp_det.gates import GateMismatchError
 from gdp_det.hooks import GDPHook
 from test_gdp_training import gdp_cfg
-from hook_driver import drive_hook, fake_runner
+from gdp_det.testing import drive_hook, fake_runner
 from test_reliability import small_net
 
 # what reads a device tensor back to the host (a CUDA sync)
