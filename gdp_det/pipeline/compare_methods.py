@@ -89,6 +89,8 @@ GDP_VARIANTS: List[Method] = [
                  eps_end=1e-4),
     _gdp_variant('eps1_momentum', 'eps 1 -> 1e-4, momentum 0.9', eps_start=1.0, eps_end=1e-4,
                  grad_momentum=0.9),
+    _gdp_variant('eps10_momentum', 'eps 10 -> 1e-4, momentum 0.9', eps_start=10.0,
+                 eps_end=1e-4, grad_momentum=0.9),
     _gdp_variant('phase3', 'GDP phase = all epochs', gdp_epochs=3),
     _gdp_variant('phase3_early', 'GDP phase = all epochs, cut in its first quarter',
                  gdp_epochs=3, lambda_span=0.25),
