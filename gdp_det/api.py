@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
+from .decisions import DecisionLog, relative_difference
 from .detector import detector_forward_fn
 from .export import export_config, pruned_model_cfg, write_export
 from .flops import FlopsModel
@@ -21,24 +22,56 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not n.startswith('gdp_gates'))
 
 
+def _replayed(run, model_a: nn.Module, model_b: nn.Module):
+    """``run(model_a)``, then ``run(model_b)`` with ``model_a``'s decisions replayed
+    (:mod:`gdp_det.decisions`; ``run(model_a)`` once more where some differed, to
+    compare their inputs); returns both results and the log. A model whose forward
+    takes another path raises ``RuntimeError``."""
+    log = DecisionLog()
+    with log.record():
+        a = run(model_a)
+    with log.replay():
+        b = run(model_b)
+    if log.flipped and not log.diverged:
+        with log.compare():
+            run(model_a)
+    if log.diverged:
+        raise RuntimeError(f'GDP export verification failed: the models\' forwards took '
+                           f'different paths ({log.diverged})')
+    return a, b, log
+
+
 @torch.no_grad()
-def max_output_difference(model_a: nn.Module, model_b: nn.Module,
-                          input_size: Tuple[int, int], seeds=(0, 1)) -> float:
-    """Max relative difference of all tensor-mode head outputs on random images."""
-    worst = 0.0
+def output_difference(model_a: nn.Module, model_b: nn.Module,
+                      input_size: Tuple[int, int], seeds=(0, 1)) -> dict:
+    """Tensor-mode head outputs of two detectors on random images.
+
+    ``model_a``'s data-dependent decisions (top-k, NMS, comparisons) are replayed
+    on ``model_b`` (:mod:`gdp_det.decisions`): ``max_diff`` is the max relative
+    difference of the outputs and of the inputs of every decision whose result
+    differed; ``replayed`` counts those decisions.
+    """
+    worst, replayed = 0.0, 0
     for seed in seeds:
         fn = detector_forward_fn(input_size)
-        outs = []
-        for m in (model_a, model_b):
+
+        def run(m):
             m.eval()
             torch.manual_seed(seed)
-            outs.append(flat_tensors(fn(m)))
-        for x, y in zip(*outs):
-            if x.shape != y.shape:
-                return float('inf')
-            scale = max(float(x.abs().max()), 1e-6)
-            worst = max(worst, float((x - y).abs().max()) / scale)
-    return worst
+            return flat_tensors(fn(m))
+        outs_a, outs_b, log = _replayed(run, model_a, model_b)
+        replayed += log.replayed
+        worst = max([worst, log.input_diff] + [relative_difference(x, y)
+                                               for x, y in zip(outs_a, outs_b)])
+        if len(outs_a) != len(outs_b):
+            worst = float('inf')
+    return dict(max_diff=worst, replayed=replayed)
+
+
+def max_output_difference(model_a: nn.Module, model_b: nn.Module,
+                          input_size: Tuple[int, int], seeds=(0, 1)) -> float:
+    """``max_diff`` of :func:`output_difference`."""
+    return output_difference(model_a, model_b, input_size, seeds)['max_diff']
 
 
 @contextlib.contextmanager
@@ -91,28 +124,37 @@ def max_prediction_difference(model_a: nn.Module, model_b: nn.Module,
                               score_tol: float = 1e-4, box_tol: float = 1e-3) -> dict:
     """Predict-mode (after NMS) results of two detectors on one fixed input.
 
-    Score thresholds are set to 0 for the comparison. A detection is matched when
-    the other model has one with the same label, a score within ``score_tol`` and box
-    corners (relative to the image size) within ``box_tol``. Returns ``num_dets`` (of
-    ``model_a``), ``count_diff``, ``matched_share`` (the smaller of the two
-    directions) and ``max_diff`` (the largest box distance among matched detections).
-    Exactly tied scores of a barely trained detector can flip NMS decisions between
-    two models equal to float rounding, so a share slightly below 1 is expected
-    there; a wrongly pruned model matches few detections. When ``model_a`` itself
-    cannot predict (an mmdet bug, e.g. SSDHead in mmdet 3.3 has no ``loss_cls``),
-    returns ``skipped`` with the reason.
+    Score thresholds are set to 0 for the comparison, and ``model_a``'s decisions
+    (top-k, NMS, thresholds) are replayed on ``model_b`` (:mod:`gdp_det.decisions`):
+    scores tied to float rounding (a barely trained head) select the same boxes in
+    both. A detection is matched when the other model has one with the same label, a
+    score within ``score_tol`` and box corners (relative to the image size) within
+    ``box_tol``. Returns ``num_dets`` (of ``model_a``), ``count_diff``,
+    ``matched_share`` (the smaller of the two directions), ``max_diff`` (the largest
+    box distance among matched detections), ``replayed`` (decisions whose result
+    differed) and ``decision_diff`` (the largest relative difference of their
+    inputs). When ``model_a`` itself cannot predict (an mmdet bug, e.g. SSDHead in
+    mmdet 3.3 has no ``loss_cls``), returns ``skipped`` with the reason.
     """
     h, w = input_size
     gen = torch.Generator().manual_seed(seed)
     img = torch.rand(1, 3, h, w, generator=gen) * 255
     meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1., 1.),
                 batch_input_shape=(h, w))
+
+    def run(m):
+        try:
+            return _predict(m, img, meta)
+        except Exception as e:  # noqa: BLE001 - the unpruned model's own predict is broken
+            if m is model_a:
+                raise _CannotPredict(f'{type(e).__name__}: {e}') from e
+            raise
     try:
-        a = _predict(model_a, img, meta)
-    except Exception as e:  # noqa: BLE001 - the unpruned model's own predict is broken
-        return dict(skipped=f'{type(e).__name__}: {e}')
-    b = _predict(model_b, img, meta)
-    result = dict(num_dets=len(a), count_diff=abs(len(a) - len(b)))
+        a, b, log = _replayed(run, model_a, model_b)
+    except _CannotPredict as e:
+        return dict(skipped=str(e))
+    result = dict(num_dets=len(a), count_diff=abs(len(a) - len(b)), replayed=log.replayed,
+                  decision_diff=log.input_diff)
     if len(a) == 0 or len(b) == 0:
         result.update(matched_share=float(len(a) == len(b)), max_diff=0.0)
         return result
@@ -120,6 +162,10 @@ def max_prediction_difference(model_a: nn.Module, model_b: nn.Module,
     result['matched_share'] = min(float(ma.float().mean()), float(mb.float().mean()))
     result['max_diff'] = float(da[ma].max()) if ma.any() else float('inf')
     return result
+
+
+class _CannotPredict(Exception):
+    """The reference model's own predict failed."""
 
 
 def prune_and_export(cfg: Config, gated: nn.Module, out_dir: str, name: Optional[str] = None,
@@ -163,14 +209,19 @@ def prune_and_export(cfg: Config, gated: nn.Module, out_dir: str, name: Optional
     if verify:
         rebuilt = MODELS.build(copy.deepcopy(model_cfg))
         rebuilt.load_state_dict(pruned.state_dict(), strict=True)
-        diff = max_output_difference(gated.cpu(), rebuilt, trace.input_size)
+        tensor = output_difference(gated.cpu(), rebuilt, trace.input_size)
         predict = max_prediction_difference(gated, rebuilt, trace.input_size)
         gated.to(device)
-        report['max_rel_output_diff'] = diff
+        diff = report['max_rel_output_diff'] = tensor['max_diff']
+        report['replayed_decisions'] = tensor['replayed']
         report['predict_check'] = predict
         if not diff <= tolerance:
             raise RuntimeError(f'GDP export verification failed: max relative output '
                                f'difference {diff:.3g} > {tolerance:g}')
+        if not predict.get('decision_diff', 0.0) <= tolerance:
+            raise RuntimeError(f'GDP export verification failed: in predict mode, the inputs '
+                               f'of a selection (top-k, NMS, threshold) differ by '
+                               f'{predict["decision_diff"]:.3g} > {tolerance:g}')
         if not predict.get('matched_share', 1.0) >= 0.9:
             raise RuntimeError(f'GDP export verification failed: only '
                                f'{100 * predict["matched_share"]:.0f} % of the '

@@ -224,9 +224,10 @@ def _subclasses(cls: type) -> Iterator[type]:
 
 
 @contextmanager
-def watch_autograd_functions(callback: Callable[[type, tuple, dict, object], None]):
+def watch_autograd_functions(callback: Callable[[type, tuple, dict, object], object]):
     """Call ``callback(cls, args, kwargs, output)`` after the forward of any custom
-    ``torch.autograd.Function`` that runs while the context is open.
+    ``torch.autograd.Function`` that runs while the context is open; what it returns,
+    unless ``None``, replaces the output.
 
     The hook wraps each subclass's ``forward`` (which ``apply`` looks up per call),
     not ``apply``: extensions bind ``apply`` at import (mmcv:
@@ -249,6 +250,6 @@ def _reporting(cls: type, forward: Callable, callback: Callable) -> Callable:
     @functools.wraps(forward)
     def wrapped(*args, **kwargs):
         out = forward(*args, **kwargs)
-        callback(cls, args, kwargs, out)
-        return out
+        replaced = callback(cls, args, kwargs, out)
+        return out if replaced is None else replaced
     return wrapped
