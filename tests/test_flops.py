@@ -67,3 +67,18 @@ def test_channel_weights_are_the_linearised_cost():
         # removing one channel saves exactly its weight (bilinear, no self-product)
         assert fm.full - fm.count(off) == pytest.approx(float(w[c]), rel=1e-9)
 
+
+
+def test_coupled_groups_cost_most_per_channel(capsys):
+    """Why the FLOPs-weighted penalty (cost_power=1) cut the stem, residual stream and FPN
+    outputs first: a channel of a coupled group is an input and output channel of every
+    member layer (and of the head at every level), so its exact marginal cost is several
+    times the mean; analyze_groups prints it."""
+    from tools.analyze_groups import main as analyze_main
+    from conftest import RETINANET_CFG
+    assert analyze_main([RETINANET_CFG, '--input-size', '128', '128']) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith('FLOPs one')][0]
+    cost = {n: float(c) for n, c in (p.rsplit(' ', 1) for p in line.split(': ', 1)[1].split(', '))}
+    ranked = sorted(cost, key=cost.get, reverse=True)
+    assert ranked[0] == 'backbone.conv1' and cost['backbone.conv1'] > 4
+    assert cost['neck.fpn_convs.0.conv'] > 2 > cost['backbone.layer4.1.conv1'] * 4

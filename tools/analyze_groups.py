@@ -14,6 +14,16 @@ from gdp_det.cli import (ArgumentParser, DictAction, check_writable_dir,  # noqa
                          gdp_model_cfg, load_config, tool_main)
 
 
+def group_costs(graph, flops) -> dict:
+    """Per group: the mean FLOPs of removing one of its channels (the exact marginal
+    cost, every member layer and every call counted), relative to the mean channel."""
+    import numpy as np
+    w = flops.channel_weights(np.ones(graph.num_channels, dtype=bool))
+    w = w / w.mean()
+    return {g.name: float(w[off:off + g.size].mean())
+            for off, g in zip(graph.offsets, graph.groups)}
+
+
 @tool_main
 def main(argv=None) -> int:
     p = ArgumentParser(description=__doc__)
@@ -39,6 +49,10 @@ def main(argv=None) -> int:
     flops = FlopsModel(graph)
     print(graph.summary())
     print(f'FLOPs (MACs) at {model.gdp_gates.trace.input_size}: {flops.full / 1e9:.3f} G')
+    cost = group_costs(graph, flops)
+    print('FLOPs one channel costs, summed over every layer of its group, relative to the '
+          "mean channel (GDPHook's cost_power=1 weights the penalty by it): "
+          + ', '.join(f'{n} {c:.2f}' for n, c in sorted(cost.items(), key=lambda x: -x[1])))
     print('channels kept unpruned because of: ' + '; '.join(sorted(graph.fixed_reasons)))
     if graph.unsupported:
         print('modules the tracer cannot follow channels through (their channels stay '
@@ -50,7 +64,8 @@ def main(argv=None) -> int:
                                         producers=sorted(g.producers),
                                         consumers=sorted(g.consumers),
                                         batchnorms=sorted(g.norms),
-                                        depthwise=sorted(g.carriers)) for g in graph.groups],
+                                        depthwise=sorted(g.carriers),
+                                        channel_cost=cost[g.name]) for g in graph.groups],
                            fixed_reasons=sorted(graph.fixed_reasons),
                            unsupported=graph.unsupported,
                            flops=flops.full), f, indent=2)
