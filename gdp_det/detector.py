@@ -11,7 +11,9 @@ hook and ``load_from`` of a plain checkpoint keeps working::
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+from contextlib import contextmanager
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -20,7 +22,7 @@ import torch.nn as nn
 from mmengine.structures import InstanceData
 
 from .gates import GDPGateSet, TraceSettings, add_gates
-from .graph import ChannelGraph, trace_channel_graph
+from .graph import ChannelGraph, flat_tensors, trace_channel_graph
 
 
 def _guaranteed_proposals(h: int, w: int, num: int, device) -> torch.Tensor:
@@ -33,30 +35,108 @@ def _guaranteed_proposals(h: int, w: int, num: int, device) -> torch.Tensor:
     return torch.stack([cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2], 1)
 
 
+def _trace_sample(h: int, w: int, device):
+    """The data sample of the traced image, with synthetic ground truth: boxes of
+    every scale inside the image (label 0). mmdet's tensor-mode forward of some
+    detectors reads ground truth even in eval mode (CondInst and YOLACT take their
+    mask head's positive samples from ``bbox_head.loss``; Sparse R-CNN's and
+    QueryInst's RoI head assigns its learned proposals); the others never read it."""
+    from mmdet.structures import DetDataSample
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                         pad_shape=(h, w), scale_factor=(1., 1.),
+                                         batch_input_shape=(h, w)))
+    boxes = _guaranteed_proposals(h, w, 7, device)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h - 1)
+    boxes = boxes[(boxes[:, 2] > boxes[:, 0] + 1) & (boxes[:, 3] > boxes[:, 1] + 1)]
+    sample.gt_instances = InstanceData(
+        bboxes=boxes, labels=torch.zeros(len(boxes), dtype=torch.long, device=device))
+    return sample
+
+
+@contextmanager
+def _heads_run_once(model: nn.Module):
+    """While open, a direct child of ``model`` called again on the very same input
+    tensors returns its first output instead of computing it again (mmdet's
+    instance segmentors run ``bbox_head`` for their outputs, then again inside
+    ``bbox_head.loss``; the model at inference runs it once, and so is it counted)."""
+    def memoized(forward):
+        seen: list = []
+
+        @functools.wraps(forward)
+        def run(*args, **kwargs):
+            inputs = flat_tensors((args, kwargs))
+            for before, out in seen:
+                if len(before) == len(inputs) and all(a is b for a, b in zip(before, inputs)):
+                    return out
+            out = forward(*args, **kwargs)
+            if inputs:
+                seen.append((inputs, out))
+            return out
+        return run
+
+    children = [m for m in model.children() if 'forward' not in m.__dict__]
+    for m in children:
+        m.forward = memoized(m.forward)
+    try:
+        yield
+    finally:
+        for m in children:
+            del m.forward
+
+
+def _has_forward(module: nn.Module) -> bool:
+    return type(module).forward is not nn.Module.forward
+
+
+def _rpn_outputs(model: nn.Module, x, sample, num_proposals: int):
+    """The RPN's traced outputs and the proposals the RoI head is traced on.
+
+    The RPN runs in tensor mode (``rpn_head(x)``) where it has a ``forward``, else
+    through its ``predict`` (mmdet's own ``_forward`` does that: Cascade RPN's
+    stages need the anchors refined by the stage before; Sparse R-CNN's proposals
+    are learned). The RoI head always reads guaranteed proposals; per-proposal fields
+    the RPN adds besides boxes and scores (learned proposal features) are kept, and
+    then their count is the proposal count.
+    """
+    h, w = sample.metainfo['img_shape']
+    device = x[0].device
+    if not model.with_rpn:
+        return [], InstanceData(bboxes=_guaranteed_proposals(h, w, num_proposals, device))
+    head = model.rpn_head
+    if _has_forward(head):
+        return [head(x)], InstanceData(
+            bboxes=_guaranteed_proposals(h, w, num_proposals, device))
+    results = head.predict(x, [sample], rescale=False)[0]
+    extra = {k: v for k, v in results.items() if k not in ('bboxes', 'scores', 'labels')}
+    num = len(results) if extra else num_proposals
+    props = InstanceData(bboxes=_guaranteed_proposals(h, w, num, device), **extra)
+    return [results], props
+
+
 def detector_forward_fn(input_size: Tuple[int, int], num_proposals: int = 256):
     """Tensor-mode forward of backbone, neck and every head, for tracing.
 
+    The image's data sample carries synthetic ground truth (:func:`_trace_sample`);
+    a head run twice on the same features counts once (:func:`_heads_run_once`).
     Two-stage detectors: the RoI head is run on guaranteed proposals rather than on
-    the (possibly empty) output of a randomly initialised RPN.
+    the (possibly empty) output of a randomly initialised RPN (:func:`_rpn_outputs`).
     """
     from mmdet.models.detectors import TwoStageDetector
-    from mmdet.structures import DetDataSample
 
     h, w = input_size
 
     def forward(model: nn.Module):
         device = next(model.parameters()).device
         img = torch.randn(1, 3, h, w, device=device)
-        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
-                                             pad_shape=(h, w), scale_factor=(1., 1.),
-                                             batch_input_shape=(h, w)))
-        if isinstance(model, TwoStageDetector):
+        sample = _trace_sample(h, w, device)
+        with _heads_run_once(model):
+            if not isinstance(model, TwoStageDetector):
+                return model._forward(img, [sample])
             x = model.extract_feat(img)
-            outs = [model.rpn_head(x)] if model.with_rpn else []
-            props = InstanceData(bboxes=_guaranteed_proposals(h, w, num_proposals, device))
+            outs, props = _rpn_outputs(model, x, sample, num_proposals)
             outs.append(model.roi_head.forward(x, [props], [sample]))
             return outs
-        return model._forward(img, [sample])
 
     return forward
 
@@ -108,8 +188,12 @@ def check_supported(graph: ChannelGraph, on_unsupported: str = 'keep') -> None:
 
 
 def proposal_count(model: nn.Module, default: int = 256) -> int:
-    """RoIs per image at test time (``test_cfg.rpn.max_per_img``) of a two-stage
-    detector: the count its RoI head's FLOPs are measured at."""
+    """RoIs per image at test time of a two-stage detector (the count of its learned
+    proposals, else ``test_cfg.rpn.max_per_img``): the count its RoI head's FLOPs are
+    measured at."""
+    learned = getattr(getattr(model, 'rpn_head', None), 'num_proposals', None)
+    if isinstance(learned, int):  # learned proposals (Sparse R-CNN's EmbeddingRPNHead)
+        return learned
     rpn = (getattr(model, 'test_cfg', None) or {}).get('rpn') or {}
     return int(rpn.get('max_per_img', rpn.get('nms_post', default)))
 
