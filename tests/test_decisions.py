@@ -3,6 +3,7 @@ float rounding is replayed (the outputs then match); a selection made on inputs 
 really differ is caught there, even when the outputs match after the replay."""
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
 from mmcv.ops import nms
@@ -98,3 +99,11 @@ class Branchy(nn.Module):
 def test_another_path_is_named():
     _, _, log = replayed(Branchy(1.0), Branchy(-1.0), torch.ones(3))
     assert log.diverged == '1 decision(s) fewer than the reference, the first missing one argmax'
+
+
+def test_relative_difference():
+    x = torch.tensor([2.0, float('-inf'), 0.0])
+    assert relative_difference(x, torch.tensor([2.0, float('-inf'), 1e-3])) == pytest.approx(5e-4)
+    assert relative_difference(x, x[:2]) == float('inf')
+    nan = torch.tensor([float('nan'), 1.0])
+    assert relative_difference(nan, nan.clone()) == float('inf')  # NaN verifies nothing
