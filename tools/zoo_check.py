@@ -4,10 +4,11 @@
     OMP_NUM_THREADS=1 python tools/zoo_check.py [--cache-dir DIR] [--md FILE] [--only NAME ...]
 
 For each folder of ``mmdet/.mim/configs`` (detection and instance segmentation) the
-simplest R50/base config is built with random init, a random half of every group's
-gates is zeroed (``--random-gates 0.5 --seed 0``), and the model is pruned, exported,
-rebuilt from disk and compared with the gated model (``tools/prune.py ... --verify``,
-in-process, with the modules the tracer cannot follow kept). Each config runs in a
+simplest R50/base config is built with mmdet's random init (``init_weights``, seeded;
+no pretrained weights), a random half of every group's gates is zeroed
+(``--random-gates 0.5 --seed 0``), and the model is pruned, exported, rebuilt from disk
+and compared with the gated model (``tools/prune.py ... --verify``, in-process, with
+the modules the tracer cannot follow kept). Each config runs in a
 forked worker with a timeout; its result is one JSON file in the cache dir (written
 atomically), so a rerun skips the finished ones. The table goes to ``--md``.
 """
@@ -119,8 +120,9 @@ def _where(e: BaseException) -> str:
 
 
 def build_gated(path: str, folder: str, input_size, share: float, seed: int):
-    """``(cfg, model)``: the config of ``path`` as a ``GDPDetector`` built with random
-    init (seeded) and a random ``share`` of every group's gates zeroed."""
+    """``(cfg, model)``: the config of ``path`` (with its ``CFG_OPTIONS``) as a
+    ``GDPDetector`` built with mmdet's random init (seeded) and a random ``share`` of
+    every group's gates zeroed."""
     import torch
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -276,7 +278,7 @@ def write_md(path: str, rows, results: dict, args) -> dict:
         '# Coverage of the mmdet model zoo',
         '',
         f'Written by `tools/zoo_check.py` (mmdet {mmdet.__version__}): one config per folder of '
-        f'`mmdet/.mim/configs`, built with random init (torch seed {args.seed}) at '
+        f"`mmdet/.mim/configs`, built with mmdet's random init (torch seed {args.seed}) at "
         f'{args.input_size[0]}x{args.input_size[1]}, a random {args.random_gates:g} of every '
         f"group's gates zeroed (seed {args.seed}), pruned, exported, rebuilt from disk and "
         'compared with the gated model (tensor outputs: max relative difference, tolerance '
@@ -301,6 +303,10 @@ def write_md(path: str, rows, results: dict, args) -> dict:
         'diff | predict check | time (s) |',
         '|---|---|---|---|---|---|---|---|---|',
     ]
+    changed = [f for f, _, why in rows if why is None and f in CFG_OPTIONS]
+    if changed:
+        lines += ['', 'Checked with changed model settings (`CFG_OPTIONS` in '
+                  f"`tools/zoo_configs.py`, which says why): {', '.join(changed)}."]
     notes = [f'- **{f}**: {NOTES[f]}' for f, _, _ in rows
              if f in NOTES and results.get(f, {}).get('result') in ('failed', 'refused')]
     if notes:
