@@ -140,17 +140,7 @@ INPUT_SIZE = {'ssd': (320, 320), 'pisa': (320, 320), 'ddod': (512, 512)}
 NEEDS = {'convnext': 'mmpretrain', 'timm_example': 'mmpretrain',  # not in our stack
          'boxinst': 'skimage'}
 
-# why a config fails, where the cause is known (shown under the table)
-NOTES = {
-    'solo': 'open, depends on the random init: one run failed the tensor check on the class '
-            'scores of one grid level, others pass; cause not found yet',
-    'dino': 'open, depends on the random init (one run passed): suspected the top-k query '
-            "selection of DINO's encoder, which a 1e-7 difference can flip; not confirmed",
-    'ddq': 'open, depends on the random init (another run passed): suspected, as for DINO, '
-           'the top-k query selection; not confirmed',
-    'efficientnet': 'open, depends on the random init (other runs lossless): the predict-mode '
-                    'check matched too few detections after NMS; tensor outputs matched',
-    'soft_teacher': 'open: the semi-supervised wrapper (student + teacher) exports a model '
-                    'that differs from the gated one; the verification refuses it, cause not '
-                    'found yet',
-}
+# why a config fails, where the cause is known (shown under the table); the open ones
+# of SOLO, DINO, DDQ, EfficientNet and Soft Teacher were selection flips at near-ties
+# and uninitialised memory, fixed (tests/test_zoo_selections.py)
+NOTES: dict = {}
