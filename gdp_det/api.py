@@ -74,10 +74,15 @@ def max_output_difference(model_a: nn.Module, model_b: nn.Module,
     return output_difference(model_a, model_b, input_size, seeds)['max_diff']
 
 
+SCORE_THRESHOLDS = ('score_thr', 'filter_thr', 'mask_thr')
+
+
 @contextlib.contextmanager
 def _all_detections(model: nn.Module):
-    """Every head's test config with ``score_thr`` 0 (randomly initialised heads score
-    below mmdet's thresholds), as a ``ConfigDict`` (mmdet's post-processing reads
+    """Every head's test config with its thresholds 0 (``score_thr``; SOLO's
+    ``filter_thr`` and ``mask_thr``: randomly initialised heads score below mmdet's
+    thresholds, and SOLO drops the instances whose binarised mask is empty), as a
+    ``ConfigDict`` (mmdet's post-processing reads
     attributes; a model built from plain dicts has plain ones); restored afterwards."""
     saved = []
     for m in model.modules():
@@ -85,8 +90,9 @@ def _all_detections(model: nn.Module):
         if isinstance(cfg, dict):
             new = ConfigDict(copy.deepcopy(cfg))
             for c in (new, new.get('rcnn')):
-                if isinstance(c, dict) and c.get('score_thr') is not None:
-                    c['score_thr'] = 0.0
+                for key in SCORE_THRESHOLDS:
+                    if isinstance(c, dict) and c.get(key) is not None:
+                        c[key] = 0.0
             saved.append((m, cfg))
             m.test_cfg = new
     try:

@@ -81,3 +81,13 @@ def test_nms_over_tied_scores_is_replayed(monkeypatch):
     check = max_prediction_difference(gated, pruned, SIZE)
     assert check['replayed'] >= 1 and check['decision_diff'] <= 1e-4
     assert check['matched_share'] == 1.0 and check['max_diff'] <= 1e-6
+
+
+@pytest.mark.slow
+def test_solo_predict_check_compares_detections():
+    """SOLO filters its instances at ``filter_thr`` (0.05) and drops those whose mask
+    binarised at ``mask_thr`` is empty: with mmdet's init every score is about 0.01 and
+    every mask empty, so the check compared 0 detections until those were zeroed too."""
+    gated, pruned = gated_and_pruned('solo', 0)
+    check = max_prediction_difference(gated, pruned, SIZE)
+    assert check['num_dets'] > 0 and check['matched_share'] >= 0.9
