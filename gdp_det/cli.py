@@ -167,6 +167,40 @@ def gdp_model_cfg(cfg: Config, input_size: Optional[Sequence[int]] = None,
     return model
 
 
+def no_pretrained(cfg) -> None:
+    """No ``Pretrained`` init_cfg anywhere in the (model) config ``cfg``: random init,
+    no download."""
+    items = cfg.items() if isinstance(cfg, dict) else enumerate(cfg)
+    for k, v in items:
+        kinds = [c.get('type') for c in (v if isinstance(v, list) else [v])
+                 if isinstance(c, dict)]
+        if k == 'init_cfg' and 'Pretrained' in kinds:
+            cfg[k] = None
+        elif isinstance(v, (dict, list)):
+            no_pretrained(v)
+
+
+def build_randomly_initialised(model_cfg: dict, seed: int) -> torch.nn.Module:
+    """``model_cfg`` built with mmdet's own random init, as the Runner does it
+    (``init_weights``), seeded, without any pretrained weights. Parameters allocated with
+    ``torch.Tensor(...)`` (DINO's and DDQ's ``level_embed``) hold leftover memory until
+    ``init_weights``; EmbeddingRPNHead's learned proposals are random boxes until then."""
+    import logging
+    from mmdet.registry import MODELS
+    from mmengine.logging import MMLogger
+    no_pretrained(model_cfg)
+    torch.manual_seed(seed)
+    model = MODELS.build(model_cfg)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # not its one INFO line per parameter
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+    return model
+
+
 def load_state_dict(path: str) -> dict:
     if not osp.isfile(path):
         raise UserError(f'checkpoint not found: {path} (check the path)')

@@ -130,3 +130,20 @@ def test_pruning_one_fpn_group_keeps_the_other(group, tmp_path):
     _, report, _ = prune_and_export(cfg, model, str(tmp_path), name='r50')
     assert report['max_rel_output_diff'] <= 1e-4
     assert report['widths'][group]['out_channels'] == 56
+
+
+def test_random_gates_build_uses_mmdets_init_seeded(tmp_path):
+    """Without a checkpoint the model gets mmdet's own init (as the Runner gives it),
+    seeded: RetinaNet's classifier bias is the prior-probability constant, and the same
+    seed gives the same export."""
+    states = []
+    for run in ('a', 'b'):
+        out = tmp_path / run
+        assert prune_main(['configs/toy/retinanet_r18_fpn_toyvoc.py', '--random-gates', '0.5',
+                           '--seed', '3', '--out-dir', str(out), '--input-size', '64',
+                           '64']) == 0
+        states.append(torch.load(next(out.glob('*_pruned.pth')), weights_only=False)
+                      ['state_dict'])
+    bias = states[0]['bbox_head.retina_cls.bias']
+    assert torch.allclose(bias, torch.full_like(bias, -4.59512), atol=1e-4)  # bias_prob 0.01
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -17,7 +17,8 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
-from gdp_det.cli import (ArgumentParser, DictAction, UserError, check_state_dict,  # noqa: E402
+from gdp_det.cli import (ArgumentParser, DictAction, UserError,  # noqa: E402
+                         build_randomly_initialised, check_state_dict,
                          check_writable_dir, gdp_model_cfg, load_config, load_state_dict,
                          tool_main)
 
@@ -79,9 +80,10 @@ def main(argv=None) -> int:
     if args.checkpoint:
         state = load_state_dict(args.checkpoint)
     cfg.model = gdp_model_cfg(cfg, args.input_size, args.exclude, args.on_unsupported)
-    if args.checkpoint is None and 'init_cfg' in cfg.model['detector'].get('backbone', {}):
-        cfg.model['detector']['backbone']['init_cfg'] = None  # no download for a check
-    model = MODELS.build(cfg.model)
+    if args.checkpoint:
+        model = MODELS.build(cfg.model)
+    else:  # mmdet's own random init, no download
+        model = build_randomly_initialised(cfg.model, args.seed)
     if args.checkpoint:
         check_state_dict(model, state, args.checkpoint, need_gates=args.random_gates is None)
         model.load_state_dict(state, strict=False)

@@ -13,9 +13,7 @@ forked worker with a timeout; its result is one JSON file in the cache dir (writ
 atomically), so a rerun skips the finished ones. The table goes to ``--md``.
 """
 import argparse
-import contextlib
 import json
-import logging
 import multiprocessing as mp
 import os
 import os.path as osp
@@ -123,10 +121,8 @@ def build_gated(path: str, folder: str, input_size, share: float, seed: int):
     """``(cfg, model)``: the config of ``path`` (with its ``CFG_OPTIONS``) as a
     ``GDPDetector`` built with mmdet's random init (seeded) and a random ``share`` of
     every group's gates zeroed."""
-    import torch
-    from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
-    from gdp_det.cli import gdp_model_cfg, load_config
+    from gdp_det.cli import build_randomly_initialised, gdp_model_cfg, load_config
     from tools.prune import randomize_gates
     register_all_modules(init_default_scope=True)
     cfg = load_config(path)
@@ -135,15 +131,7 @@ def build_gated(path: str, folder: str, input_size, share: float, seed: int):
         cfg.model.teacher_config = osp.join(configs_dir(), cfg.model.teacher_config)
     _no_sync_bn(cfg.model)
     cfg.model = gdp_model_cfg(cfg, input_size, (), on_unsupported='keep')
-    _no_pretrained(cfg.model)
-    torch.manual_seed(seed)  # the random init: results are reproducible
-    model = MODELS.build(cfg.model)
-    # mmdet's own init, as the Runner's: parameters allocated with torch.Tensor(...)
-    # (DINO's and DDQ's level_embed) hold whatever memory was there until then, and
-    # EmbeddingRPNHead's learned proposals (Sparse R-CNN, QueryInst) are random boxes
-    # until it sets them to the whole image
-    with _log_level(logging.WARNING):  # not its one INFO line per parameter
-        model.init_weights()
+    model = build_randomly_initialised(cfg.model, seed)  # reproducible
     randomize_gates(model.gdp_gates, share, seed)
     return cfg, model
 
@@ -161,31 +149,6 @@ def _prune_check(path, folder, input_size, share, seed, tolerance, out_dir) -> d
                 kept=shorten(kept), kept_ops=sorted(set(graph.unsupported.values())),
                 unprunable_share=unprunable_share(graph),
                 max_diff=report['max_rel_output_diff'], predict_check=report['predict_check'])
-
-
-@contextlib.contextmanager
-def _log_level(level: int):
-    """The current MMLogger at ``level`` inside the block."""
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_current_instance()
-    before = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(before)
-
-
-def _no_pretrained(cfg) -> None:
-    """No ``Pretrained`` init_cfg anywhere in ``cfg`` (random init, no download)."""
-    items = cfg.items() if isinstance(cfg, dict) else enumerate(cfg)
-    for k, v in items:
-        kinds = [c.get('type') for c in (v if isinstance(v, list) else [v])
-                 if isinstance(c, dict)]
-        if k == 'init_cfg' and 'Pretrained' in kinds:
-            cfg[k] = None
-        elif isinstance(v, (dict, list)):
-            _no_pretrained(v)
 
 
 def _no_sync_bn(cfg) -> None:
