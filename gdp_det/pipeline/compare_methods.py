@@ -94,6 +94,8 @@ GDP_VARIANTS: List[Method] = [
     _gdp_variant('phase3', 'GDP phase = all epochs', gdp_epochs=3),
     _gdp_variant('momentum_phase3', 'momentum 0.9, GDP phase = all epochs', gdp_epochs=3,
                  grad_momentum=0.9),
+    _gdp_variant('momentum_phase3_early', 'momentum 0.9, GDP phase = all epochs, cut in its '
+                 'first quarter', gdp_epochs=3, grad_momentum=0.9, lambda_span=0.25),
     _gdp_variant('phase3_early', 'GDP phase = all epochs, cut in its first quarter',
                  gdp_epochs=3, lambda_span=0.25),
     _gdp_variant('lr0.03', 'gate_lr 0.03', gate_lr=0.03),
