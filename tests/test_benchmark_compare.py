@@ -253,3 +253,8 @@ def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0  # everything finished: no run again
     assert '2 of 2 runs finished earlier' in capsys.readouterr().out
+    # a method with no finished run: --collect-only reports what finished, runs nothing
+    argv[argv.index('random')] = 'gdp_momentum'
+    assert main(argv + ['--collect-only']) == 0
+    assert {r['method'] for r in json.load(open(out))['runs']} == {'control'}
+    assert not (work / 'runs' / 'gdp_momentum_b0.5_s0').exists()

@@ -103,6 +103,8 @@ def main(argv=None):
     p.add_argument('--section', default=SECTION, help='the section of --results it writes '
                    '(e.g. a tuning run of GDP variants beside the comparison)')
     p.add_argument('--dry-run', action='store_true', help='print the plan and the time')
+    p.add_argument('--collect-only', action='store_true',
+                   help='run nothing: write the outputs from the runs finished so far')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = p.parse_args(argv)
     if any(not 0 < b < 1 for b in args.budgets):
@@ -140,8 +142,9 @@ def main(argv=None):
         cfg = point_data(cfg, args.data, args.val_data)
     comparison = C.Comparison(cfg, args.work_dir, settings)
     n_train, n_test = _count(args.data, 'trainval', 480), _count(args.val_data, 'test', 1000)
-    failed = C.execute(runs, comparison.work_dir, comparison.run,
-                       lambda r, done: C.estimate_seconds(r, settings, n_train, n_test, done))
+    failed = [] if args.collect_only else C.execute(
+        runs, comparison.work_dir, comparison.run,
+        lambda r, done: C.estimate_seconds(r, settings, n_train, n_test, done))
     write_outputs(C.collect(comparison, runs, skipped, failed), args, argv)
     return 1 if failed else 0
 
