@@ -26,15 +26,15 @@ test: setup
 test-fast: setup
 	$(call pytest,-m "not slow")
 
-# The main job on the bundled toy data: baseline -> GDP to 50 % FLOPs -> lossless
-# prune/export -> fine-tune -> evaluation -> work_dirs/demo/report.md (+ plots).
-# Rerunning it skips the stages that finished.
+# The main job on the bundled toy data: baseline -> 3 GDP epochs to 50 % FLOPs (the cut comes
+# early in the phase, the rest trains at the budget) -> lossless prune/export -> evaluation
+# -> work_dirs/demo/report.md (+ plots). Rerunning it skips the stages that finished.
 demo: setup
 	@if [ ! -f $(DATA)/VOC2007/ImageSets/Main/test.txt ]; then \
 	  $(PY) tools/make_toy_voc.py --out $(DATA) --num-train 480 --num-val 120 --seed 0 --coco; \
 	fi
 	$(PY) tools/gdp_prune_pipeline.py configs/toy/retinanet_r18_fpn_toyvoc.py \
-	  --flops-target 0.5 --min-channels 0.25 --gdp-epochs 2 --finetune-epochs 1 \
+	  --flops-target 0.5 --min-channels 0.25 --gdp-epochs 3 --finetune-epochs 0 \
 	  --work-dir $(DEMO_DIR)
 
 # The comparison of pruners (issue 13): a converged baseline, then the no-pruning control,
@@ -48,4 +48,4 @@ compare: setup
 	  || echo "make compare: no Torch-Pruning; its rows are reported as skipped" >&2
 	$(PY) tools/benchmark_compare.py --work-dir $(COMPARE_DIR) --data $(DATA) \
 	  --val-data data/toyvoc_val1000 --num-val 1000 --val-seed 1 --budgets 0.5 0.3 \
-	  --seeds 0 1 2 --epochs 3 --gdp-epochs 2 $(COMPARE_ARGS)
+	  --seeds 0 1 2 --epochs 3 --gdp-epochs 3 $(COMPARE_ARGS)

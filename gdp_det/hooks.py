@@ -40,8 +40,10 @@ class GDPHook(Hook):
     ``a <- sign(a) max(|a| - gate_lr * lambda * w_c, 0)``. With ``grad_norm`` (default)
     ``dL/da`` is divided by its running RMS over all live gates: one scalar, so the
     task loss still ranks the gates, but ``gate_lr`` means the same step size
-    whatever the detector's loss scale; with ``grad_momentum`` > 0 the step follows a
-    running mean of that normalised gradient instead of one batch's. ``w_c`` is each channel's FLOPs cost
+    whatever the detector's loss scale; the step follows a running mean of that
+    normalised gradient (``grad_momentum``, default 0.9; 0: one batch's gradient): a
+    gate feels the loss only in the few steps while it drops towards 0, and one
+    batch's gradient there is mostly noise (benchmarks/RESULTS.md (m), (n)). ``w_c`` is each channel's FLOPs cost
     (relative to the full model, normalised to mean 1) raised to ``cost_power``:
     1 is the paper's FLOPs-weighted penalty, the default 0 a plain L1 that lets the
     task loss alone rank the channels while the budget decides how many go (on the
@@ -87,7 +89,7 @@ class GDPHook(Hook):
                  warmup_iters: int = 0, log_interval: int = 50, export: bool = True,
                  num_snapshots: int = 6, params_target: Optional[float] = None,
                  cost_power: float = 0.0, grad_norm: bool = True,
-                 latency_target: Optional[float] = None, grad_momentum: float = 0.0,
+                 latency_target: Optional[float] = None, grad_momentum: float = 0.9,
                  lambda_span: float = 0.5):
         if flops_target is None and params_target is None and latency_target is None:
             flops_target = 0.5

@@ -178,7 +178,8 @@ def test_outputs_written_from_fake_results(tmp_path):
     from tools.benchmark_compare import SECTION, write_outputs
     args = argparse.Namespace(out=str(tmp_path / 'compare.json'),
                               results=str(tmp_path / 'RESULTS.md'),
-                              plot=str(tmp_path / 'pareto.png'), section=SECTION)
+                              plot=str(tmp_path / 'pareto.png'), section=SECTION,
+                              note=None)
     from tools.benchmark_compare import OLD_SECTIONS
     (tmp_path / 'RESULTS.md').write_text(f'# benchmarks\n\n## (a) other\n\nkept\n\n'
                                          f'## {OLD_SECTIONS[0]}\n\nold table\n\n## (f) x\n\ny\n')
@@ -190,10 +191,15 @@ def test_outputs_written_from_fake_results(tmp_path):
     assert 'old table' not in md and OLD_SECTIONS[0] not in md
     assert 'Command: `python tools/benchmark_compare.py --seeds 0 1 2`' in md
     assert open(args.plot, 'rb').read(4) == b'\x89PNG'
+    assert 'no default was tuned on it' in md
     args.section = '(m) GDP variants'  # a tuning run writes its own section, removes none
+    args.note = 'Rows labelled GDP: the defaults before.'
     write_outputs(_fake_data(), args, [])
     md = open(args.results).read()
     assert f'## {SECTION}' in md and '## (m) GDP variants' in md
+    tuned = md.split('## (m) GDP variants')[1]
+    assert 'the split the GDP defaults were chosen on' in tuned
+    assert tuned.rstrip().endswith('Rows labelled GDP: the defaults before.')
 
 
 def test_independent_flops_counter_agrees_with_flops_model():

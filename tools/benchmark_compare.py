@@ -93,7 +93,8 @@ def main(argv=None):
     p.add_argument('--budgets', nargs='+', type=float, default=[0.5, 0.3])
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--epochs', type=int, default=3, help='training epochs after the baseline')
-    p.add_argument('--gdp-epochs', type=int, default=2, help='of them in the GDP phase')
+    p.add_argument('--gdp-epochs', type=int, default=3,
+                   help='of them in the GDP phase (the rest: fine-tune after its export)')
     p.add_argument('--lr-factor', type=float, default=0.1)
     p.add_argument('--latency-repeats', type=int, default=20)
     p.add_argument('--threads', type=int, default=1, help='torch threads of the latency runs')
@@ -102,6 +103,7 @@ def main(argv=None):
     p.add_argument('--plot', default=osp.join(REPO, 'benchmarks', 'compare_pareto.png'))
     p.add_argument('--section', default=SECTION, help='the section of --results it writes '
                    '(e.g. a tuning run of GDP variants beside the comparison)')
+    p.add_argument('--note', help='a paragraph added under the table')
     p.add_argument('--dry-run', action='store_true', help='print the plan and the time')
     p.add_argument('--collect-only', action='store_true',
                    help='run nothing: write the outputs from the runs finished so far')
@@ -184,7 +186,8 @@ def write_outputs(data: dict, args, argv) -> None:
         atomic_write(args.results, text)
     command = 'python tools/benchmark_compare.py ' + ' '.join(
         sys.argv[1:] if argv is None else argv)
-    update_sections(args.results, [(args.section, markdown(data, command.strip()))])
+    lines = markdown(data, command.strip(), tuning=args.section != SECTION)
+    update_sections(args.results, [(args.section, lines + ([args.note] if args.note else []))])
     if data['runs']:
         plot_pareto(data, args.plot)
     print(f'[compare] wrote {args.out}, {args.results} ({args.section[:3]}), {args.plot}')

@@ -25,17 +25,17 @@ from gdp_det.cli import ArgumentParser, check_writable_dir, tool_main  # noqa: E
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '(n) Gate selection on a toy loss with known channel needs'
 SOFT = dict(eps_start=1.0, eps_end=1e-4)
+PLAIN = dict(grad_momentum=0.0)  # one batch's gradient: the defaults before issue 13
 SETTINGS = [  # (label, GDPHook arguments)
-    ('defaults before issue 13 (eps 1e-2 -> 1e-6)', {}),
-    ('gate gradient momentum 0.9', dict(grad_momentum=0.9)),
-    ('cut in the first quarter (lambda_span 0.25)', dict(lambda_span=0.25)),
-    ('gate_lr 0.03', dict(gate_lr=0.03)),
-    ('eps 1e-1 -> 1e-6', dict(eps_start=0.1)),
-    ('eps 1 -> 1e-4', SOFT),
-    ('eps 1 -> 1e-4, momentum 0.9', dict(SOFT, grad_momentum=0.9)),
-    ('eps 1 -> 1e-4, momentum 0.9, lambda_span 0.25',
-     dict(SOFT, grad_momentum=0.9, lambda_span=0.25)),
-    ('eps 10 -> 1e-4, momentum 0.9', dict(eps_start=10.0, eps_end=1e-4, grad_momentum=0.9)),
+    ('no gate momentum (the defaults before issue 13)', PLAIN),
+    ('gate gradient momentum 0.9 (default)', {}),
+    ('no momentum, cut in the first quarter (lambda_span 0.25)', dict(PLAIN, lambda_span=0.25)),
+    ('momentum, cut in the first quarter (lambda_span 0.25)', dict(lambda_span=0.25)),
+    ('no momentum, gate_lr 0.03', dict(PLAIN, gate_lr=0.03)),
+    ('no momentum, eps 1e-1 -> 1e-6', dict(PLAIN, eps_start=0.1)),
+    ('no momentum, eps 1 -> 1e-4', dict(PLAIN, **SOFT)),
+    ('momentum, eps 1 -> 1e-4', SOFT),
+    ('momentum, eps 10 -> 1e-4', dict(eps_start=10.0, eps_end=1e-4)),
 ]
 
 

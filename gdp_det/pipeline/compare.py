@@ -53,7 +53,7 @@ class Settings:
     budgets: Sequence[float] = (0.5, 0.3)
     seeds: Sequence[int] = (0, 1, 2)
     epochs: int = 3
-    gdp_epochs: int = 2
+    gdp_epochs: int = 3
     lr_factor: float = 0.1
     baseline_checkpoint: Optional[str] = None
     patience: int = 3

@@ -126,11 +126,14 @@ def _budget_use(run: dict, base: dict) -> Tuple[dict, str, Optional[float]]:
                        else run['latency_ms'] / base['latency_ms'])
 
 
-def markdown(data: dict, command: str = '') -> List[str]:
-    """The RESULTS.md section of a comparison (lines)."""
+def markdown(data: dict, command: str = '', tuning: bool = False) -> List[str]:
+    """The RESULTS.md section of a comparison (lines); ``tuning``: its test split is
+    the one the GDP defaults are chosen on (a run of GDP variants)."""
     s, base, summary = data['settings'], data['baseline'], data['summary']
     labels = {r['method']: r['label'] for r in summary['rows']}
-    lines = [f'Test split `{s["test_split"]}` (no default was tuned on it), mAP@0.5; '
+    split_note = ('the split the GDP defaults were chosen on' if tuning
+                  else 'no default was tuned on it')
+    lines = [f'Test split `{s["test_split"]}` ({split_note}), mAP@0.5; '
              f'tuning split `{s["tuning_split"]}` (baseline convergence: patience '
              f'{s["patience"]} epochs); every method from the same baseline with '
              f'{s["epochs"]} training epochs after it (GDP: {s["gdp_epochs"]} in its phase) '
@@ -156,7 +159,7 @@ def markdown(data: dict, command: str = '') -> List[str]:
                      f'{_stat(r["flops_ratio"], 3)} | {_stat(r["latency_ms"], 1)} | '
                      f'{_stat(r["params"], 2, 1e-6)} | {_stat(r["mAP_before_finetune"], 3)} | '
                      f'{_stat(r["mAP"], 3)} | {diffs} |')
-    if summary['equal_latency']:
+    if any(e['mAP'] for e in summary['equal_latency']):
         lines += ['', "At equal latency: each method's mAP per seed, interpolated between its "
                   "budgets at the mean latency of GDP's models (— where that latency is "
                   "outside the method's range).", '',
