@@ -268,7 +268,9 @@ def _checks(model_cfg, gated: nn.Module, pruned: nn.Module, input_size) -> dict:
     """Both checks of :func:`_verified`, in the precision of ``pruned``."""
     from mmdet.registry import MODELS
     dtype = next(pruned.parameters()).dtype
-    rebuilt = MODELS.build(copy.deepcopy(model_cfg)).to(dtype)
+    rebuilt = MODELS.build(copy.deepcopy(model_cfg))
+    if dtype == torch.float64:  # (not .to(dtype): mmdet's KD detectors override to(device))
+        rebuilt = rebuilt.double()
     rebuilt.load_state_dict(pruned.state_dict(), strict=True)
     tensor = output_difference(gated, rebuilt, input_size)
     return dict(max_rel_output_diff=tensor['max_diff'], replayed_decisions=tensor['replayed'],

@@ -168,13 +168,14 @@ def gdp_model_cfg(cfg: Config, input_size: Optional[Sequence[int]] = None,
 
 
 def no_pretrained(cfg) -> None:
-    """No ``Pretrained`` init_cfg anywhere in the (model) config ``cfg``: random init,
-    no download."""
+    """No init_cfg that loads weights anywhere in the (model) config ``cfg`` (type
+    ``Pretrained``, or a ``checkpoint`` that a backbone loads itself, as PVT's): random
+    init, no download."""
     items = cfg.items() if isinstance(cfg, dict) else enumerate(cfg)
     for k, v in items:
-        kinds = [c.get('type') for c in (v if isinstance(v, list) else [v])
-                 if isinstance(c, dict)]
-        if k == 'init_cfg' and 'Pretrained' in kinds:
+        inits = [c for c in (v if isinstance(v, list) else [v]) if isinstance(c, dict)]
+        if k == 'init_cfg' and any(c.get('type') == 'Pretrained' or 'checkpoint' in c
+                                   for c in inits):
             cfg[k] = None
         elif isinstance(v, (dict, list)):
             no_pretrained(v)

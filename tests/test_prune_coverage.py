@@ -147,3 +147,13 @@ def test_random_gates_build_uses_mmdets_init_seeded(tmp_path):
     bias = states[0]['bbox_head.retina_cls.bias']
     assert torch.allclose(bias, torch.full_like(bias, -4.59512), atol=1e-4)  # bias_prob 0.01
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_no_pretrained_drops_every_weight_loading_init_cfg():
+    from gdp_det.cli import no_pretrained
+    cfg = dict(backbone=dict(init_cfg=dict(checkpoint='https://x/pvt_tiny.pth')),  # PVT's
+               neck=dict(init_cfg=[dict(type='Pretrained', checkpoint='y')]),
+               head=dict(init_cfg=dict(type='Normal', std=0.01)))
+    no_pretrained(cfg)
+    assert cfg['backbone']['init_cfg'] is None and cfg['neck']['init_cfg'] is None
+    assert cfg['head']['init_cfg'] == dict(type='Normal', std=0.01)
