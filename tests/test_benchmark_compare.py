@@ -42,6 +42,8 @@ def test_gdp_variants_are_selectable_but_not_in_the_default_plan():
     hook_args = inspect.signature(GDPHook.__init__).parameters
     for m in cm.GDP_VARIANTS:  # every variant is a valid GDPHook call
         assert set(cm.gdp_hook_options(m, 0.5)) <= set(hook_args), m.name
+        # and states what the defaults changed in issue 13, so it keeps its meaning
+        assert 'grad_momentum' in m.options['hook'] and 'gdp_epochs' in m.options, m.name
 
 
 def test_execute_skips_finished_runs_and_survives_a_failure(tmp_path):

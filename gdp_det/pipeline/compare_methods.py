@@ -80,26 +80,31 @@ def _gdp_variant(name: str, label: str, gdp_epochs: Optional[int] = None, **hook
     return Method(f'gdp_{name}', 'gdp', f'GDP, {label}', options)
 
 
-# GDP settings tried against the defaults (`--methods gdp gdp_momentum ...` on a tuning
-# split); not in the default comparison. ``gdp_epochs`` is the length of the GDP phase,
-# of the same total epochs after the baseline.
+# GDP settings tried on a tuning split (`--methods gdp_before13 gdp_momentum ...`,
+# benchmarks/RESULTS.md (m)); not in the default comparison. Each states the gate momentum
+# and the GDP phase length (``gdp_epochs`` of the same total epochs after the baseline)
+# it was measured with, so it keeps its meaning when the defaults change.
+_BEFORE_13 = dict(grad_momentum=0.0, gdp_epochs=2)  # the defaults before issue 13
 GDP_VARIANTS: List[Method] = [
-    _gdp_variant('momentum', 'gate gradient momentum 0.9', grad_momentum=0.9),
+    _gdp_variant('before13', 'defaults before issue 13 (no gate momentum, 2 GDP epochs)',
+                 **_BEFORE_13),
+    _gdp_variant('momentum', 'gate gradient momentum 0.9',
+                 **dict(_BEFORE_13, grad_momentum=0.9)),
     _gdp_variant('eps1', 'eps 1 -> 1e-4 (soft gates while they are cut)', eps_start=1.0,
-                 eps_end=1e-4),
+                 eps_end=1e-4, **_BEFORE_13),
     _gdp_variant('eps1_momentum', 'eps 1 -> 1e-4, momentum 0.9', eps_start=1.0, eps_end=1e-4,
-                 grad_momentum=0.9),
+                 **dict(_BEFORE_13, grad_momentum=0.9)),
     _gdp_variant('eps10_momentum', 'eps 10 -> 1e-4, momentum 0.9', eps_start=10.0,
-                 eps_end=1e-4, grad_momentum=0.9),
-    _gdp_variant('phase3', 'GDP phase = all epochs', gdp_epochs=3),
-    _gdp_variant('momentum_phase3', 'momentum 0.9, GDP phase = all epochs', gdp_epochs=3,
-                 grad_momentum=0.9),
+                 eps_end=1e-4, **dict(_BEFORE_13, grad_momentum=0.9)),
+    _gdp_variant('phase3', 'GDP phase = all epochs', **dict(_BEFORE_13, gdp_epochs=3)),
+    _gdp_variant('momentum_phase3', 'momentum 0.9, GDP phase = all epochs',
+                 gdp_epochs=3, grad_momentum=0.9),
     _gdp_variant('momentum_phase3_early', 'momentum 0.9, GDP phase = all epochs, cut in its '
                  'first quarter', gdp_epochs=3, grad_momentum=0.9, lambda_span=0.25),
     _gdp_variant('phase3_early', 'GDP phase = all epochs, cut in its first quarter',
-                 gdp_epochs=3, lambda_span=0.25),
-    _gdp_variant('lr0.03', 'gate_lr 0.03', gate_lr=0.03),
-    _gdp_variant('cost0.5', 'cost_power 0.5 (half FLOPs-weighted)', cost_power=0.5),
+                 lambda_span=0.25, **dict(_BEFORE_13, gdp_epochs=3)),
+    _gdp_variant('lr0.03', 'gate_lr 0.03', gate_lr=0.03, **_BEFORE_13),
+    _gdp_variant('cost0.5', 'cost_power 0.5 (half FLOPs-weighted)', cost_power=0.5, **_BEFORE_13),
 ]
 
 
