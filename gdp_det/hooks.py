@@ -43,9 +43,9 @@ class GDPHook(Hook):
     whatever the detector's loss scale; the step follows a running mean of that
     normalised gradient (``grad_momentum``, default 0.9; 0: one batch's gradient): a
     gate feels the loss only in the few steps while it drops towards 0, and one
-    batch's gradient there is mostly noise (benchmarks/RESULTS.md (m), (n)). ``w_c`` is each channel's FLOPs cost
-    (relative to the full model, normalised to mean 1) raised to ``cost_power``:
-    1 is the paper's FLOPs-weighted penalty, the default 0 a plain L1 that lets the
+    batch's gradient there is mostly noise (benchmarks/RESULTS.md (m), (n)). ``w_c``
+    is each channel's FLOPs cost (relative to the full model, normalised to mean 1)
+    raised to ``cost_power``: 1 is the paper's FLOPs-weighted penalty, the default 0 a plain L1 that lets the
     task loss alone rank the channels while the budget decides how many go (on the
     toy set the FLOPs-weighted form removes the costly high-resolution channels
     first and loses 0.2-0.3 mAP; see benchmarks/RESULTS.md). With ``latency_target``
@@ -266,10 +266,12 @@ class GDPHook(Hook):
             grad = grad / self.grad_sq.sqrt().clamp_min(1e-12)
         if self.grad_momentum:
             # a running mean over the last ~1 / (1 - momentum) steps: the gates move on
-            # the loss averaged over batches, not on one batch's noise
-            avg = grad if self.grad_avg is None else torch.as_tensor(self.grad_avg).to(grad)
-            self.grad_avg = grad = avg.mul(self.grad_momentum).add_(
-                grad, alpha=1 - self.grad_momentum) * live
+            # the loss averaged over batches, not on one batch's noise (a resumed mean
+            # comes from the checkpoint on the CPU)
+            if self.grad_avg is not None:
+                prev = torch.as_tensor(self.grad_avg).to(grad)
+                grad = torch.lerp(grad, prev, self.grad_momentum)  # m prev + (1 - m) grad
+            self.grad_avg = grad = grad * live
         a.sub_(self.gate_lr * grad)
         a.mul_(live)  # a gate at exactly 0 stays there (g'(0) = 0)
 

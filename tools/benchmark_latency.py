@@ -91,8 +91,8 @@ def main(argv=None):
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 7
-    rows = ['| model | network | FLOPs ratio | predicted (ms) | measured (ms) | error | predicted ratio | '
-            'measured ratio | ratio error | table built in (s) |',
+    rows = ['| model | network | FLOPs ratio | predicted (ms) | measured (ms) | error | '
+            'predicted ratio | measured ratio | ratio error | table built in (s) |',
             '|---|---|---|---|---|---|---|---|---|---|']
     for name in args.models:
         config, size = MODELS[name]

@@ -82,11 +82,10 @@ def main(argv=None) -> int:
     cfg.model = gdp_model_cfg(cfg, args.input_size, args.exclude, args.on_unsupported)
     if args.checkpoint:
         model = MODELS.build(cfg.model)
-    else:  # mmdet's own random init, no download
-        model = build_randomly_initialised(cfg.model, args.seed)
-    if args.checkpoint:
         check_state_dict(model, state, args.checkpoint, need_gates=args.random_gates is None)
         model.load_state_dict(state, strict=False)
+    else:  # mmdet's own random init, no download
+        model = build_randomly_initialised(cfg.model, args.seed)
     if args.random_gates is not None:
         randomize_gates(model.gdp_gates, args.random_gates, args.seed)
     try:

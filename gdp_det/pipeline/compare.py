@@ -234,8 +234,8 @@ class Comparison:
                 osp.join(d, 'eval_pruned')), self.log)
             before = before_eval['mAP']
         else:
-            pruned, before = dict(config=self.base_config, checkpoint=base['checkpoint'],
-                                  epochs=0), None
+            before = before_eval = None
+            pruned = dict(config=self.base_config, checkpoint=base['checkpoint'], epochs=0)
         pcfg = self._file_cfg(pruned['config'], run.seed)
         left = s.epochs - pruned['epochs']
         ckpt = pruned['checkpoint']
@@ -244,7 +244,7 @@ class Comparison:
             fcfg.load_from = ckpt
             ckpt = stage(d, 'finetune', lambda: dict(checkpoint=train(
                 fcfg, osp.join(d, 'finetune'))), self.log)['checkpoint']
-        after = (before_eval if left <= 0 and before is not None else  # nothing to fine-tune
+        after = (before_eval if left <= 0 else  # a GDP phase of all the epochs: no fine-tune
                  stage(d, 'eval', lambda: evaluate(pcfg, ckpt, osp.join(d, 'eval')), self.log))
         model = cm.build_model(pruned['config'], ckpt)
         weights = osp.join(d, 'final.pth')
