@@ -275,14 +275,18 @@ class TensorMode(nn.Module):
 def taylor_gradients(cfg: Config, model: nn.Module, batches: int, seed: int) -> dict:
     """Gradients of the detection loss summed over ``batches`` training batches (what
     Torch-Pruning's Taylor importance reads from ``.grad``), by parameter name."""
+    from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
-    loader = Runner.build_dataloader(copy.deepcopy(cfg.train_dataloader), seed=seed)
     model.train()
     model.zero_grad()
-    for _, batch in zip(range(batches), loader):
-        data = model.data_preprocessor(batch, True)
-        loss, _ = model.parse_losses(model(**data, mode='loss'))
-        loss.backward()
+    # the config's scope: without a Runner built earlier in the process, 'VOCDataset'
+    # would be looked up in mmengine's registry
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
+        loader = Runner.build_dataloader(copy.deepcopy(cfg.train_dataloader), seed=seed)
+        for _, batch in zip(range(batches), loader):
+            data = model.data_preprocessor(batch, True)
+            loss, _ = model.parse_losses(model(**data, mode='loss'))
+            loss.backward()
     model.eval()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
