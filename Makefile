@@ -48,4 +48,4 @@ compare: setup
 	  || echo "make compare: no Torch-Pruning; its rows are reported as skipped" >&2
 	$(PY) tools/benchmark_compare.py --work-dir $(COMPARE_DIR) --data $(DATA) \
 	  --val-data data/toyvoc_val1000 --num-val 1000 --val-seed 1 --budgets 0.5 0.3 \
-	  --seeds 0 1 2 --epochs 3 --gdp-epochs 3 $(COMPARE_ARGS)
+	  --seeds 0 1 2 --epochs 3 --gdp-epochs 3 --readme README.md $(COMPARE_ARGS)

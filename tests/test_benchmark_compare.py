@@ -10,7 +10,7 @@ from conftest import RETINANET_CFG
 from gdp_det.pipeline import compare as C
 from gdp_det.pipeline import compare_methods as cm
 from gdp_det.pipeline.compare_summary import (interpolate_at, markdown, mean_std, pm,
-                                              summarize)
+                                              readme_lines, summarize)
 
 
 def _finish(work, run, **values):
@@ -174,6 +174,47 @@ def test_markdown_table_from_fake_results():
         '\n'.join(markdown(data))
 
 
+def test_readme_summary_states_where_gdp_wins_and_loses():
+    text = '\n'.join(readme_lines(_fake_data()))
+    assert '| method | budget 0.5 | budget 0.3 | at 10.0 ms (GDP at 0.5) | at 6.0 ms (GDP at ' \
+        '0.3) |' in text
+    assert '| GDP, FLOPs budget | 0.620 ± 0.020 | 0.520 ± 0.020 | 0.620 ± 0.020 | ' \
+        '0.520 ± 0.020 |' in text
+    assert '| random channels, uniform | 0.540 ± 0.040 | 0.440 ± 0.040 | 0.490 ± 0.040 | — |' \
+        in text
+    assert '- At budget 0.5: GDP 0.620 ± 0.020 wins by 0.080 against random channels, ' \
+        'uniform 0.540 ± 0.040; paired by seed +0.080 ± 0.020; seed std GDP 0.020, theirs ' \
+        '0.040.' in text
+    assert "- At GDP's 10.0 ms: GDP 0.620 ± 0.020 wins by 0.130 against random" in text
+    assert "At GDP's 6.0 ms" not in text  # outside random's measured latencies
+    assert '- No pruning, trained the same 3 epochs (control): 0.700 ± 0.000.' in text
+    assert '- GDP at 0.3 before any fine-tune: 0.420 ± 0.020, -0.240 against the baseline.' \
+        in text
+    data = _fake_data()
+    for r, a in zip(data['runs'][6:9], (0.63, 0.61, 0.65)):  # random at 0.5: above GDP
+        r['mAP'] = a
+    for r in data['runs'][9:12]:  # random at 0.3 as a latency budget, measured at 8 ms
+        r['budget_kind'] = 'latency'
+    data['summary'] = summarize(data)
+    text = '\n'.join(readme_lines(data))
+    assert 'GDP 0.620 ± 0.020 loses by 0.010 against random channels, uniform 0.630 ± ' \
+        '0.020; paired by seed -0.010 ± 0.020, within the seed spread' in text
+    # GDP's (6 ms, 10 ms) points of each seed interpolated at 8 ms: 0.55, 0.57, 0.59
+    assert '- random channels, uniform 0.3: measured latency ratio 0.400 ± 0.000, mAP ' \
+        '0.440 ± 0.040; GDP with a FLOPs budget at the same latencies: 0.570 ± 0.020.' in text
+
+
+def test_readme_block_is_replaced_between_its_markers(tmp_path):
+    from gdp_det.pipeline.report import replace_marked
+    readme = tmp_path / 'README.md'
+    readme.write_text('# x\n\n<!-- begin: cmp -->\nold\n<!-- end: cmp -->\nkept\n')
+    replace_marked(str(readme), 'cmp', ['new', 'lines'])
+    assert readme.read_text() == \
+        '# x\n\n<!-- begin: cmp -->\nnew\nlines\n<!-- end: cmp -->\nkept\n'
+    with pytest.raises(ValueError, match='no "<!-- begin: other -->"'):
+        replace_marked(str(readme), 'other', ['x'])
+
+
 def test_outputs_written_from_fake_results(tmp_path):
     pytest.importorskip('matplotlib')
     import argparse
@@ -181,7 +222,7 @@ def test_outputs_written_from_fake_results(tmp_path):
     args = argparse.Namespace(out=str(tmp_path / 'compare.json'),
                               results=str(tmp_path / 'RESULTS.md'),
                               plot=str(tmp_path / 'pareto.png'), section=SECTION,
-                              note=None)
+                              note=None, readme=None)
     from tools.benchmark_compare import OLD_SECTIONS
     (tmp_path / 'RESULTS.md').write_text(f'# benchmarks\n\n## (a) other\n\nkept\n\n'
                                          f'## {OLD_SECTIONS[0]}\n\nold table\n\n## (f) x\n\ny\n')
@@ -266,3 +307,19 @@ def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
     assert main(argv + ['--collect-only']) == 0
     assert {r['method'] for r in json.load(open(out))['runs']} == {'control'}
     assert not (work / 'runs' / 'gdp_momentum_b0.5_s0').exists()
+
+
+def test_taylor_gradients_need_no_runner_built_before(make_toy_cfg, monkeypatch):
+    """The first run of a resumed comparison can be a Taylor run: its data must be
+    built in the config's scope, not in mmengine's (no Runner has set one yet)."""
+    from collections import OrderedDict
+    import torch
+    from mmdet.registry import MODELS
+    from mmengine.registry import DefaultScope
+    cfg = make_toy_cfg(batch_size=2)
+    model = MODELS.build(cfg.model)
+    monkeypatch.setattr(DefaultScope, '_instance_dict', OrderedDict())
+    grads = cm.taylor_gradients(cfg, model, batches=1, seed=0)
+    assert len(grads) == len(list(model.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert sum(float(g.abs().sum()) for g in grads.values()) > 0

@@ -11,7 +11,8 @@ tuning split: the defaults were tuned on it) and reports on --val-data's test sp
 config's own train / val / test dataloaders. Every method starts from
 the same converged baseline and trains --epochs epochs after it on the same schedule
 (gdp_det.pipeline.compare). Rerunning the command skips the finished runs. Writes
---out (compare.json, every run), section (e) of --results and the Pareto plot --plot.
+--out (compare.json, every run), section (e) of --results, the Pareto plot --plot and,
+with --readme, the README's summary and verdicts generated from the same data.
 """
 import os.path as osp
 import sys
@@ -26,6 +27,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '(e) Accuracy at equal FLOPs and equal latency: GDP vs other pruners'
 # the sections this one replaces (the one-run comparison before issue 13)
 OLD_SECTIONS = ('(e) Accuracy at equal FLOPs: GDP vs magnitude and BN-scale pruning',)
+README_BLOCK = 'generated from benchmarks/compare.json'
 TEST_LIST = osp.join('VOC2007', 'ImageSets', 'Main', '{}.txt')
 
 
@@ -101,6 +103,9 @@ def main(argv=None):
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'compare.json'))
     p.add_argument('--results', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
     p.add_argument('--plot', default=osp.join(REPO, 'benchmarks', 'compare_pareto.png'))
+    p.add_argument('--readme', help='also write the summary and verdicts into this file '
+                   f'(README.md) between its "<!-- begin: {README_BLOCK} -->" / "<!-- end: '
+                   f'{README_BLOCK} -->" lines')
     p.add_argument('--section', default=SECTION, help='the section of --results it writes '
                    '(e.g. a tuning run of GDP variants beside the comparison)')
     p.add_argument('--note', help='a paragraph added under the table')
@@ -136,6 +141,10 @@ def main(argv=None):
     cfg = load_config(args.config, args.cfg_options)
     for path in (args.out, args.results, args.plot):
         check_writable_dir(osp.dirname(osp.abspath(path)), f'directory of {path}')
+    if args.readme and README_BLOCK not in (open(args.readme).read()
+                                            if osp.isfile(args.readme) else ''):
+        raise UserError(f'--readme {args.readme}: no "<!-- begin: {README_BLOCK} -->" / '
+                        f'"<!-- end: {README_BLOCK} -->" lines to write between; add them')
     if not args.config_data:
         if osp.abspath(args.data) == osp.abspath(args.val_data):
             print('[compare] warning: --val-data is --data: the report split is the tuning split')
@@ -176,8 +185,8 @@ def dry_run(args, settings, runs, skipped) -> int:
 def write_outputs(data: dict, args, argv) -> None:
     import json
     import re
-    from gdp_det.pipeline.compare_summary import markdown, plot_pareto
-    from gdp_det.pipeline.report import atomic_write, update_sections
+    from gdp_det.pipeline.compare_summary import markdown, plot_pareto, readme_lines
+    from gdp_det.pipeline.report import atomic_write, replace_marked, update_sections
     atomic_write(args.out, json.dumps(data, indent=2))
     if osp.isfile(args.results) and args.section == SECTION:
         text = open(args.results).read()
@@ -190,6 +199,8 @@ def write_outputs(data: dict, args, argv) -> None:
     update_sections(args.results, [(args.section, lines + ([args.note] if args.note else []))])
     if data['runs']:
         plot_pareto(data, args.plot)
+    if args.readme:
+        replace_marked(args.readme, README_BLOCK, readme_lines(data))
     print(f'[compare] wrote {args.out}, {args.results} ({args.section[:3]}), {args.plot}')
 
 

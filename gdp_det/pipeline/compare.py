@@ -325,4 +325,6 @@ def _split_name(loader) -> str:
     ds = loader.dataset
     while 'dataset' in ds:
         ds = ds.dataset
-    return osp.join(ds.get('data_root', ''), ds.get('ann_file', ''))
+    path = osp.join(ds.get('data_root', ''), ds.get('ann_file', ''))
+    inside = osp.abspath(path).startswith(osp.join(os.getcwd(), ''))
+    return osp.relpath(path) if inside else path

@@ -4,8 +4,9 @@
 seeds of mAP, measured latency, counted FLOPs ratio and params; the difference to
 the reference method (GDP, FLOPs budget) paired by seed, as mean ± std of the
 per-seed differences; and the equal-latency table: each method's mAP interpolated
-(per seed, linearly between its budgets, never extrapolated) at the mean latency of
-the reference's models at each budget. ``markdown(data)`` renders it;
+(per seed, linearly between its budgets, not extrapolated beyond ``LATENCY_MATCH``) at
+the mean latency of the reference's models at each budget. ``markdown(data)`` renders it
+for RESULTS.md, ``readme_lines(data)`` the README's summary with its verdicts;
 ``plot_pareto(data, path)`` draws mAP against latency (matplotlib imported there).
 """
 from __future__ import annotations
@@ -19,6 +20,9 @@ from .compare_methods import REFERENCE
 # a run whose FLOPs ratio (latency budgets: measured latency ratio) is above its budget
 # by more than this is flagged
 BUDGET_SLACK = dict(flops=0.01, latency=0.05)
+# a latency this close (relative) outside a method's measured range still matches the
+# nearest end of it: two models of equal FLOPs measure about 1-2 % apart
+LATENCY_MATCH = 0.03
 
 
 def mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -47,10 +51,12 @@ def paired_differences(runs: Sequence[dict], reference: Sequence[dict],
     return [a[s] - b[s] for s in sorted(a) if s in b]
 
 
-def interpolate_at(points: Sequence[Tuple[float, float]], x: float) -> Optional[float]:
-    """y at ``x`` on the line through ``points`` (x, y) sorted by x; None outside."""
+def interpolate_at(points: Sequence[Tuple[float, float]], x: float,
+                   slack: float = 0.0) -> Optional[float]:
+    """y at ``x`` on the line through ``points`` (x, y) sorted by x; up to ``slack * x``
+    outside their range the nearest end's y; None further out (never extrapolated)."""
     pts = sorted(points)
-    if len(pts) < 2 or not pts[0][0] <= x <= pts[-1][0]:
+    if not pts or not pts[0][0] - slack * x <= x <= pts[-1][0] + slack * x:
         return None
     return float(np.interp(x, [p[0] for p in pts], [p[1] for p in pts]))
 
@@ -97,7 +103,7 @@ def _equal_latency(groups, budgets) -> List[dict]:
                         if r.get('latency_ms') is not None:
                             per_seed.setdefault(r['seed'], []).append((r['latency_ms'],
                                                                        r['mAP']))
-            at = {s: interpolate_at(p, target) for s, p in per_seed.items()}
+            at = {s: interpolate_at(p, target, LATENCY_MATCH) for s, p in per_seed.items()}
             at = {s: v for s, v in at.items() if v is not None}
             out.append(dict(method=m, reference_budget=b, latency_ms=target,
                             mAP=[at[s] for s in sorted(at)],
@@ -161,8 +167,9 @@ def markdown(data: dict, command: str = '', tuning: bool = False) -> List[str]:
                      f'{_stat(r["mAP"], 3)} | {diffs} |')
     if any(e['mAP'] for e in summary['equal_latency']):
         lines += ['', "At equal latency: each method's mAP per seed, interpolated between its "
-                  "budgets at the mean latency of GDP's models (— where that latency is "
-                  "outside the method's range).", '',
+                  "budgets at the mean latency of GDP's models (within "
+                  f"{LATENCY_MATCH:.0%} outside the method's range: its nearest end; — further "
+                  "out).", '',
                   '| method | at GDP budget | latency (ms) | mAP | Δ GDP |',
                   '|---|---|---|---|---|']
         lines += [f'| {labels.get(e["method"], e["method"])} | {e["reference_budget"]:g} | '
@@ -178,6 +185,115 @@ def markdown(data: dict, command: str = '', tuning: bool = False) -> List[str]:
         lines.append(f'\nSkipped: {sk["label"]} ({sk["reason"]}).')
     if data.get('failed'):
         lines.append(f'\nFailed (see their error.txt): {", ".join(data["failed"])}.')
+    return lines
+
+
+def _ours(method: str) -> bool:
+    return method == REFERENCE or method.startswith(REFERENCE + '_')
+
+
+def _verdict(name: str, ours: Sequence[float], best: Tuple[str, List[float]],
+             diffs: Sequence[float]) -> str:
+    """One sentence: GDP against the best other method in one column."""
+    label, theirs = best
+    if not ours or not theirs:
+        return f'{name}: not enough runs.'
+    d = mean_std(ours)[0] - mean_std(theirs)[0]
+    verb = 'wins by' if d > 0 else 'loses by' if d < 0 else 'ties with'
+    spread = ''
+    if len(diffs) > 1:
+        dm, ds = mean_std(diffs)
+        spread = (f'; paired by seed {dm:+.3f} ± {ds:.3f}'
+                  + (', within the seed spread' if abs(dm) <= ds else ''))
+    stds = (f'; seed std GDP {mean_std(ours)[1]:.3f}, theirs {mean_std(theirs)[1]:.3f}'
+            if len(ours) > 1 and len(theirs) > 1 else '')
+    return f'{name}: GDP {pm(ours)} {verb} {abs(d):.3f} against {label} {pm(theirs)}' \
+           f'{spread}{stds}.'
+
+
+
+def readme_lines(data: dict) -> List[str]:
+    """README's summary of a comparison (lines of markdown): mean ± std mAP of every method
+    at each budget and at the latencies of GDP's models, and for each column whether GDP's
+    mean beats the best other pruner's (Δ paired by seed, the seed spreads), the control,
+    GDP's model before any fine-tune against the baseline, and the latency budget's
+    measured ratios. Generated, so that the README says what ``compare.json`` holds."""
+    s, base, summary = data['settings'], data['baseline'], data['summary']
+    budgets = sorted({r['budget'] for r in data['runs'] if r['budget'] is not None},
+                     reverse=True)
+    eq = {(e['method'], e['reference_budget']): e for e in summary['equal_latency']}
+    ref_ms = {e['reference_budget']: e['latency_ms'] for e in summary['equal_latency']}
+    by = {}
+    for r in data['runs']:
+        by.setdefault((r['method'], r['budget']), []).append(r)
+    labels = {r['method']: r['label'] for r in data['runs']}
+    methods = [m for m in dict.fromkeys(r['method'] for r in summary['rows'])
+               if m != 'control']
+
+    def maps(method, budget):
+        return [r['mAP'] for r in by.get((method, budget), [])]
+
+    def cells(method):
+        at_budget = [pm(maps(method, b)) for b in budgets]
+        at_latency = [pm(maps(method, b)) if method == REFERENCE else
+                      pm(eq[(method, b)]['mAP']) if (method, b) in eq else '—'
+                      for b in budgets if b in ref_ms]
+        return at_budget + at_latency
+
+    head = ([f'budget {b:g}' for b in budgets]
+            + [f'at {ref_ms[b]:.1f} ms (GDP at {b:g})' for b in budgets if b in ref_ms])
+    lines = [f'Mean ± std mAP@0.5 over seeds {", ".join(map(str, s["seeds"]))} on the '
+             f'held-out split `{s["test_split"]}`; every method from the same converged '
+             f'baseline ({base["mAP"]:.3f}) with {s["epochs"]} training epochs after it. '
+             'Budgets are FLOPs ratios (GDP, latency budget: ratios of the measured '
+             "latency); the latency columns interpolate each method's per-seed mAP at the "
+             "measured CPU latency of GDP's models (baseline "
+             f'{base["latency_ms"]:.1f} ms).', '',
+             '| method | ' + ' | '.join(head) + ' |', '|---' * (len(head) + 1) + '|']
+    lines += [f'| {labels[m]} | ' + ' | '.join(cells(m)) + ' |' for m in methods]
+    lines.append('')
+    others = [m for m in methods if not _ours(m)]
+    ours = {b: maps(REFERENCE, b) for b in budgets}
+    for b in budgets:
+        best = max(others, key=lambda m: mean_std(maps(m, b))[0] if maps(m, b) else -1,
+                   default=None)
+        if best is not None:
+            lines.append('- ' + _verdict(f'At budget {b:g}', ours[b],
+                                         (labels[best], maps(best, b)),
+                                         paired_differences(by.get((REFERENCE, b), []),
+                                                            by[(best, b)])))
+        if b in ref_ms:
+            cand = [m for m in others if eq.get((m, b), {}).get('mAP')]
+            if cand:
+                m = max(cand, key=lambda m: mean_std(eq[(m, b)]['mAP'])[0])
+                lines.append('- ' + _verdict(
+                    f"At GDP's {ref_ms[b]:.1f} ms", ours[b], (labels[m], eq[(m, b)]['mAP']),
+                    [-d for d in eq[(m, b)]['diff_to_reference']]))
+    control = maps('control', None)
+    if control:
+        lines.append(f'- No pruning, trained the same {s["epochs"]} epochs (control): '
+                     f'{pm(control)}.')
+    for b in budgets:
+        before = [r['mAP_before_finetune'] for r in by.get((REFERENCE, b), [])
+                  if r.get('mAP_before_finetune') is not None]
+        if before:
+            lines.append(f'- GDP at {b:g} before any fine-tune: {pm(before)}, '
+                         f'{mean_std(before)[0] - base["mAP"]:+.3f} against the baseline.')
+    for m in methods:
+        for b in budgets:
+            rs = [r for r in by.get((m, b), []) if r.get('budget_kind') == 'latency']
+            if rs:
+                ratios = [r['latency_ms'] / base['latency_ms'] for r in rs]
+                flops_gdp = {r['seed']: [] for r in rs}
+                for (mm, bb), ref in by.items():
+                    for r in ref:
+                        if mm == REFERENCE and bb is not None and r['seed'] in flops_gdp:
+                            flops_gdp[r['seed']].append((r['latency_ms'], r['mAP']))
+                at = [interpolate_at(flops_gdp[r['seed']], r['latency_ms'], LATENCY_MATCH)
+                      for r in rs]
+                lines.append(f'- {labels[m]} {b:g}: measured latency ratio {pm(ratios)}, '
+                             f'mAP {pm([r["mAP"] for r in rs])}; GDP with a FLOPs budget '
+                             f'at the same latencies: {pm(at)}.')
     return lines
 
 

@@ -35,6 +35,21 @@ def update_sections(path: str, sections: List[Tuple[str, List[str]]],
     return text
 
 
+def replace_marked(path: str, name: str, lines: List[str]) -> str:
+    """Replace the lines between ``<!-- begin: name -->`` and ``<!-- end: name -->`` of the
+    markdown file ``path`` by ``lines`` (the markers stay). Written atomically; returns
+    the text. ValueError naming the markers when the file lacks them."""
+    begin, end = f'<!-- begin: {name} -->', f'<!-- end: {name} -->'
+    text = open(path).read()
+    i, j = text.find(begin), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f'{path} has no "{begin}" ... "{end}" block to write into: add the '
+                         'two marker lines where the generated text belongs')
+    text = text[:i + len(begin)] + '\n' + '\n'.join(lines) + '\n' + text[j:]
+    atomic_write(path, text)
+    return text
+
+
 def atomic_write(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same directory and
     ``os.replace``: readers see the old file or the new one, never a part."""
