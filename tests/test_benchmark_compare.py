@@ -69,6 +69,10 @@ def test_execute_skips_finished_runs_and_survives_a_failure(tmp_path):
     calls.clear()
     assert C.execute(runs, work, run_fn, lambda r, done: 1.0, logs.append) == ['control_s1']
     assert calls == ['control_s1']  # only the failed one again
+    calls.clear()
+    assert C.execute(runs, work, lambda r: _finish(work, r), lambda r, done: 1.0,
+                     logs.append) == []
+    assert not osp.exists(osp.join(work, 'runs', 'control_s1', 'error.txt'))  # mended
 
 
 def test_estimate_uses_finished_runs_of_the_method():

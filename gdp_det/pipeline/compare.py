@@ -135,7 +135,8 @@ def execute(runs: Sequence[Run], work_dir: str, run_fn: Callable[[Run], dict],
             estimate: Callable[[Run, List[dict]], float], log=print) -> List[str]:
     """Run every unfinished run with ``run_fn`` (which writes its ``result.json``),
     printing which run, the elapsed time and the ETA. A failing run is logged into its
-    ``error.txt`` and the others go on. Returns the names of the failed runs."""
+    ``error.txt`` (removed when a later attempt succeeds) and the others go on. Returns
+    the names of the failed runs."""
     t0, failed = time.time(), []
     todo = [r for r in runs if not osp.isfile(result_path(work_dir, r))]
     log(f'[compare] {len(runs) - len(todo)} of {len(runs)} runs finished earlier')
@@ -144,11 +145,13 @@ def execute(runs: Sequence[Run], work_dir: str, run_fn: Callable[[Run], dict],
         eta = sum(estimate(r, finished) for r in todo[i:])
         log(f'[compare] run {i + 1}/{len(todo)}: {run.name} (elapsed {hms(time.time() - t0)}, '
             f'ETA {hms(eta)})')
+        err = osp.join(osp.dirname(result_path(work_dir, run)), 'error.txt')
         try:
             run_fn(run)
+            if osp.isfile(err):  # the failure of an earlier attempt, mended since
+                os.remove(err)
         except Exception:  # noqa: BLE001 - one broken run must not stop the others
             failed.append(run.name)
-            err = osp.join(osp.dirname(result_path(work_dir, run)), 'error.txt')
             os.makedirs(osp.dirname(err), exist_ok=True)
             atomic_write(err, traceback.format_exc())
             log(f'[compare] run {run.name} failed: {err}')
