@@ -179,3 +179,19 @@ def test_hook_latency_budget_is_met_and_reported(toy, tmp_path, monkeypatch, one
     assert report['latency_predicted_ratio'] == pytest.approx(predicted)
     assert 0 < report['latency_measured_ratio'] <= 0.5 + 0.15
     assert report['latency_measured'] < report['latency_unpruned_measured']
+
+
+def test_forward_latencies_time_each_model_right_after_its_own_warm_forward(monkeypatch):
+    """Interleaving many models evicts each one's oneDNN primitives between its rounds;
+    every timed forward must follow an untimed forward of the same model."""
+    import gdp_det.detector as detector_mod
+    calls = []
+
+    def fake_forward_fn(input_size, num_proposals):
+        return lambda model: calls.append(model.tag)
+    monkeypatch.setattr(detector_mod, 'detector_forward_fn', fake_forward_fn)
+    models = [nn.Conv2d(1, 1, 1) for _ in range(3)]
+    for i, m in enumerate(models):
+        m.tag = i
+    assert len(forward_latencies(models, (8, 8), repeats=2)) == 3
+    assert calls == [0, 0, 1, 1, 2, 2] * 3  # a warm-up round, then 2 timed rounds
