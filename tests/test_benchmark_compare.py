@@ -6,7 +6,7 @@ import os.path as osp
 
 import pytest
 
-from conftest import RETINANET_CFG
+from conftest import REPO, RETINANET_CFG
 from gdp_det.pipeline import compare as C
 from gdp_det.pipeline import compare_methods as cm
 from gdp_det.pipeline.compare_summary import (interpolate_at, markdown, mean_std, pm,
@@ -327,3 +327,18 @@ def test_taylor_gradients_need_no_runner_built_before(make_toy_cfg, monkeypatch)
     assert len(grads) == len(list(model.parameters()))
     assert all(torch.isfinite(g).all() for g in grads.values())
     assert sum(float(g.abs().sum()) for g in grads.values()) > 0
+
+
+def test_readme_comparison_is_the_one_generated_from_compare_json():
+    """README's comparison summary says what benchmarks/compare.json holds: rerun
+    `tools/benchmark_compare.py --collect-only --readme README.md` after new runs."""
+    from tools.benchmark_compare import README_BLOCK
+    data = json.load(open(osp.join(REPO, 'benchmarks', 'compare.json')))
+    readme = open(osp.join(REPO, 'README.md')).read()
+    block = readme.split(f'<!-- begin: {README_BLOCK} -->\n')[1].split(
+        f'<!-- end: {README_BLOCK} -->')[0]
+    assert block == '\n'.join(readme_lines(data)) + '\n'
+    runs = {(r['method'], r['budget']) for r in data['runs']}
+    assert {('gdp', 0.5), ('gdp', 0.3), ('control', None), ('random', 0.5)} <= runs
+    assert all(len([r for r in data['runs'] if (r['method'], r['budget']) == k]) == 3
+               for k in runs), 'every method and budget has its 3 seeds'

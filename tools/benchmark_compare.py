@@ -185,6 +185,7 @@ def dry_run(args, settings, runs, skipped) -> int:
 def write_outputs(data: dict, args, argv) -> None:
     import json
     import re
+    import shlex
     from gdp_det.pipeline.compare_summary import markdown, plot_pareto, readme_lines
     from gdp_det.pipeline.report import atomic_write, replace_marked, update_sections
     atomic_write(args.out, json.dumps(data, indent=2))
@@ -193,10 +194,11 @@ def write_outputs(data: dict, args, argv) -> None:
         for title in OLD_SECTIONS:
             text = re.sub(rf'^## {re.escape(title)}\n.*?(?=^## |\Z)', '', text, flags=re.M | re.S)
         atomic_write(args.results, text)
-    command = 'python tools/benchmark_compare.py ' + ' '.join(
+    command = 'python tools/benchmark_compare.py ' + shlex.join(
         sys.argv[1:] if argv is None else argv)
     lines = markdown(data, command.strip(), tuning=args.section != SECTION)
-    update_sections(args.results, [(args.section, lines + ([args.note] if args.note else []))])
+    note = ['', args.note] if args.note else []
+    update_sections(args.results, [(args.section, lines + note)])
     if data['runs']:
         plot_pareto(data, args.plot)
     if args.readme:
