@@ -53,9 +53,10 @@ def smooth_ops(monkeypatch):
     monkeypatch.setattr(latency_mod, 'channel_block', lambda device, geometry: 1)
 
 
-def synthetic_table(graph, scale=2.0, act=1e-9, rest=1e-3):
+def synthetic_table(graph, scale=2.0, act=1e-9, rest=1e-3, call_scales=None):
     """A table whose op times are exactly bilinear (1 us per in x out channel pair),
-    the network's layers ``scale`` x that, ``act`` s per output element, ``rest`` s."""
+    the network's layers ``scale`` x that (call i: ``call_scales[i]`` x, when given),
+    ``act`` s per output element, ``rest`` s."""
     specs = [_call_spec(c, int((i < 0).sum()), int((o < 0).sum()), 4, 'cpu')
              for c, i, o in zip(graph.calls, graph.call_in, graph.call_out)]
     keys = [json.dumps(s, sort_keys=True) for s in specs]
@@ -63,23 +64,31 @@ def synthetic_table(graph, scale=2.0, act=1e-9, rest=1e-3):
                                  for a in s['grid_in'] for b in s['grid_out']])
                for k, s in zip(keys, specs)}
     table = dict(calls=keys, entries=entries, device='test', probe_share=0.5)
+    scales = np.full(len(graph.calls), scale) if call_scales is None else call_scales
     for key, alive in (('whole', np.ones(graph.num_channels, bool)),
                        ('probe', exported_channels(graph, uniform_gates(graph, 0.5)))):
-        layers, volume = exact(graph, alive)
-        table[f'{key}_layers'] = scale * layers
-        table[key] = scale * layers + act * volume + rest
+        calls, volume = exact_calls(graph, alive)
+        table[f'{key}_calls'] = list(scales * calls)
+        table[f'{key}_layers'] = float((scales * calls).sum())
+        table[key] = table[f'{key}_layers'] + act * volume + rest
     return table
+
+
+def exact_calls(graph, alive):
+    """Per call, in x out channels (us); the sum of output elements."""
+    ext = np.append(alive, True)
+    calls, volume = [], 0.0
+    for c, i, o in zip(graph.calls, graph.call_in, graph.call_out):
+        n_in, n_out = ext[i].sum(), ext[o].sum()
+        calls.append(1e-6 * (n_out if c.depthwise else n_in * n_out))
+        volume += n_out * np.prod(c.geometry['output']) / len(o)
+    return np.array(calls), volume
 
 
 def exact(graph, alive):
     """Sum over calls of in x out channels (us) and of output elements."""
-    ext = np.append(alive, True)
-    layers = volume = 0.0
-    for c, i, o in zip(graph.calls, graph.call_in, graph.call_out):
-        n_in, n_out = ext[i].sum(), ext[o].sum()
-        layers += 1e-6 * (n_out if c.depthwise else n_in * n_out)
-        volume += n_out * np.prod(c.geometry['output']) / len(o)
-    return layers, volume
+    calls, volume = exact_calls(graph, alive)
+    return calls.sum(), volume
 
 
 def test_interpolation_fit_and_marginal_costs(smooth_ops):
@@ -105,6 +114,28 @@ def test_interpolation_fit_and_marginal_costs(smooth_ops):
             fewer[c] = False
             assert w[c] == pytest.approx(model.count(alive) - model.count(fewer))
     assert model.full == pytest.approx(synthetic_table(graph)['whole'])
+
+
+def test_each_call_keeps_its_own_line_to_the_network(smooth_ops):
+    """Layers that run slower in the network than their standalone op by different
+    factors (their overheads): the model follows each call's own factor, where one
+    common scale mispredicts widths other than the two measured ones."""
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(16, 24, 3, stride=2), nn.ReLU(), nn.Conv2d(24, 8, 1))
+    graph = trace_channel_graph(net, lambda m: m(torch.randn(1, 3, 20, 20)))
+    call_scales = np.array([1.0, 3.0, 1.5])
+    table = synthetic_table(graph, call_scales=call_scales)
+    model = LatencyModel(graph, table)
+    assert model.slope == pytest.approx(call_scales)
+    alive = np.ones(graph.num_channels, bool)
+    alive[:12] = False  # most of the first group: the 3x call loses inputs, not the 1x
+    calls, volume = exact_calls(graph, alive)
+    truth = (call_scales * calls).sum() + 1e-9 * volume + 1e-3
+    assert model.count(alive) == pytest.approx(truth)
+    common = LatencyModel(graph, {k: v for k, v in table.items()
+                                  if k not in ('whole_calls', 'probe_calls')})
+    assert abs(common.count(alive) - truth) > 0.02 * truth  # one scale is off here
+    assert model.full == pytest.approx(table['whole'])
 
 
 def test_budget_takes_the_latency_model(smooth_ops):
