@@ -358,9 +358,7 @@ class LatencyModel(FlopsModel):
                              / (layers[0] - layers[1]), 0.0)
         if volume[0] > volume[1]:
             self.act_cost = max((other[0] - other[1]) / (volume[0] - volume[1]), 0.0)
-        self.slope[:] = self.scale
-        if 'whole_calls' in table:
-            self._fit_calls(table, self._interpolate(ones)[0], self._interpolate(probe)[0])
+        self._fit_calls(table, self._interpolate(ones)[0], self._interpolate(probe)[0])
         self.rest = (table['whole'] - float(self._layer_times(ones).sum())
                      - self.act_cost * volume[0])
         self.full = self.count(ones)
