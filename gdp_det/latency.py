@@ -348,17 +348,18 @@ class LatencyModel(FlopsModel):
         probe = exported_channels(graph, uniform_gates(graph, table['probe_share']))
         # in the network, the layers take scale x their standalone time plus a constant
         # (module call overhead); the rest takes act_cost per output element plus a constant
-        layers, other, volume = [], [], []
+        standalone, other, volume = [], [], []  # per call at both widths; the rest
         for alive, key in ((ones, 'whole'), (probe, 'probe')):
-            layers.append(float(self._interpolate(alive)[0].sum()))
+            standalone.append(self._interpolate(alive)[0])
             other.append(table[key] - table[f'{key}_layers'])
             volume.append(float((self._active(alive)[1] * self.spatial).sum()))
+        layers = [float(t.sum()) for t in standalone]
         if layers[0] > layers[1]:
             self.scale = max((table['whole_layers'] - table['probe_layers'])
                              / (layers[0] - layers[1]), 0.0)
         if volume[0] > volume[1]:
             self.act_cost = max((other[0] - other[1]) / (volume[0] - volume[1]), 0.0)
-        self._fit_calls(table, self._interpolate(ones)[0], self._interpolate(probe)[0])
+        self._fit_calls(table, *standalone)
         self.rest = (table['whole'] - float(self._layer_times(ones).sum())
                      - self.act_cost * volume[0])
         self.full = self.count(ones)

@@ -61,13 +61,29 @@ def interpolate_at(points: Sequence[Tuple[float, float]], x: float,
     return float(np.interp(x, [p[0] for p in pts], [p[1] for p in pts]))
 
 
-def summarize(data: dict) -> dict:
-    """``rows`` (one per method and budget) and ``equal_latency`` (one per method and
-    reference budget), with raw per-seed values and their ``mean ± std``."""
-    runs = data['runs']
+def _groups(runs: Sequence[dict]) -> Dict[Tuple[str, Optional[float]], List[dict]]:
+    """The runs by (method, budget)."""
     groups: Dict[Tuple[str, Optional[float]], List[dict]] = {}
     for r in runs:
         groups.setdefault((r['method'], r['budget']), []).append(r)
+    return groups
+
+
+def _latency_points(groups, method: str) -> Dict[int, List[Tuple[float, float]]]:
+    """Per seed, the (latency, mAP) points of ``method``'s runs with a budget."""
+    per_seed: Dict[int, List[Tuple[float, float]]] = {}
+    for (m, b), rs in groups.items():
+        if m == method and b is not None:
+            for r in rs:
+                if r.get('latency_ms') is not None:
+                    per_seed.setdefault(r['seed'], []).append((r['latency_ms'], r['mAP']))
+    return per_seed
+
+
+def summarize(data: dict) -> dict:
+    """``rows`` (one per method and budget) and ``equal_latency`` (one per method and
+    reference budget), with raw per-seed values and their ``mean ± std``."""
+    groups = _groups(data['runs'])
     budgets = sorted({b for _, b in groups if b is not None}, reverse=True)
     rows = []
     for (method, budget), rs in groups.items():
@@ -96,14 +112,8 @@ def _equal_latency(groups, budgets) -> List[dict]:
         target = mean_std([r['latency_ms'] for r in ref])[0]
         ref_map = _by_seed(ref)
         for m in methods:
-            per_seed: Dict[int, List[Tuple[float, float]]] = {}
-            for (mm, bb), rs in groups.items():
-                if mm == m and bb is not None:
-                    for r in rs:
-                        if r.get('latency_ms') is not None:
-                            per_seed.setdefault(r['seed'], []).append((r['latency_ms'],
-                                                                       r['mAP']))
-            at = {s: interpolate_at(p, target, LATENCY_MATCH) for s, p in per_seed.items()}
+            at = {s: interpolate_at(p, target, LATENCY_MATCH)
+                  for s, p in _latency_points(groups, m).items()}
             at = {s: v for s, v in at.items() if v is not None}
             out.append(dict(method=m, reference_budget=b, latency_ms=target,
                             mAP=[at[s] for s in sorted(at)],
@@ -211,7 +221,6 @@ def _verdict(name: str, ours: Sequence[float], best: Tuple[str, List[float]],
            f'{spread}{stds}.'
 
 
-
 def readme_lines(data: dict) -> List[str]:
     """README's summary of a comparison (lines of markdown): mean ± std mAP of every method
     at each budget and at the latencies of GDP's models, and for each column whether GDP's
@@ -223,9 +232,7 @@ def readme_lines(data: dict) -> List[str]:
                      reverse=True)
     eq = {(e['method'], e['reference_budget']): e for e in summary['equal_latency']}
     ref_ms = {e['reference_budget']: e['latency_ms'] for e in summary['equal_latency']}
-    by = {}
-    for r in data['runs']:
-        by.setdefault((r['method'], r['budget']), []).append(r)
+    by = _groups(data['runs'])
     labels = {r['method']: r['label'] for r in data['runs']}
     methods = [m for m in dict.fromkeys(r['method'] for r in summary['rows'])
                if m != 'control']
@@ -284,13 +291,9 @@ def readme_lines(data: dict) -> List[str]:
             rs = [r for r in by.get((m, b), []) if r.get('budget_kind') == 'latency']
             if rs:
                 ratios = [r['latency_ms'] / base['latency_ms'] for r in rs]
-                flops_gdp = {r['seed']: [] for r in rs}
-                for (mm, bb), ref in by.items():
-                    for r in ref:
-                        if mm == REFERENCE and bb is not None and r['seed'] in flops_gdp:
-                            flops_gdp[r['seed']].append((r['latency_ms'], r['mAP']))
-                at = [interpolate_at(flops_gdp[r['seed']], r['latency_ms'], LATENCY_MATCH)
-                      for r in rs]
+                flops_gdp = _latency_points(by, REFERENCE)
+                at = [interpolate_at(flops_gdp.get(r['seed'], []), r['latency_ms'],
+                                     LATENCY_MATCH) for r in rs]
                 lines.append(f'- {labels[m]} {b:g}: measured latency ratio {pm(ratios)}, '
                              f'mAP {pm([r["mAP"] for r in rs])}; GDP with a FLOPs budget '
                              f'at the same latencies: {pm(at)}.')
