@@ -56,9 +56,9 @@ for DET in faster-rcnn retinanet; do
   NAME=${DET}_r50_fpn_1x_voc0712
   BASE=()
   if [ -n "$ZOO" ]; then
-    CKPT=$(ls "$ZOO"/${NAME}*.pth 2>/dev/null | head -n 1)
-    [ -n "$CKPT" ] || die "no ${NAME}*.pth in $ZOO (download it from the mmdet model zoo)"
-    BASE=(--baseline-checkpoint "$CKPT")
+    CKPTS=("$ZOO"/"$NAME"*.pth)  # sorted; the pattern itself when nothing matches
+    [ -f "${CKPTS[0]}" ] || die "no ${NAME}*.pth in $ZOO (download it from the mmdet model zoo)"
+    BASE=(--baseline-checkpoint "${CKPTS[0]}")
   fi
   for T in 50 30; do
     RUN=$WORK/${DET}_flops$T
