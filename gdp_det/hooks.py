@@ -57,9 +57,10 @@ class GDPHook(Hook):
     ``lambda_init`` and is multiplied by ``1 + lambda_rate`` while the exact FLOPs
     ratio is above ``flops_target`` (or the weight ratio above the optional
     ``params_target``, or the predicted latency ratio above ``latency_target``), by
-    ``1 - lambda_rate`` below it (default rate: lambda may
-    grow 1e4-fold over the first ``lambda_span`` of the phase, so the gates first learn
-    which channels matter and the cut comes within it), and no step removes more
+    ``1 - lambda_rate`` below it, once per optimizer step (default rate: lambda may
+    grow 1e4-fold over the first ``lambda_span`` of the phase, whatever the
+    ``accumulative_counts``, so the gates first learn which channels matter and the
+    cut comes within it), and no step removes more
     channels than the budget needs. ``min_channels`` channels per group always
     survive (a count, or a share of each group when in (0, 1), e.g. 0.25 against
     layer collapse). Logs ``gdp/flops_ratio``, ``gdp/lambda``, ``gdp/eps``,
@@ -191,8 +192,10 @@ class GDPHook(Hook):
         if self.gdp_iters is None:
             self.gdp_iters = runner.max_iters
         if self.lambda_rate is None:
-            # lambda can grow 1e4-fold over the first lambda_span of the GDP phase
-            span = max((self.gdp_iters - self.warmup_iters) * self.lambda_span, 1)
+            # lambda can grow 1e4-fold over the first lambda_span of the GDP phase; it
+            # moves once per optimizer step, i.e. every accumulative_counts iterations
+            steps = (self.gdp_iters - self.warmup_iters) * self.lambda_span
+            span = max(steps / getattr(runner.optim_wrapper, '_accumulative_counts', 1), 1)
             self.lambda_rate = min(max(1e4 ** (1 / span) - 1, 1e-3), 0.5)
         self._check_reachable()
         ema = self._ema_model(runner)
