@@ -76,8 +76,10 @@ class GDPHook(Hook):
     they are equal by construction. With mmengine's ``EMAHook`` the EMA copy's gates
     are the live gates (never averaged) and the export prunes the EMA weights, which
     are what its checkpoints hold. Per iteration the hook reads the gates back to
-    the host once (the proximal decision); gate statistics are logged every
-    ``log_interval`` iterations.
+    the host once (the proximal decision), and a fused optimizer's AMP overflow flag
+    (the gates skip the steps it skips); gate statistics are logged every
+    ``log_interval`` iterations. Under AMP the gates' gradient is unscaled by the
+    loss scale it was computed with.
     """
 
     priority = 'LOW'  # after the optimizer step of the train loop
@@ -121,6 +123,9 @@ class GDPHook(Hook):
         self.gate_lr = gate_lr
         self.lam = lambda_init
         self.stepped = False  # the model's optimizer stepped in this iteration
+        self.loss_scaler = None  # the optimizer wrapper's AMP GradScaler, if any
+        self.step_scale = None  # its loss scale when the optimizer stepped (a tensor)
+        self.step_found_inf = None  # a fused optimizer's overflow flag at that step
         self.gates = None
         self.ema_gates = None
         self.lambda_rate = lambda_rate
@@ -178,6 +183,7 @@ class GDPHook(Hook):
             return  # not training (val/test runs call before_run too)
         for group in optimizer.param_groups:
             group['params'] = [p for p in group['params'] if p is not gates.a]
+        self.loss_scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
         optimizer.register_step_pre_hook(self._on_optimizer_step)
 
     def before_train(self, runner) -> None:
@@ -227,9 +233,16 @@ class GDPHook(Hook):
             self.dead = gates.a.detach() == 0
 
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
-        """Optimizer step pre-hook: the model's optimizer really steps this iteration
-        (AMP skips the step on overflow; accumulation steps every N iterations)."""
+        """Optimizer step pre-hook: the model's optimizer steps this iteration
+        (accumulation steps every N iterations; AMP skips the step on overflow, except
+        for optimizers that check it in their own step, e.g. ``AdamW(fused=True)``:
+        ``GradScaler`` calls them anyway, with its ``found_inf`` flag set on them).
+        Records, as they are at this step, that flag and the AMP loss scale the gates'
+        gradient carries (``GradScaler.update()`` changes it right after the step)."""
         self.stepped = True
+        scale = getattr(self.loss_scaler, '_scale', None)
+        self.step_scale = None if scale is None else scale.clone()  # on its device
+        self.step_found_inf = getattr(optimizer, 'found_inf', None)
 
     @torch.no_grad()
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -240,22 +253,23 @@ class GDPHook(Hook):
             return  # accumulating: the gradient is not complete yet
         grad, a.grad = a.grad, None
         stepped, self.stepped = self.stepped, False
+        found_inf, self.step_found_inf = self.step_found_inf, None
+        if found_inf is not None and bool(found_inf):  # (a host read, fused optimizers only)
+            stepped = False  # the fused optimizer skipped its step: so do the gates
         if self.warmup_iters <= runner.iter < self.gdp_iters:
             if grad is not None and stepped:
-                self._gradient_step(a, grad, runner.optim_wrapper)
+                self._gradient_step(a, grad)
             self._proximal_step(a)
             broadcast(a, src=0)  # every rank holds rank 0's gates, by construction
             self.dead = a == 0
         self._sync_ema()
         self._log(runner, gates)
 
-    def _gradient_step(self, a: torch.Tensor, grad: torch.Tensor, optim_wrapper) -> None:
+    def _gradient_step(self, a: torch.Tensor, grad: torch.Tensor) -> None:
         """``a <- a - gate_lr * dL/da`` on the gates' device (no host sync)."""
         grad = grad.to(a.dtype)
-        scaler = getattr(optim_wrapper, 'loss_scaler', None)
-        scale = getattr(scaler, '_scale', None)  # AMP: the gates are not in its unscale_
-        if scale is not None:
-            grad = grad / scale.to(grad)
+        if self.step_scale is not None:  # AMP: the gates are not in the scaler's unscale_
+            grad = grad / self.step_scale.to(grad)
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         live = ~self.dead
         if self.grad_norm:
@@ -280,8 +294,8 @@ class GDPHook(Hook):
 
     def _proximal_step(self, a: torch.Tensor) -> None:
         """Soft-threshold towards the budget; decided on the host (numpy) from one
-        copy of the gates, the only host sync of an iteration, and written back only
-        when it cuts."""
+        copy of the gates (the iteration's one host sync besides a fused optimizer's
+        overflow flag), and written back only when it cuts."""
         old = a.detach().float().cpu().numpy()
         kept = self.exported(old)
         if self.budget.met(kept):

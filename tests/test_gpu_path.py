@@ -36,3 +36,64 @@ def test_lambda_grows_over_its_span_whatever_the_accumulation():
     assert hook.ratio > 0.5  # the budget was never met: lambda grew at every step
     assert 0.5e4 < hook.lam / 1e-6 < 2e4
 
+def _amp_run(net, optimizer):
+    """A GDPHook taking plain gradient steps (gate_lr 1, no penalty, no gradient
+    normalisation) next to an AMP optimizer wrapper stand-in: mmengine's
+    ``AmpOptimWrapper`` needs CUDA, so its ``step`` is replayed by :func:`_amp_step`
+    with torch's real ``GradScaler`` on the CPU."""
+    net.train()
+    scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 10, growth_interval=1)
+    wrapper = OptimWrapper(optimizer)
+    wrapper.loss_scaler = scaler
+    hook = GDPHook(flops_target=0.9, export=False, gdp_iters=10, lambda_init=0.0,
+                   grad_norm=False, gate_lr=1.0, grad_momentum=0.0)
+    runner = fake_runner(net, wrapper, 10)
+    hook.before_run(runner)
+    hook.before_train(runner)
+    hook.before_train_iter(runner, 0)
+    return hook, runner, scaler
+
+
+def _amp_step(wrapper, scaler, loss, spoil=None):
+    """``AmpOptimWrapper.update_params``: scaled backward, ``scaler.step``,
+    ``scaler.update``; ``spoil`` (a parameter) gets an inf gradient before the step."""
+    scaler.scale(loss).backward()
+    if spoil is not None:
+        spoil.grad.view(-1)[0] = float('inf')
+    scaler.step(wrapper.optimizer)
+    scaler.update()
+
+
+def test_amp_gate_gradient_is_unscaled_with_the_scale_of_its_step():
+    """A growth step (the scaler doubles its scale in ``update()``, after the optimizer
+    step): the gates still move by their true gradient, not half of it."""
+    net, x = small_net()
+    hook, runner, scaler = _amp_run(net, torch.optim.SGD(net.parameters(), lr=0.01))
+    ref, _ = small_net()
+    ref.train()
+    ref.gdp_gates.set_eps(net.gdp_gates.eps_value)
+    ref(x).square().sum().backward()
+    true_grad = ref.gdp_gates.a.grad
+    assert true_grad.abs().max() > 0.1
+    _amp_step(runner.optim_wrapper, scaler, net(x).square().sum())
+    hook.after_train_iter(runner, 0)
+    assert float(scaler.get_scale()) == 2.0 ** 11  # it was a growth step
+    torch.testing.assert_close(net.gdp_gates.a.detach(), 1 - true_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_optimizer_overflow_step_leaves_the_gates():
+    """A fused optimizer (``GradScaler`` calls its ``step`` even on overflow, with
+    ``found_inf`` set; it skips the update itself): the gates skip that step too."""
+    net, x = small_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, fused=True)
+    assert optimizer._step_supports_amp_scaling
+    hook, runner, scaler = _amp_run(net, optimizer)
+    weight = net.layers[0].weight
+    before_w, before_a = weight.detach().clone(), net.gdp_gates.a.detach().clone()
+    _amp_step(runner.optim_wrapper, scaler, net(x).square().mean(), spoil=weight)
+    hook.after_train_iter(runner, 0)
+    assert float(scaler.get_scale()) == 2.0 ** 9  # the scaler saw the overflow
+    assert torch.equal(weight.detach(), before_w)  # and the optimizer skipped its step
+    assert net.gdp_gates.a.grad is None  # the gradient is consumed all the same
+    assert torch.equal(net.gdp_gates.a.detach(), before_a)
+
