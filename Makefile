@@ -5,7 +5,7 @@ DATA ?= data/toyvoc
 DEMO_DIR ?= work_dirs/demo
 COMPARE_DIR ?= work_dirs/compare
 
-.PHONY: setup test test-fast demo compare
+.PHONY: setup test test-fast test-portability demo compare
 
 setup:
 	bash tools/setup_env.sh
@@ -25,6 +25,23 @@ test: setup
 # R50-class builds, pipelines); under 3 minutes on 2 cores.
 test-fast: setup
 	$(call pytest,-m "not slow")
+
+# The tests whose numbers go through float rounding (pruned vs gated outputs, decisions
+# replayed at near-ties, float64 re-checks, training runs compared bit for bit), rerun
+# under each setting a user's machine may differ in: thread count, the ISA torch's
+# kernels are built for, oneDNN on or off. Every variant runs; the failed ones are named.
+PORTABILITY_TESTS ?= tests/test_zoo_selections.py tests/test_zoo_cascade_rounding.py \
+  tests/test_decisions.py tests/test_gates.py tests/test_prune_coverage.py \
+  tests/test_random_networks.py tests/test_reliability.py tests/test_gdp_training.py
+PORTABILITY_VARIANTS ?= OMP_NUM_THREADS=1 OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=default \
+  ATEN_CPU_CAPABILITY=avx2 GDP_TEST_MKLDNN=0
+test-portability: setup
+	@failed=; for v in $(PORTABILITY_VARIANTS); do \
+	  echo "== make test-portability: $$v"; \
+	  env $$v $(PY) -m pytest -q $(PORTABILITY_TESTS) $(PYTEST_ARGS) || failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make test-portability: failed under:$$failed" >&2; exit 1; fi; \
+	echo "make test-portability: passed under $(PORTABILITY_VARIANTS)"
 
 # The main job on the bundled toy data: baseline -> 3 GDP epochs to 50 % FLOPs (the cut comes
 # early in the phase, the rest trains at the budget) -> lossless prune/export -> evaluation

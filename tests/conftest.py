@@ -1,11 +1,13 @@
 """Shared fixtures: a small toy dataset generated once per session, and a
 helper that turns one of the toy configs into a fast config pointing at it."""
+import os
 import os.path as osp
 import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import pytest
+import torch
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO not in sys.path:
@@ -14,6 +16,20 @@ if REPO not in sys.path:
 import gdp_det  # noqa: E402  (registries)
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
 from gdp_det.datasets.toy_voc import make_toy_voc  # noqa: E402
+
+# `make test-portability` reruns the numerically sensitive tests with oneDNN off as one of
+# its variants (thread count and ISA are set through OMP_NUM_THREADS and
+# ATEN_CPU_CAPABILITY, which torch reads at start-up).
+if os.environ.get('GDP_TEST_MKLDNN') == '0':
+    torch.backends.mkldnn.enabled = False
+
+
+def pytest_report_header(config):
+    """The numerical setting the suite runs under: what a result may depend on."""
+    return (f'torch {torch.__version__}: {torch.get_num_threads()} threads, CPU capability '
+            f'{torch.backends.cpu.get_cpu_capability()}, '
+            f'oneDNN {"on" if torch.backends.mkldnn.enabled else "off"}')
+
 
 CONFIG_DIR = osp.join(REPO, 'configs', 'toy')
 RETINANET_CFG = osp.join(CONFIG_DIR, 'retinanet_r18_fpn_toyvoc.py')

@@ -67,9 +67,13 @@ def test_forked_worker_runs_after_the_parent_used_threads(tmp_path):
     """GNU OpenMP hangs a forked child whose parent ran parallel ops (the whole test
     suite does): the worker must still finish (it runs single-threaded)."""
     import torch
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    x = torch.randn(512, 512)
-    (x @ x).sum()
+    try:
+        x = torch.randn(512, 512)
+        (x @ x).sum()
+    finally:  # the tests after this one run with the suite's thread count
+        torch.set_num_threads(threads)
     md, cache = run(tmp_path, '--timeout', '120')
     assert json.loads(cache.read_text())['result'] == 'lossless'
 
