@@ -48,7 +48,7 @@ PYVER=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.v
 WHEELDIR="$CACHE/wheels/mmcv-$MMCV-torch$TORCH-$PYVER-$(uname -m)"
 if ! "$VENV/bin/python" -c "import mmcv, sys; from mmcv.ops import nms, RoIAlign; sys.exit(mmcv.__version__ != '$MMCV')" 2>/dev/null; then
   if ! ls "$WHEELDIR"/mmcv-*.whl >/dev/null 2>&1; then
-    echo "[setup] building mmcv $MMCV with its CPU ops from source (about 15-20 min on 2 cores, once)"
+    echo "[setup] building mmcv $MMCV with its CPU ops from source (14-34 min measured on 2-core machines, once; a line every 3 min)"
     BUILD=$(mktemp -d "${TMPDIR:-/tmp}/gdp_mmcv_build.XXXXXX")
     trap 'rm -rf "$BUILD"' EXIT
     # mmcv's setup.py imports pkg_resources (setuptools < 70) and needs the installed torch.
@@ -58,8 +58,18 @@ if ! "$VENV/bin/python" -c "import mmcv, sys; from mmcv.ops import nms, RoIAlign
     tar -xzf "$BUILD"/mmcv-$MMCV.tar.gz -C "$BUILD" || fail "unpacking the mmcv sdist"
     # torch 2.14 headers require C++20; mmcv's setup.py asks for C++17.
     sed -i 's/c++17/c++20/g' "$BUILD/mmcv-$MMCV/setup.py"
+    # The compile is silent for tens of minutes: say every few minutes that it is still going.
+    START=$SECONDS
     MAX_JOBS=${MAX_JOBS:-$(nproc)} "$VENV/bin/python" -m pip wheel -q --no-deps --no-build-isolation \
-      "$BUILD/mmcv-$MMCV" -w "$BUILD/wheel" || fail "compiling mmcv $MMCV (see the compiler output above)"
+      "$BUILD/mmcv-$MMCV" -w "$BUILD/wheel" &
+    BUILD_PID=$!
+    while kill -0 "$BUILD_PID" 2>/dev/null; do
+      for _ in $(seq "${GDP_HEARTBEAT_S:-180}"); do kill -0 "$BUILD_PID" 2>/dev/null || break; sleep 1; done
+      kill -0 "$BUILD_PID" 2>/dev/null \
+        && echo "[setup] still compiling mmcv: $(( (SECONDS - START) / 60 )) min so far ($(find "$BUILD/mmcv-$MMCV/build" -name '*.o' 2>/dev/null | wc -l) objects compiled)"
+    done
+    wait "$BUILD_PID" || fail "compiling mmcv $MMCV (see the compiler output above)"
+    echo "[setup] mmcv compiled in $(( (SECONDS - START) / 60 )) min"
     mkdir -p "$WHEELDIR"
     # Copy then rename so a concurrent or interrupted run never sees a partial wheel.
     for w in "$BUILD"/wheel/mmcv-*.whl; do
