@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .files import atomic_write
 from .flops import FlopsModel
 from .graph import ChannelGraph
 
@@ -293,7 +294,6 @@ def measure_table(model: nn.Module, points: int = 5, repeats: int = 7,
                  probe=probed, probe_layers=probe_layers, probe_calls=probe_calls,
                  probe_share=PROBE_SHARE)
     if cache:
-        from .pipeline.report import atomic_write
         atomic_write(path, json.dumps(table))
     return table
 

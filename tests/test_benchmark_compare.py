@@ -1,4 +1,4 @@
-"""tools/benchmark_compare.py and gdp_det.pipeline.compare*: the plan and its resume,
+"""tools/benchmark_compare.py and gdp_det.benchmark.compare*: the plan and its resume,
 the tables from fake results, the independent FLOPs counter, and (slow) a tiny run."""
 import json
 import os
@@ -7,9 +7,9 @@ import os.path as osp
 import pytest
 
 from conftest import REPO, RETINANET_CFG
-from gdp_det.pipeline import compare as C
-from gdp_det.pipeline import compare_methods as cm
-from gdp_det.pipeline.compare_summary import (interpolate_at, markdown, mean_std, pm,
+from gdp_det.benchmark import compare as C
+from gdp_det.benchmark import compare_methods as cm
+from gdp_det.benchmark.compare_summary import (interpolate_at, markdown, mean_std, pm,
                                               readme_lines, summarize)
 
 
@@ -342,3 +342,16 @@ def test_readme_comparison_is_the_one_generated_from_compare_json():
     assert {('gdp', 0.5), ('gdp', 0.3), ('control', None), ('random', 0.5)} <= runs
     assert all(len([r for r in data['runs'] if (r['method'], r['budget']) == k]) == 3
                for k in runs), 'every method and budget has its 3 seeds'
+
+
+def test_stored_results_name_no_machine_paths():
+    """Paths under the repository are stored relative to it (the committed results
+    named the machine they ran on); other strings and paths elsewhere stay as they are."""
+    from tools.benchmark_compare import REPO, repo_relative
+    data = dict(runs=[dict(config=osp.join(REPO, 'work_dirs', 'c', 'base.py'), method='gdp')],
+                baseline=dict(checkpoint='/elsewhere/b.pth'))
+    assert repo_relative(data) == dict(runs=[dict(config='work_dirs/c/base.py', method='gdp')],
+                                       baseline=dict(checkpoint='/elsewhere/b.pth'))
+    for name in ('compare.json', 'tuning.json'):
+        text = open(osp.join(REPO, 'benchmarks', name)).read()
+        assert '"/' not in text, name  # no absolute path in the committed results

@@ -67,3 +67,37 @@ def test_import_does_not_pull_in_matplotlib():
          "[m for m in sys.modules if m.startswith('matplotlib')][:3]"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def _imported_modules(path: str, package: str):
+    """The ``gdp_det`` modules a source file imports (relative imports resolved)."""
+    import ast
+    tree = ast.parse(open(path).read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split('.')
+            if node.level:
+                base = base[:len(base) - node.level + 1]
+                yield '.'.join(base + ([node.module] if node.module else []))
+            else:
+                yield node.module
+
+
+def test_layers_import_only_downwards():
+    """The core imports neither the main job nor the comparison; the main job does not
+    import the comparison (a benchmark, not part of what a user's job runs)."""
+    import glob
+    layers = {'core': ('gdp_det/*.py', 'gdp_det/graph/*.py'),
+              'pipeline': ('gdp_det/pipeline/*.py', )}
+    above = {'core': ('gdp_det.pipeline', 'gdp_det.benchmark'),
+             'pipeline': ('gdp_det.benchmark', )}
+    for layer, patterns in layers.items():
+        for pattern in patterns:
+            for path in glob.glob(osp.join(REPO, pattern)):
+                rel = osp.relpath(path, REPO)[:-3].replace('/', '.')
+                package = rel if rel.endswith('__init__') else rel.rsplit('.', 1)[0]
+                package = package.replace('.__init__', '')
+                for name in _imported_modules(path, package):
+                    assert not name.startswith(above[layer]), (rel, name)

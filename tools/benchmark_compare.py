@@ -10,7 +10,7 @@ tuning split: the defaults were tuned on it) and reports on --val-data's test sp
 (generated with --num-val images and --val-seed when missing); with --config-data on the
 config's own train / val / test dataloaders. Every method starts from
 the same converged baseline and trains --epochs epochs after it on the same schedule
-(gdp_det.pipeline.compare). Rerunning the command skips the finished runs. Writes
+(gdp_det.benchmark.compare). Rerunning the command skips the finished runs. Writes
 --out (compare.json, every run), section (e) of --results, the Pareto plot --plot and,
 with --readme, the README's summary and verdicts generated from the same data.
 """
@@ -124,7 +124,7 @@ def main(argv=None):
     if args.baseline_checkpoint and not osp.isfile(args.baseline_checkpoint):
         raise UserError(f'baseline checkpoint not found: {args.baseline_checkpoint}')
     from mmdet.utils import register_all_modules
-    from gdp_det.pipeline import compare as C
+    from gdp_det.benchmark import compare as C
     register_all_modules(init_default_scope=False)
     fields = ('budgets', 'seeds', 'epochs', 'gdp_epochs', 'lr_factor', 'baseline_checkpoint',
               'patience', 'converge_max_epochs', 'latency_repeats', 'threads')
@@ -161,7 +161,7 @@ def main(argv=None):
 
 
 def dry_run(args, settings, runs, skipped) -> int:
-    from gdp_det.pipeline import compare as C
+    from gdp_det.benchmark import compare as C
     n_train, n_test = _count(args.data, 'trainval', 480), _count(args.val_data, 'test', 1000)
     done = C.load_results(osp.abspath(args.work_dir), runs)
     finished = {r['run'] for r in done}
@@ -182,12 +182,26 @@ def dry_run(args, settings, runs, skipped) -> int:
     return 0
 
 
+def repo_relative(data, root: str = REPO):
+    """``data`` with every absolute path under ``root`` made relative to it: the stored
+    results do not name the machine they ran on."""
+    if isinstance(data, dict):
+        return {k: repo_relative(v, root) for k, v in data.items()}
+    if isinstance(data, list):
+        return [repo_relative(v, root) for v in data]
+    if isinstance(data, str) and data.startswith(osp.join(root, '')):
+        return osp.relpath(data, root)
+    return data
+
+
 def write_outputs(data: dict, args, argv) -> None:
     import json
     import re
     import shlex
-    from gdp_det.pipeline.compare_summary import markdown, plot_pareto, readme_lines
-    from gdp_det.pipeline.report import atomic_write, replace_marked, update_sections
+    from gdp_det.benchmark.compare_summary import markdown, plot_pareto, readme_lines
+    from gdp_det.files import atomic_write
+    from gdp_det.pipeline.report import replace_marked, update_sections
+    data = repo_relative(data)
     atomic_write(args.out, json.dumps(data, indent=2))
     if osp.isfile(args.results) and args.section == SECTION:
         text = open(args.results).read()

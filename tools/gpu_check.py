@@ -357,7 +357,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     res = run_check(args)
-    from gdp_det.pipeline.report import atomic_write, update_sections
+    from gdp_det.files import atomic_write
+    from gdp_det.pipeline.report import update_sections
     atomic_write(args.json, json.dumps(res, indent=2) + '\n')
     head = None if osp.isfile(args.out) else ['# gdp-det benchmarks']
     update_sections(args.out, [(SECTION, markdown(res, argv))], head)

@@ -21,7 +21,8 @@ from mmengine.config import Config
 from mmengine.dist import barrier, is_main_process
 
 from ..export import EXPORT_FILES
-from .report import atomic_write, report_rows, write_report
+from ..files import atomic_write
+from .report import report_rows, write_report
 from .schedule import gdp_config, phase_schedule
 from .stages import evaluate, init_distributed, launch_cfg, stage, train
 

@@ -1,5 +1,5 @@
 """The job's report: one table row per model (Markdown + JSON) with the figures of
-:mod:`.plots`, and the atomic file writes the job and the benchmark tools share.
+:mod:`.plots`, and the Markdown sections the job and the benchmark tools update.
 
 ``write_report(work_dir, rows, prune_report)`` writes ``report.md`` and
 ``report.json`` atomically; ``update_sections`` replaces sections of a Markdown file
@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import json
-import os
 import os.path as osp
 import re
-import tempfile
 from typing import Dict, List, Optional, Tuple
 
+from ..files import atomic_write
 from .plots import plot_run
 
 
@@ -48,22 +47,6 @@ def replace_marked(path: str, name: str, lines: List[str]) -> str:
     text = text[:i + len(begin)] + '\n' + '\n'.join(lines) + '\n' + text[j:]
     atomic_write(path, text)
     return text
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and
-    ``os.replace``: readers see the old file or the new one, never a part."""
-    d = osp.dirname(osp.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', dir=d)
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def markdown_table(rows: List[Dict], columns: List[str]) -> str:

@@ -24,7 +24,7 @@ from mmengine.dist import (barrier, broadcast_object_list, init_dist, is_distrib
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
-from .report import atomic_write
+from ..files import atomic_write
 
 
 def init_distributed(launcher: str, cfg: Config) -> None:

@@ -32,11 +32,11 @@ from mmengine.config import Config
 
 from ..api import prune_and_export
 from ..cli import gdp_model_cfg, load_state_dict
+from ..files import atomic_write
+from ..pipeline import evaluate, gdp_config, phase_schedule, stage, train
 from . import compare_methods as cm
-from . import evaluate, gdp_config, phase_schedule, stage, train
 from .compare_methods import GDP_VARIANTS, METHODS, Method, unavailable
 from .compare_summary import summarize
-from .report import atomic_write
 
 # rough costs for --dry-run before any run has finished (2 CPU cores, toy RetinaNet)
 TRAIN_S_PER_IMAGE = 0.07
