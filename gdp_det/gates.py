@@ -9,10 +9,11 @@ either way, so a gate pushed to exactly zero stays there.
 Where the gates run (GPU training): ``eps`` is a Python float, gate values are
 computed in float32 whatever the model's dtype (``model.half()``: no underflow of
 eps) and cast to the dtype of what they multiply (no fp32 promotion under
-autocast), and every consumer's gate vector is computed once per value of ``a``
-and ``eps`` (not per layer call), by an autograd function that needs no saved
-tensors, so it is reused by every forward until the gates change. Nothing in the
-gate path reads a tensor back to the host.
+autocast) while their gradient is reduced in float32 (no fp16 overflow the AMP
+scaler could not see), and every consumer's gate vector is computed once per value
+of ``a`` and ``eps`` (not per layer call), by an autograd function that needs no
+saved tensors, so it is reused by every forward until the gates change. Nothing in
+the gate path reads a tensor back to the host.
 """
 from __future__ import annotations
 
@@ -42,18 +43,18 @@ def gate_slope(a: torch.Tensor, eps: float, normalize: bool = True) -> torch.Ten
 
 
 class _GateVector(torch.autograd.Function):
-    """Gate values of ``a[lo:hi]``, gathered by ``index`` (``-1``: a fixed channel,
-    gate 1), cast to ``dtype``. Saves no tensors (``a`` is kept as a detached
-    reference and the gate set re-computes when ``a`` changes), so one result can be
-    back-propagated by any number of forward passes."""
+    """Float32 gate values of ``a[lo:hi]``, gathered by ``index`` (``-1``: a fixed
+    channel, gate 1). Saves no tensors (``a`` is kept as a detached reference and the
+    gate set re-computes when ``a`` changes), so one result can be back-propagated by
+    any number of forward passes."""
 
     @staticmethod
-    def forward(ctx, a, spec: '_ConsumerSpec', eps: float, normalize: bool, dtype):
+    def forward(ctx, a, spec: '_ConsumerSpec', eps: float, normalize: bool):
         ctx.spec, ctx.eps, ctx.normalize, ctx.a = spec, eps, normalize, a.detach()
         g = gate_value(a[spec.lo:spec.hi].float(), eps, normalize)
         if spec.index is not None:
             g = torch.cat([g, g.new_ones(1)])[spec.index_on(g.device)]
-        return g.to(dtype)
+        return g
 
     @staticmethod
     def backward(ctx, grad):
@@ -65,7 +66,41 @@ class _GateVector(torch.autograd.Function):
                 0, spec.index_on(grad.device), grad)[:-1]
         out = torch.zeros_like(ctx.a)
         out[spec.lo:spec.hi] = (grad * gate_slope(a, ctx.eps, ctx.normalize)).to(out.dtype)
-        return out, None, None, None, None
+        return out, None, None, None
+
+
+def _along(g: torch.Tensor, t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``g`` as ``t``'s dtype, shaped to broadcast along dimension ``dim`` of ``t``."""
+    shape = [1] * t.dim()
+    shape[dim] = -1
+    return g.to(t.dtype).view(shape)
+
+
+class _ScaleChannels(torch.autograd.Function):
+    """``t * g`` along dimension ``dim`` of ``t`` (``g``: float32 gates, cast to
+    ``t``'s dtype for the product, so the result keeps ``t``'s dtype). The gates'
+    gradient, a sum over every other position of ``t``, is reduced in float32: under
+    fp16 AMP it sums a scaled gradient and would overflow to inf where the weights'
+    gradients stay finite, unseen by the scaler (the gates are not in its optimizer).
+    Costs float32 copies of ``t`` and its gradient in the backward when ``t`` is
+    not float32."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, g: torch.Tensor, dim: int):
+        ctx.dim = dim
+        ctx.save_for_backward(t, g)
+        return t * _along(g, t, dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, g = ctx.saved_tensors
+        grad_t = grad_g = None
+        if ctx.needs_input_grad[0]:
+            grad_t = grad * _along(g, grad, ctx.dim)
+        if ctx.needs_input_grad[1]:
+            others = [d for d in range(t.dim()) if d != ctx.dim % t.dim()]
+            grad_g = (grad.float() * t.float()).sum(others)
+        return grad_t, grad_g, None
 
 
 @dataclass
@@ -100,10 +135,9 @@ class _GateInput:
 
     def __call__(self, module: nn.Module, args):
         x = args[0]
-        g = self.gates.vector(self.name, x.dtype, x.device)
-        if not isinstance(module, nn.Linear):  # channels in dim 1, else in the last dim
-            g = g.view(-1, *([1] * (x.dim() - 2)))
-        return (x * g, ) + tuple(args[1:])
+        dim = -1 if isinstance(module, nn.Linear) else 1  # where the channels are
+        g = self.gates.vector(self.name, x.device)
+        return (_ScaleChannels.apply(x, g, dim), ) + tuple(args[1:])
 
 
 class _GateConvWeight:
@@ -120,12 +154,10 @@ class _GateConvWeight:
         self.gates, self.name, self.conv_forward = gates, name, conv_forward
 
     def __call__(self, x, weight, bias):
-        shape = (1, -1) + (1, ) * (weight.dim() - 2)
-        if weight.numel() <= x.numel():
-            g = self.gates.vector(self.name, weight.dtype, weight.device)
-            return self.conv_forward(x, weight * g.view(shape), bias)
-        g = self.gates.vector(self.name, x.dtype, x.device)
-        return self.conv_forward(x * g.view(shape), weight, bias)
+        g = self.gates.vector(self.name, x.device)
+        if weight.numel() <= x.numel():  # input channels: dim 1 of both
+            return self.conv_forward(x, _ScaleChannels.apply(weight, g, 1), bias)
+        return self.conv_forward(_ScaleChannels.apply(x, g, 1), weight, bias)
 
 
 def _forwards_through_conv_forward() -> tuple:
@@ -218,8 +250,8 @@ class GDPGateSet(nn.Module):
         """Gate value of every channel (float32)."""
         return gate_value(self.a.float(), self.eps_value, self.normalize)
 
-    def vector(self, consumer: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The gate of every input channel of ``consumer`` (1 where fixed), as ``dtype``.
+    def vector(self, consumer: str, device: torch.device) -> torch.Tensor:
+        """The gate of every input channel of ``consumer`` (1 where fixed), float32.
 
         Computed once per state of ``a`` / ``eps`` / grad mode and reused by every
         later call (shared heads, repeated forwards) until the gates change.
@@ -229,12 +261,10 @@ class GDPGateSet(nn.Module):
                torch.is_inference_mode_enabled())
         if key != self._cache_key:
             self._cache_key, self._cache = key, {}
-        k = (consumer, dtype)
-        g = self._cache.get(k)
+        g = self._cache.get(consumer)
         if g is None:
-            g = _GateVector.apply(a, self._specs[consumer], self.eps_value, self.normalize,
-                                  dtype)
-            self._cache[k] = g
+            g = _GateVector.apply(a, self._specs[consumer], self.eps_value, self.normalize)
+            self._cache[consumer] = g
         return g if g.device == device else g.to(device)
 
     # -- attaching to a model --------------------------------------------------------

@@ -1,7 +1,11 @@
 """The GPU path's second reading (issue 20), each finding proven on the CPU with a
 stand-in: gradient accumulation and lambda, the AMP loss scale and fused optimizers,
 fp16 gate gradients, fp16 eps, torch.compile, latency timing on CUDA."""
+import copy
+
+import pytest
 import torch
+import torch.nn as nn
 from mmengine.optim import OptimWrapper
 
 from gdp_det.hooks import GDPHook
@@ -35,6 +39,7 @@ def test_lambda_grows_over_its_span_whatever_the_accumulation():
         hook.after_train_iter(runner, it)
     assert hook.ratio > 0.5  # the budget was never met: lambda grew at every step
     assert 0.5e4 < hook.lam / 1e-6 < 2e4
+
 
 def _amp_run(net, optimizer):
     """A GDPHook taking plain gradient steps (gate_lr 1, no penalty, no gradient
@@ -96,4 +101,53 @@ def test_fused_optimizer_overflow_step_leaves_the_gates():
     assert torch.equal(weight.detach(), before_w)  # and the optimizer skipped its step
     assert net.gdp_gates.a.grad is None  # the gradient is consumed all the same
     assert torch.equal(net.gdp_gates.a.detach(), before_a)
+
+
+class LinearNet(nn.Module):
+    """Linear(64, 64) -> Linear(64, 512)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc0, self.fc1 = nn.Linear(64, 64), nn.Linear(64, 512)
+
+    def forward(self, x):
+        return self.fc1(self.fc0(x))
+
+
+def _linear_net():
+    """A :class:`LinearNet` gated between its layers (the second is gated on its
+    input), with weights that make the fp16 sums below exact."""
+    from gdp_det.gates import add_gates
+    from gdp_det.graph import trace_channel_graph
+    net = LinearNet()
+    with torch.no_grad():
+        net.fc0.weight.copy_(64 * torch.eye(64))
+        net.fc1.weight.fill_(0.01)
+        net.fc0.bias.zero_()
+        net.fc1.bias.zero_()
+    x = torch.full((1024, 64), 1 / 128)  # hidden activations 0.5
+    return add_gates(net, trace_channel_graph(net, lambda m: m(x))), x
+
+
+def test_fp16_gate_gradient_is_reduced_in_float32():
+    """fp16 weights and a loss scaled by 32 (an AMP loss scale): the weights'
+    gradients are finite (16384, ~1300) but the gates' sum over 1024 rows of a
+    gradient summed over 512 outputs (~84000) is past fp16's 65504: it must still
+    come back finite and right, not inf (which the hook's ``nan_to_num`` zeroed)."""
+    net, x = _linear_net()
+    net.gdp_gates.set_eps(1e-2)
+    ref = copy.deepcopy(net)
+    ref(x).sum().mul(32).backward()
+    net.half()
+    try:
+        out = net(x.half())
+    except RuntimeError as e:  # an op this CPU build lacks in fp16
+        pytest.skip(f'no fp16 linear on this CPU: {e}')
+    assert out.dtype == torch.float16
+    out.sum().mul(32).backward()
+    assert all(torch.isfinite(fc.weight.grad).all() for fc in (net.fc0, net.fc1))
+    grad = net.gdp_gates.a.grad.float()
+    assert ref.gdp_gates.a.grad.abs().min() > 1000
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(grad, ref.gdp_gates.a.grad, rtol=1e-2, atol=0)
 

@@ -133,7 +133,6 @@ def test_gates_in_low_precision(mode):
             pytest.skip(f'no {dtype} conv on this CPU: {e}')
     assert out.dtype == ref.dtype
     assert torch.isfinite(out).all()
-    assert net.gdp_gates.vector('layers.3', out.dtype, out.device).dtype == out.dtype
 
 
 def _toy_optim_wrapper(net, **kw):
