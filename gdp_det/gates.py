@@ -6,14 +6,14 @@ inserting gates with ``a = 1`` into a trained model leaves its outputs unchanged
 and annealing eps never rescales surviving channels. ``g(0) = 0`` with zero slope
 either way, so a gate pushed to exactly zero stays there.
 
-Where the gates run (GPU training): ``eps`` is a Python float, gate values are
-computed in float32 whatever the model's dtype (``model.half()``: no underflow of
-eps) and cast to the dtype of what they multiply (no fp32 promotion under
-autocast) while their gradient is reduced in float32 (no fp16 overflow the AMP
-scaler could not see), and every consumer's gate vector is computed once per value
-of ``a`` and ``eps`` (not per layer call), by an autograd function that needs no
-saved tensors, so it is reused by every forward until the gates change. Nothing in
-the gate path reads a tensor back to the host.
+Where the gates run (GPU training): ``eps`` is a Python float, ``a`` and the ``eps``
+buffer stay float32 whatever the model's dtype (``model.half()``), gate values are
+computed in float32 (no underflow of eps) and cast to the dtype of what they
+multiply (no fp32 promotion under autocast) while their gradient is reduced in
+float32 (no fp16 overflow the AMP scaler could not see), and every consumer's gate
+vector is computed once per value of ``a`` and ``eps`` (not per layer call), by an
+autograd function that needs no saved tensors, so it is reused by every forward
+until the gates change. Nothing in the gate path reads a tensor back to the host.
 """
 from __future__ import annotations
 
@@ -266,6 +266,20 @@ class GDPGateSet(nn.Module):
             g = _GateVector.apply(a, self._specs[consumer], self.eps_value, self.normalize)
             self._cache[consumer] = g
         return g if g.device == device else g.to(device)
+
+    def _apply(self, fn, recurse=True):
+        """Moves follow the model; casts below float32 (``model.half()``, bfloat16)
+        leave ``a`` and the ``eps`` buffer float32, unrounded: eps <= ~3e-8 is 0 in
+        fp16 (a reloaded gate at 0 would be 0/0), and fp16 rounds away gate steps
+        below ~5e-4 at ``a = 1``."""
+        a, eps = self.a.data, self.eps
+        super()._apply(fn, recurse)
+        if torch.finfo(self.a.dtype).bits < 32:
+            self.a.data = a.to(self.a.device)
+            self.eps = eps.to(self.eps.device)
+            if self.a.grad is not None:
+                self.a.grad = self.a.grad.float()
+        return self
 
     # -- attaching to a model --------------------------------------------------------
     def attach(self, model: nn.Module) -> None:

@@ -151,3 +151,22 @@ def test_fp16_gate_gradient_is_reduced_in_float32():
     assert torch.isfinite(grad).all()
     torch.testing.assert_close(grad, ref.gdp_gates.a.grad, rtol=1e-2, atol=0)
 
+def test_fp16_model_keeps_float32_gates_and_eps():
+    """``model.half()``: ``a`` and the ``eps`` buffer stay float32, so eps = 1e-8
+    (0 in fp16) survives a checkpoint and reloaded zero gates are 0, not 0/0; and
+    a gate step of 1e-4 at ``a = 1`` is not rounded away."""
+    net, _ = small_net()
+    net.gdp_gates.set_eps(1e-8)
+    with torch.no_grad():
+        net.gdp_gates.a[::3] = 0
+    net.half()
+    assert net.gdp_gates.a.dtype == net.gdp_gates.eps.dtype == torch.float32
+    fresh, _ = small_net()
+    fresh.half().load_state_dict(net.state_dict())
+    assert fresh.gdp_gates.eps_value == pytest.approx(1e-8)
+    values = fresh.gdp_gates.values()
+    assert torch.equal(values == 0, net.gdp_gates.a == 0)
+    with torch.no_grad():
+        fresh.gdp_gates.a.sub_(1e-4)
+    assert float(fresh.gdp_gates.a.detach()[1]) == pytest.approx(1 - 1e-4)
+
