@@ -13,7 +13,8 @@ multiply (no fp32 promotion under autocast) while their gradient is reduced in
 float32 (no fp16 overflow the AMP scaler could not see), and every consumer's gate
 vector is computed once per value of ``a`` and ``eps`` (not per layer call), by an
 autograd function that needs no saved tensors, so it is reused by every forward
-until the gates change. Nothing in the gate path reads a tensor back to the host.
+until the gates change (under ``torch.compile`` the compiled graph computes them
+instead). Nothing in the gate path reads a tensor back to the host.
 """
 from __future__ import annotations
 
@@ -42,19 +43,24 @@ def gate_slope(a: torch.Tensor, eps: float, normalize: bool = True) -> torch.Ten
     return d * (1.0 + eps) if normalize else d
 
 
+def _consumer_gates(a: torch.Tensor, spec: '_ConsumerSpec', eps, normalize: bool):
+    """Float32 gate values of ``a[lo:hi]``, gathered by ``spec.index`` (a fixed
+    channel: gate 1); ``eps`` a float or a tensor."""
+    g = gate_value(a[spec.lo:spec.hi].float(), eps, normalize)
+    if spec.index is not None:
+        g = torch.cat([g, g.new_ones(1)])[spec.index_on(g.device)]
+    return g
+
+
 class _GateVector(torch.autograd.Function):
-    """Float32 gate values of ``a[lo:hi]``, gathered by ``index`` (``-1``: a fixed
-    channel, gate 1). Saves no tensors (``a`` is kept as a detached reference and the
-    gate set re-computes when ``a`` changes), so one result can be back-propagated by
-    any number of forward passes."""
+    """:func:`_consumer_gates` with a backward that saves no tensors (``a`` is kept
+    as a detached reference and the gate set re-computes when ``a`` changes), so one
+    result can be back-propagated by any number of forward passes."""
 
     @staticmethod
     def forward(ctx, a, spec: '_ConsumerSpec', eps: float, normalize: bool):
         ctx.spec, ctx.eps, ctx.normalize, ctx.a = spec, eps, normalize, a.detach()
-        g = gate_value(a[spec.lo:spec.hi].float(), eps, normalize)
-        if spec.index is not None:
-            g = torch.cat([g, g.new_ones(1)])[spec.index_on(g.device)]
-        return g
+        return _consumer_gates(a, spec, eps, normalize)
 
     @staticmethod
     def backward(ctx, grad):
@@ -254,9 +260,15 @@ class GDPGateSet(nn.Module):
         """The gate of every input channel of ``consumer`` (1 where fixed), float32.
 
         Computed once per state of ``a`` / ``eps`` / grad mode and reused by every
-        later call (shared heads, repeated forwards) until the gates change.
+        later call (shared heads, repeated forwards) until the gates change. Under
+        ``torch.compile`` it is part of the compiled graph instead (no cache, whose
+        keys Dynamo cannot trace, and ``eps`` read from its buffer: no recompilation
+        when it changes).
         """
         a = self.a
+        if torch.compiler.is_compiling():
+            g = _consumer_gates(a, self._specs[consumer], self.eps, self.normalize)
+            return g.to(device)
         key = (a._version, a.data_ptr(), self.eps_value, torch.is_grad_enabled(),
                torch.is_inference_mode_enabled())
         if key != self._cache_key:
