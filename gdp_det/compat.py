@@ -262,3 +262,71 @@ def apply() -> None:
     patch_package_utils()
     patch_voc_metric_class_names()
     _applied = True
+
+
+# ----------------------------------------------------------------------------
+# mmdeploy 1.3 on recent torch and OpenVINO (applied by apply_deploy(), not apply())
+# ----------------------------------------------------------------------------
+def patch_onnx_export_legacy_default() -> None:
+    """Make ``torch.onnx.export`` default to ``dynamo=False`` (the TorchScript exporter).
+
+    torch >= 2.9 exports with the dynamo exporter unless told otherwise; mmdeploy 1.3.1
+    calls ``torch.onnx.export`` without ``dynamo`` and relies on the TorchScript exporter
+    (its symbolic rewrites of mmcv / torch ops and its ONNX passes hook
+    ``torch.onnx.utils``), so its ``torch2onnx`` fails (the dynamo exporter needs
+    onnxscript and does not see the rewrites). A caller that passes ``dynamo`` keeps its
+    choice; on a torch whose ``export`` has no ``dynamo`` argument nothing changes.
+    ``tests/test_deploy.py::test_upstream_mmdeploy_export_needs_dynamo_false`` shows
+    the failure without this patch.
+    """
+    import inspect
+
+    import torch.onnx
+    export = torch.onnx.export
+    if getattr(export, '_gdp_legacy_default', False):
+        return
+    if 'dynamo' not in inspect.signature(export).parameters:
+        return
+
+    @functools.wraps(export)
+    def legacy_export(*args, **kwargs):
+        kwargs.setdefault('dynamo', False)
+        return export(*args, **kwargs)
+
+    legacy_export._gdp_legacy_default = True
+    torch.onnx.export = legacy_export
+
+
+def patch_mmdeploy_openvino_wrapper() -> None:
+    """Run OpenVINO models in mmdeploy through the OpenVINO 2022+ API.
+
+    mmdeploy 1.3.1's ``OpenVINOWrapper`` imports ``openvino.inference_engine``, which
+    OpenVINO removed in 2024; its ``OpenVINOManager.build_wrapper`` now returns
+    :class:`gdp_det.deploy.OpenVINORuntimeWrapper` (``openvino.Core``), so mmdeploy's
+    ``End2EndModel`` (its pre- and post-processing) runs OpenVINO IR files. (mmdeploy's
+    conversion, which runs the Model Optimizer ``mo`` that OpenVINO 2025 no longer
+    ships, is not patched: :func:`gdp_det.deploy.onnx_to_openvino` converts instead.)
+    ``tests/test_deploy.py::test_upstream_mmdeploy_openvino_needs_new_api`` shows the
+    failure without this patch.
+    """
+    from mmdeploy.backend.openvino.backend_manager import OpenVINOManager
+    if getattr(OpenVINOManager.build_wrapper, '_gdp_patched', False):
+        return
+
+    def build_wrapper(cls, backend_files, device='cpu', input_names=None,
+                      output_names=None, deploy_cfg=None, **kwargs):
+        from .deploy import OpenVINORuntimeWrapper
+        return OpenVINORuntimeWrapper(backend_files[0], output_names=output_names)
+
+    build_wrapper._gdp_patched = True
+    OpenVINOManager.build_wrapper = classmethod(build_wrapper)
+
+
+def apply_deploy() -> None:
+    """:func:`apply`, and the patches mmdeploy needs on this stack (torch's legacy ONNX
+    exporter by default; OpenVINO's current API when mmdeploy's OpenVINO support is
+    importable). Called by ``gdp_det.deploy``; later calls do nothing."""
+    apply()
+    patch_onnx_export_legacy_default()
+    if importlib.util.find_spec('openvino') is not None:
+        patch_mmdeploy_openvino_wrapper()
