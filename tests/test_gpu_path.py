@@ -3,11 +3,15 @@ stand-in: gradient accumulation and lambda, the AMP loss scale and fused optimiz
 fp16 gate gradients, fp16 eps, torch.compile, latency timing on CUDA."""
 import copy
 import os.path as osp
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.optim import OptimWrapper
+from torch.overrides import TorchFunctionMode
 
 from gdp_det.hooks import GDPHook
 from gdp_det.testing import fake_runner
@@ -211,4 +215,64 @@ def test_compiled_gates_break_no_graph_and_match_eager():
         ref.square().sum().backward()
         torch.testing.assert_close(grad, net.gdp_gates.a.grad)
     assert counter.frame_count == 1
+
+class FakeCuda(TorchFunctionMode):
+    """A CUDA device on the CPU's clock: every conv launched inside the mode costs the
+    host ``launch`` seconds and queues ``1e-9`` s per multiply-accumulate on the
+    device, which runs them in order while the host goes on; only
+    ``torch.cuda.synchronize()`` (``sync`` seconds) waits for the queue.
+    :meth:`install` makes ``time.perf_counter`` read its clock."""
+
+    def __init__(self, launch=1e-5, sync=2e-5):
+        super().__init__()
+        self.launch, self.sync = launch, sync
+        self.now = self.device_free = 0.0
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(time, 'perf_counter', lambda: self.now)
+        monkeypatch.setattr(torch.cuda, 'synchronize', self.synchronize)
+        monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Fake GPU')
+        return self
+
+    def run(self, seconds: float) -> None:
+        self.now += self.launch
+        self.device_free = max(self.device_free, self.now) + seconds
+
+    def synchronize(self, device=None) -> None:
+        self.now = max(self.now, self.device_free) + self.sync
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is F.conv2d:
+            self.run(1e-9 * out.numel() * args[1][0].numel())
+        return out
+
+
+def test_evaluation_latency_waits_for_the_device(monkeypatch):
+    """The pipeline's evaluation times a (fake) CUDA forward to the end of its
+    kernels (it measured the launches alone) and names the device."""
+    from mmengine.config import Config
+    from gdp_det.pipeline import stages
+    fake = FakeCuda(sync=0.0).install(monkeypatch)
+
+    class Detector:
+        """What ``evaluate`` uses of a detector on a GPU: 5 ms of kernels a forward."""
+        def parameters(self):
+            yield SimpleNamespace(device=torch.device('cuda'))
+
+        def eval(self):
+            return self
+
+        def data_preprocessor(self, batch, training):
+            return batch
+
+        def __call__(self, inputs, data_samples, mode):
+            fake.run(5e-3)
+
+    runner = SimpleNamespace(test=lambda: {'pascal_voc/mAP': 0.5}, model=Detector(),
+                             test_dataloader=[dict(inputs=[0, 1], data_samples=[0, 1])])
+    monkeypatch.setattr(stages.Runner, 'from_cfg', lambda cfg: runner)
+    result = stages.evaluate(Config(dict()), 'ckpt.pth', 'work', repeats=3)
+    assert result['latency_ms'] == pytest.approx(5.0 + 1000 * fake.launch, rel=1e-9)
+    assert result['latency_device'] == 'Fake GPU'
 

@@ -84,7 +84,8 @@ def run_pipeline(cfg: Config, work_dir: str, flops_target: float, gdp_epochs: in
     rows = report_rows(prune_report, ev, finetune_epochs)
     extra = (f'FLOPs target {flops_target}; FLOPs counted as multiply-accumulates of conv and '
              f'linear layers at input {prune_report["input_size"]}; latency: median of '
-             f'repeated single-image CPU forwards (same process, same input); mAP metric '
+             f'repeated single-image forwards on {ev["baseline"]["latency_device"]} (same '
+             f'process, same input); mAP metric '
              f'`{ev["baseline"]["metric"]}`.')
     if is_main_process():
         write_report(work_dir, rows, prune_report, extra)

@@ -13,8 +13,6 @@ import glob
 import json
 import os
 import os.path as osp
-import statistics
-import time
 from typing import Callable, Dict, Optional
 
 import torch
@@ -25,6 +23,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from ..files import atomic_write
+from ..latency import device_name, interleaved_medians
 
 
 def init_distributed(launcher: str, cfg: Config) -> None:
@@ -77,8 +76,9 @@ def train(cfg: Config, work_dir: str) -> str:
 
 @torch.no_grad()
 def evaluate(cfg: Config, checkpoint: str, work_dir: str, repeats: int = 10) -> Dict:
-    """Test-set metrics (on every rank) and median latency of one image (same input,
-    same process; measured on rank 0 only, ``None`` on the others)."""
+    """Test-set metrics (on every rank) and median latency of one image on the model's
+    device, named in ``latency_device`` (same input, same process, after a warm-up;
+    measured on rank 0 only, ``None`` on the others)."""
     cfg = copy.deepcopy(cfg)
     cfg.work_dir = work_dir
     cfg.load_from = checkpoint
@@ -95,13 +95,11 @@ def evaluate(cfg: Config, checkpoint: str, work_dir: str, repeats: int = 10) -> 
     batch = next(iter(runner.test_dataloader))
     batch = {k: v[:1] for k, v in batch.items()}
     data = model.data_preprocessor(batch, False)
-    model(**data, mode='predict')  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model(**data, mode='predict')
-        times.append(time.perf_counter() - t)
-    result['latency_ms'] = 1000 * statistics.median(times)
+    device = next(model.parameters()).device
+    # on the latency model's clock: a CUDA forward is timed to the end of its kernels
+    seconds, = interleaved_medians([lambda: lambda: model(**data, mode='predict')], device,
+                                   repeats)
+    result.update(latency_ms=1000 * seconds, latency_device=device_name(device))
     return result
 
 
