@@ -36,7 +36,7 @@ from .flops import FlopsModel
 from .graph import ChannelGraph
 
 CACHE_DIR = osp.join(osp.expanduser('~'), '.cache', 'gdp_det', 'latency')
-FORMAT = 4  # bump when the table's meaning changes: old cache files are then ignored
+FORMAT = 5  # bump when the table's meaning changes: old cache files are then ignored
 PROBE_SHARE = 0.5  # the uniformly pruned network timed to calibrate the non-layer cost
 
 
@@ -128,6 +128,22 @@ class _LayerTimer:
                     per_call[i].append(times[name][k])
         total = statistics.median(sum(t for _, t in r) for r in self.records[1:])
         return total, [statistics.median(ts) if ts else None for ts in per_call]
+
+
+def network_times(models: Sequence[nn.Module], forward: Callable[[nn.Module], object],
+                  call_names: Sequence[str], device, repeats: int):
+    """Median seconds of ``forward(model)`` for each of ``models`` (interleaved,
+    hook-free rounds) and, from rounds of their own, each model's
+    :meth:`_LayerTimer.medians` of the modules ``call_names``. The whole forwards are
+    not the layer-timed ones: on CUDA every timed layer synchronises twice, which
+    serialises the forward and adds a fixed cost per call that pruning never
+    removes (the predicted latency ratios would drift towards 1)."""
+    totals = interleaved_medians([lambda m=m: lambda: forward(m) for m in models], device,
+                                 repeats)
+    timers = [_LayerTimer(m, set(call_names), device) for m in models]
+    interleaved_medians([t.wrap(lambda m=m: forward(m)) for t, m in zip(timers, models)],
+                        device, repeats)
+    return totals, [t.medians(call_names) for t in timers]
 
 
 def plain_copy(gated: nn.Module, gates: Optional[np.ndarray] = None, min_channels: float = 1,
@@ -277,17 +293,13 @@ def measure_table(model: nn.Module, points: int = 5, repeats: int = 7,
     entries: Dict[str, dict] = {}
     for key, t in zip(cells, times):
         entries.setdefault(key, dict(unique[key], times=[]))['times'].append(t)
-    # the whole networks in rounds of their own (as they are timed when deployed), with
+    # the whole networks in rounds of their own (as they are timed when deployed), and
     # the time spent inside their layers
     from .detector import detector_forward_fn
     forward = detector_forward_fn(tuple(trace.input_size), trace.num_proposals)
-    names = [c.name for c in graph.calls]
-    timers = [_LayerTimer(m, set(names), device) for m in (plain, probe)]
-    whole, probed = interleaved_medians(
-        [t.wrap(lambda m=m: forward(m)) for t, m in zip(timers, (plain, probe))], device,
-        repeats)
-    (whole_layers, whole_calls), (probe_layers, probe_calls) = (t.medians(names)
-                                                                for t in timers)
+    (whole, probed), ((whole_layers, whole_calls), (probe_layers, probe_calls)) = \
+        network_times((plain, probe), forward, [c.name for c in graph.calls], device,
+                      repeats)
     table = dict(ident, entries={k: {f: e[f] for f in ('grid_in', 'grid_out', 'block', 'times')}
                                  for k, e in entries.items()},
                  whole=whole, whole_layers=whole_layers, whole_calls=whole_calls,

@@ -248,6 +248,35 @@ class FakeCuda(TorchFunctionMode):
         return out
 
 
+def _conv_chain(width):
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(width, 4, 1)).eval()
+
+
+def test_calibration_forwards_are_timed_without_layer_syncs(monkeypatch):
+    """On (fake) CUDA the two calibration forwards measure what a deployed forward
+    takes; the per-layer syncs only go into the per-call times."""
+    from gdp_det.latency import Clock, network_times
+    fake = FakeCuda().install(monkeypatch)
+    x = torch.randn(1, 3, 32, 32)
+    models = [_conv_chain(32), _conv_chain(16)]
+    names = ['0', '2', '4']
+    with fake:
+        totals, layers = network_times(models, lambda m: m(x), names, 'cuda', 3)
+        clock = Clock('cuda')
+        plain = []
+        for m in models:  # one forward as deployed: launched back to back, one sync
+            t = clock()
+            m(x)
+            plain.append(clock() - t)
+    assert totals == pytest.approx(plain, rel=1e-9)
+    for (inside, calls), m in zip(layers, models):
+        assert len(calls) == 3 and all(c > fake.sync for c in calls)
+        assert inside == pytest.approx(sum(calls), rel=1e-9)
+    assert layers[0][0] > totals[0]  # the synchronised layers take longer than the forward
+
+
 def test_evaluation_latency_waits_for_the_device(monkeypatch):
     """The pipeline's evaluation times a (fake) CUDA forward to the end of its
     kernels (it measured the launches alone) and names the device."""
