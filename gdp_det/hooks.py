@@ -13,12 +13,12 @@ from typing import Optional
 
 import numpy as np
 import torch
-from mmengine.dist import broadcast
+from mmengine.dist import broadcast, broadcast_object_list, is_main_process
 from mmengine.hooks import Hook
 
 from .detector import find_gates, unwrap
 from .flops import Budget, FlopsModel
-from .latency import LatencyModel, forward_latencies, plain_copy
+from .latency import LatencyModel, forward_latencies, measure_table, plain_copy
 from .pruner import exported_channels, group_minimum
 
 # gate-value histogram bins of the snapshots (non-zero gates; normalized gates reach 1+eps)
@@ -50,8 +50,9 @@ class GDPHook(Hook):
     toy set the FLOPs-weighted form removes the costly high-resolution channels
     first and loses 0.2-0.3 mAP; see benchmarks/RESULTS.md). With ``latency_target``
     the hook measures a :class:`~gdp_det.latency.LatencyModel` of the model on its
-    device in ``before_train`` (cached), adds the constraint "predicted latency ratio
-    <= latency_target" to the budget, and the channels' cost while that constraint
+    device in ``before_train`` (cached; under DDP rank 0 measures it for all), adds
+    the constraint "predicted latency ratio <= latency_target" to the budget, and
+    the channels' cost while that constraint
     is violated is their marginal latency. ``flops_target`` defaults to 0.5 when no
     other target is given. ``lambda`` starts at
     ``lambda_init`` and is multiplied by ``1 + lambda_rate`` while the exact FLOPs
@@ -191,7 +192,11 @@ class GDPHook(Hook):
         graph = self.gates.graph
         self.flops = FlopsModel(graph)
         if self.latency_target is not None:
-            self.latency = LatencyModel.measure(unwrap(runner.model))
+            # rank 0 alone measures (and caches) the table: every rank holds the same
+            # latency model, so the same budget and lambda
+            table = [measure_table(unwrap(runner.model)) if is_main_process() else None]
+            broadcast_object_list(table)
+            self.latency = LatencyModel(graph, table[0])
         self.budget = Budget([(self.flops, self.flops_target),
                               (FlopsModel(graph, params=True), self.params_target),
                               (self.latency, self.latency_target)])

@@ -6,6 +6,7 @@ import os.path as osp
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -305,3 +306,54 @@ def test_evaluation_latency_waits_for_the_device(monkeypatch):
     assert result['latency_ms'] == pytest.approx(5.0 + 1000 * fake.launch, rel=1e-9)
     assert result['latency_device'] == 'Fake GPU'
 
+def _latency_rank(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One rank of :func:`test_ddp_ranks_share_rank0s_latency_table`: a GDPHook with a
+    latency budget set up on a small gated net; the table stand-in names its rank."""
+    import os
+    import torch.distributed as dist
+    from gdp_det import hooks as hooks_mod
+    from gdp_det.flops import FlopsModel
+    from gdp_det.testing import toy_gated_net
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+
+    def measure_table(model, *args, **kwargs):
+        with open(osp.join(out_dir, f'measured_{rank}'), 'w') as f:
+            f.write('')
+        return dict(rank=rank)
+
+    class TableModel(FlopsModel):
+        """A ``LatencyModel`` stand-in: the FLOPs model scaled by the measuring rank
+        (each rank's own table would give it another latency model)."""
+        def __init__(self, graph, table):
+            super().__init__(graph)
+            self.table, self.device = table, 'cpu'
+            self.coef = self.coef * (1 + table['rank'])
+            self.full = self.count(np.ones(self.num_channels, bool))
+
+        @classmethod
+        def measure(cls, model):
+            return cls(model.gdp_gates.graph, measure_table(model))
+
+    hooks_mod.measure_table, hooks_mod.LatencyModel = measure_table, TableModel
+    net = toy_gated_net()
+    hook = GDPHook(latency_target=0.9, export=False)
+    runner = fake_runner(net, SimpleNamespace(optimizer=torch.optim.SGD(net.parameters(), 0.1)),
+                         10)
+    hook.before_run(runner)
+    hook.before_train(runner)
+    torch.save(dict(table=hook.latency.table, full=hook.latency.full),
+               osp.join(out_dir, f'latency_{rank}.pt'))
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_share_rank0s_latency_table(tmp_path):
+    """2 gloo processes with a latency budget: rank 0 alone measures the table (and
+    writes the cache), every rank holds it, so the same budget."""
+    import torch.multiprocessing as mp
+    from test_ddp import free_port
+    mp.spawn(_latency_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert sorted(p.name for p in tmp_path.glob('measured_*')) == ['measured_0']
+    held = [torch.load(tmp_path / f'latency_{r}.pt') for r in (0, 1)]
+    assert held[0] == held[1] == dict(table=dict(rank=0), full=held[0]['full'])
