@@ -1,5 +1,6 @@
 """tools/gpu_check.py in its CPU mode: R50 RetinaNet plain vs GDP training iterations
-(bf16 autocast), prune + export + verify; the CUDA-only parts are skipped and said so."""
+(bf16 autocast), prune + export + verify, the GPU-path checks of issue 20; the CUDA-only
+parts are skipped and said so."""
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ def test_gpu_check_cpu_mode(tmp_path):
     proc = subprocess.run(
         [sys.executable, 'tools/gpu_check.py', '--device', 'cpu', '--size', '128', '160',
          '--repeats', '1', '--out', str(out), '--json', str(js)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2')))
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(js.read_text())
@@ -31,7 +32,22 @@ def test_gpu_check_cpu_mode(tmp_path):
     assert prune['verify_max_rel_diff'] < 1e-3 and prune['device_max_rel_diff'] < 1e-3
     assert prune['verify_predict_max_diff'] < 1e-3 and prune['device_predict_max_diff'] < 1e-3
     assert prune['device_predict_dets'] > 0
+    path = res['gpu_path']  # the checks of issue 20, bfloat16 alone on the CPU
+    assert 0 < path['calibration']['ratio'] < 1
+    assert 0 < path['calibration']['ratio_layer_timed'] < 1
+    assert list(path['gate_grads']) == ['bfloat16'] and path['gate_grads']['bfloat16']['finite']
+    assert path['graph_breaks']['gdp'] <= path['graph_breaks']['plain']
     text = out.read_text()
     assert '## (a) kept\n\nold text' in text  # the other sections stay
     assert '## (g) GPU check' in text and 'not checked (no CUDA)' in text
+    assert 'torch.compile graph breaks' in text
     assert f"{res['overhead_ratio']:.3f}" in text
+
+
+def test_mmcv_without_ops_is_reported(monkeypatch):
+    """An mmcv whose ops do not import (e.g. the lite build) stops the check with its
+    message, not a traceback."""
+    from tools.gpu_check import check_mmcv_cuda_ops
+    monkeypatch.setitem(sys.modules, 'mmcv.ops', None)  # its import then fails
+    with pytest.raises(SystemExit, match='gpu_check: mmcv has no CUDA ops here'):
+        check_mmcv_cuda_ops()

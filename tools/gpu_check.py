@@ -13,16 +13,24 @@ H x W, batch 2, with mmengine's ``AmpOptimWrapper`` (fp16):
 (b) host syncs: the gated tensor-mode forward + backward under
     ``torch.cuda.set_sync_debug_mode('error')`` (the plain detector as the control),
     and the syncs per whole training iteration in ``'warn'`` mode, GDP minus plain (the
-    gates' and the hook's share, with the source lines that caused them);
+    gates' and the hook's share, with the source lines that caused them), and the gated
+    forward + backward under bfloat16 autocast too;
 (c) random gates (half of each group, ``--seed``), prune + export + verify with
     ``gdp_det.api.prune_and_export``, then the export rebuilt from disk on the device
     and compared with the gated model there (tensor-mode outputs and detections after
-    NMS; fp32, TF32 off).
+    NMS; fp32, TF32 off);
+(d) the GPU path's second reading (issue 20): the latency calibration's probe /
+    unpruned forward ratio with whole forwards timed on their own (as the latency
+    model does) and with per-layer timing in the same forwards (on CUDA every timed
+    layer syncs twice); the gate gradient under float16 and bfloat16 autocast (loss
+    scaled by 2^16, as the AMP scaler starts) against float32; ``torch._dynamo``
+    graph breaks of the plain and the gated tensor-mode forward.
 
 Results: a JSON file and the ``(g) GPU check`` section of ``--out``. Without CUDA (or
 with ``--device cpu``) it runs in CPU mode: bf16 autocast, 256x256 unless ``--size``
-is given, and (b) skipped (``cuda_parts_skipped: true``). On CUDA it needs mmcv with its
-CUDA ops (mmdet's focal loss and NMS call them on CUDA tensors); it checks that first.
+is given, (b) skipped (``cuda_parts_skipped: true``) and bfloat16 alone in (d). On
+CUDA it needs mmcv with its CUDA ops (mmdet's focal loss and NMS call them on CUDA
+tensors); it checks that first.
 """
 import argparse
 import contextlib
@@ -255,13 +263,78 @@ def prune_on_device(cfg, gated, size, seed: int, out_dir: str, device: str) -> d
                 device_predict_dets=device_predict['num_dets'])
 
 
+# -- (d) the GPU path's second reading -----------------------------------------------------
+def calibration_ratios(gated, device: str, repeats: int) -> dict:
+    """The probe / unpruned forward ratio of the latency calibration: whole forwards
+    timed on their own (``network_times``, what the latency model uses) and with the
+    per-layer timers in the same forwards (before issue 20)."""
+    import numpy as np
+
+    from gdp_det.detector import detector_forward_fn
+    from gdp_det.latency import (PROBE_SHARE, _LayerTimer, interleaved_medians,
+                                 network_times, plain_copy, uniform_gates)
+    graph, trace = gated.gdp_gates.graph, gated.gdp_gates.trace
+    models = [plain_copy(gated, np.ones(graph.num_channels)),
+              plain_copy(gated, uniform_gates(graph, PROBE_SHARE))]
+    forward = detector_forward_fn(tuple(trace.input_size), trace.num_proposals)
+    names = [c.name for c in graph.calls]
+    (whole, probe), _ = network_times(models, forward, names, device, repeats)
+    timers = [_LayerTimer(m, set(names), device) for m in models]
+    timed = interleaved_medians([t.wrap(lambda m=m: forward(m))
+                                 for t, m in zip(timers, models)], device, repeats)
+    for t in timers:
+        t.medians(names)  # (removes the hooks)
+    return dict(ratio=probe / whole, ratio_layer_timed=timed[1] / timed[0],
+                whole_s=whole, whole_layer_timed_s=timed[0])
+
+
+def low_precision_gate_grads(gated, batch: dict, device: str) -> dict:
+    """Per autocast dtype: whether the gates' gradient of a tensor-mode forward +
+    backward (loss scaled by 2^16) is finite, and its largest difference to the
+    float32 gradient relative to the largest float32 entry."""
+    from torch.utils._pytree import tree_leaves
+    gated.train()
+    data = gated.data_preprocessor(batch, True)
+    scale = 2.0 ** 16
+
+    def gate_grad(dtype):
+        gated.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            outs = gated(data['inputs'], data['data_samples'], mode='tensor')
+        loss = sum(t.float().sum() for t in tree_leaves(outs) if torch.is_tensor(t))
+        (loss * scale).backward()
+        grad = gated.gdp_gates.a.grad.double() / scale
+        gated.zero_grad(set_to_none=True)
+        return grad
+
+    ref = gate_grad(None)
+    dtypes = (torch.float16, torch.bfloat16) if device == 'cuda' else (torch.bfloat16, )
+    res = {}
+    for dtype in dtypes:
+        g = gate_grad(dtype)
+        res[str(dtype).split('.')[-1]] = dict(
+            finite=bool(torch.isfinite(g).all()),
+            max_rel_diff=float((g - ref).abs().max() / ref.abs().max()))
+    return res
+
+
+def graph_breaks(model, batch: dict) -> int:
+    """``torch._dynamo.explain``'s graph breaks of ``model``'s tensor-mode forward."""
+    model.eval()
+    data = model.data_preprocessor(batch, False)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(
+        lambda x: model(x, data['data_samples'], mode='tensor'))(data['inputs'])
+    return explained.graph_break_count
+
+
 # -- the check ------------------------------------------------------------------------
 def check_mmcv_cuda_ops() -> None:
-    from mmcv.ops import nms
-    box = torch.tensor([[0., 0., 10., 10.]], device='cuda')
     try:
+        from mmcv.ops import nms
+        box = torch.tensor([[0., 0., 10., 10.]], device='cuda')
         nms(box, torch.ones(1, device='cuda'), 0.5)
-    except RuntimeError as e:
+    except (ImportError, RuntimeError) as e:
         sys.exit(f'gpu_check: mmcv has no CUDA ops here ({str(e).splitlines()[0]}); build '
                  'mmcv where torch sees the GPU and nvcc is installed, or install a CUDA '
                  'wheel of mmcv')
@@ -308,11 +381,16 @@ def run_check(args) -> dict:
             res['sync'] = dict(
                 tensor_mode_gdp=tensor_mode_sync(models['gdp'], batch, torch.float16),
                 tensor_mode_plain=tensor_mode_sync(models['plain'], batch, torch.float16),
+                tensor_mode_gdp_bf16=tensor_mode_sync(models['gdp'], batch, torch.bfloat16),
                 iteration_syncs_plain=sum(sites['plain'].values()),
                 iteration_syncs_gdp=sum(sites['gdp'].values()),
                 extra_sync_sites=dict(extra.most_common()))
         else:
             res['sync'] = None
+        res['gpu_path'] = dict(
+            calibration=calibration_ratios(models['gdp'], args.device, args.repeats),
+            gate_grads=low_precision_gate_grads(models['gdp'], batch, args.device),
+            graph_breaks={k: graph_breaks(m, batch) for k, m in models.items()})
         res['prune'] = prune_on_device(cfg, models['gdp'], args.size, args.seed,
                                        osp.join(tmp, 'export'), args.device)
     return res
@@ -332,14 +410,24 @@ def markdown(res: dict, argv) -> list:
     if s is None:
         rows.append('| host syncs | not checked (no CUDA) |')
     else:
-        for k in ('gdp', 'plain'):
+        for k, what in (('gdp', 'gdp'), ('plain', 'plain'), ('gdp_bf16', 'gdp (bf16)')):
             t = s[f'tensor_mode_{k}']
-            rows.append(f"| host sync in the {k} tensor-mode forward + backward | "
+            rows.append(f"| host sync in the {what} tensor-mode forward + backward | "
                         f"{'none' if t['sync_free'] else 'yes: ' + '; '.join(t['where'])} |")
         sites = ', '.join(f'{n}x {k}' for k, n in s['extra_sync_sites'].items()) or 'none'
         rows.append(f"| syncs per training iteration, plain / GDP | "
                     f"{s['iteration_syncs_plain']} / {s['iteration_syncs_gdp']} (GDP's own: "
                     f"{sites}) |")
+    c, g = res['gpu_path']['calibration'], res['gpu_path']['gate_grads']
+    rows += [f"| latency calibration, probe / unpruned forward: whole forwards / with "
+             f"per-layer timing | {c['ratio']:.3f} / {c['ratio_layer_timed']:.3f} |",
+             f"| gate gradient under autocast (loss x 2^16), largest difference to float32: "
+             f"{' / '.join(g)} | " + ' / '.join(
+                 f"{v['max_rel_diff']:.1e}" if v['finite'] else 'not finite'
+                 for v in g.values()) + ' |',
+             f"| torch.compile graph breaks of the tensor forward, plain / GDP | "
+             f"{res['gpu_path']['graph_breaks']['plain']} / "
+             f"{res['gpu_path']['graph_breaks']['gdp']} |"]
     rows += [f"| prune + export + verify, random gates (seed {p['seed']}) | "
              f"{p['seconds']:.1f} s, FLOPs ratio {p['flops_ratio']:.3f}, params ratio "
              f"{p['params_ratio']:.3f} |",
