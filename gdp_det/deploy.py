@@ -34,6 +34,8 @@ DEPLOY_INFO = 'deploy.json'
 ONNX_FILE = 'end2end.onnx'
 OPENVINO_FILE = 'end2end.xml'
 RANDOM_INIT = 'random_init.pth'
+# OpenVINO on the CPU in fp32 (its default on CPUs with bf16 units is bf16)
+OPENVINO_CPU_CONFIG = {'INFERENCE_PRECISION_HINT': 'f32'}
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'deploy')
 _RUNTIME_MODULE = dict(onnxruntime='onnxruntime', openvino='openvino')
 
@@ -48,7 +50,8 @@ def require(backend: str) -> None:
             __import__(module)
         except ImportError as e:
             raise UserError(f'{module} is not installed or does not import ({e}) '
-                            "(pip install -e '.[deploy]')") from e
+                            "(pip install -e '.[deploy]' && pip install --no-deps "
+                            "mmdeploy==1.3.1)") from e
 
 
 def _unwrapped(cfg) -> dict:
@@ -96,16 +99,19 @@ def onnx_to_openvino(onnx_path: str, xml_path: str) -> str:
 class OpenVINORuntimeWrapper(torch.nn.Module):
     """What mmdeploy's ``End2EndModel`` calls a backend wrapper, on ``openvino.Core``:
     ``forward({input name: tensor})`` returns ``{output name: tensor}`` and
-    ``output_to_list`` orders them. ``threads`` sets ``INFERENCE_NUM_THREADS`` (None:
-    OpenVINO's default, all cores). Installed into mmdeploy by
-    :func:`gdp_det.compat.patch_mmdeploy_openvino_wrapper`."""
+    ``output_to_list`` orders them. Computes in fp32 (:data:`OPENVINO_CPU_CONFIG`: on CPUs
+    with bf16 units OpenVINO's default is bf16, off by ~1e-3 in the scores); ``threads``
+    sets ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default, all cores). Installed into
+    mmdeploy by :func:`gdp_det.compat.patch_mmdeploy_openvino_wrapper`."""
 
     def __init__(self, ir_model_file: str, output_names: Optional[Sequence[str]] = None,
                  threads: Optional[int] = None):
         super().__init__()
         import openvino as ov
         core = ov.Core()
-        config = {'INFERENCE_NUM_THREADS': int(threads)} if threads else {}
+        config = dict(OPENVINO_CPU_CONFIG)
+        if threads:
+            config['INFERENCE_NUM_THREADS'] = int(threads)
         self.compiled = core.compile_model(core.read_model(ir_model_file), 'CPU', config)
         self._output_names = list(output_names or [o.get_any_name()
                                                    for o in self.compiled.outputs])

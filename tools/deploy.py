@@ -11,7 +11,7 @@ configs/deploy/ for the model's task (detection, or instance-seg for mask heads)
 backend and the shape: static (the export image's shape after the test pipeline, or
 --input-shape) unless --dynamic. --verify runs the deployed model and mmdet's predict on
 the export image and compares the detections order-free (exit code 3 when they differ).
-Needs the deploy extra: pip install -e '.[deploy]'.
+Needs the deploy extra: pip install -e '.[deploy]' && pip install --no-deps mmdeploy==1.3.1
 """
 import argparse
 import json
