@@ -357,3 +357,29 @@ def test_ddp_ranks_share_rank0s_latency_table(tmp_path):
     assert sorted(p.name for p in tmp_path.glob('measured_*')) == ['measured_0']
     held = [torch.load(tmp_path / f'latency_{r}.pt') for r in (0, 1)]
     assert held[0] == held[1] == dict(table=dict(rank=0), full=held[0]['full'])
+
+
+def _export_wait_rank(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One rank of :func:`test_ranks_outwait_rank0s_export`: the default group's 3 s
+    timeout stands in for the NCCL watchdog; rank 0's training "exports" for 6 s."""
+    import datetime
+    import os
+    import torch.distributed as dist
+    from mmengine.config import Config
+    from gdp_det.pipeline import stages
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=3))
+    stages.init_distributed('pytorch', Config())
+    runner = SimpleNamespace(train=lambda: time.sleep(6 if rank == 0 else 0))
+    stages.Runner = SimpleNamespace(from_cfg=lambda cfg: runner)
+    stages.train(Config(), osp.join(out_dir, f'work_{rank}'))
+    dist.destroy_process_group()
+
+
+def test_ranks_outwait_rank0s_export(tmp_path):
+    """After training the other ranks wait for rank 0's export longer than the
+    default group's timeout (they timed out there)."""
+    import torch.multiprocessing as mp
+    from test_ddp import free_port
+    mp.spawn(_export_wait_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)

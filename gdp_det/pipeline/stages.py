@@ -9,6 +9,7 @@ the others take rank 0's result.
 from __future__ import annotations
 
 import copy
+import datetime
 import glob
 import json
 import os
@@ -26,18 +27,36 @@ from ..files import atomic_write
 from ..latency import device_name, interleaved_medians
 
 
+# how long the other ranks wait for rank 0's export after training (prune, verify on
+# the CPU, write): a large detector's can outlast the NCCL watchdog's timeout
+EXPORT_TIMEOUT = datetime.timedelta(hours=4)
+_export_wait_group = None  # the gloo group they wait on (see init_distributed)
+
+
 def init_distributed(launcher: str, cfg: Config) -> None:
-    """Start the process group that every stage's ``Runner`` then joins.
+    """Start the process group that every stage's ``Runner`` then joins (unless one
+    is running), and a gloo group with timeout ``EXPORT_TIMEOUT`` for
+    :func:`wait_for_rank0`.
 
     mmengine's ``init_dist`` also selects the rank's CUDA device; without CUDA
     (CPU runs, the tests) the group is started on gloo from torchrun's environment.
     """
-    if launcher == 'none' or is_distributed():
+    global _export_wait_group
+    if launcher == 'none':
         return
-    if torch.cuda.is_available():
-        init_dist(launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
-    else:
-        torch.distributed.init_process_group('gloo')
+    if not is_distributed():
+        if torch.cuda.is_available():
+            init_dist(launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
+        else:
+            torch.distributed.init_process_group('gloo')
+    _export_wait_group = torch.distributed.new_group(backend='gloo', timeout=EXPORT_TIMEOUT)
+
+
+def wait_for_rank0() -> None:
+    """Barrier after training, where rank 0 alone exports: on the gloo group of
+    :func:`init_distributed`, not the default (NCCL) group, whose watchdog would end
+    ranks that wait longer than its timeout (10 minutes by default)."""
+    barrier(_export_wait_group)
 
 
 def launch_cfg(cfg: Config, launcher: str) -> Config:
@@ -70,7 +89,7 @@ def train(cfg: Config, work_dir: str) -> str:
         cfg.load_from = None  # resume from work_dir's last checkpoint
     runner = Runner.from_cfg(cfg)
     runner.train()
-    barrier()  # rank 0 may still be writing the last checkpoint or the export
+    wait_for_rank0()  # rank 0 may still be writing the last checkpoint or the export
     return _last_checkpoint(work_dir)
 
 
