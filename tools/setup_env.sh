@@ -83,8 +83,11 @@ fi
 # torch declares setuptools>=77; put it back after the mmcv build. <81 still ships
 # pkg_resources, which mmengine uses to resolve `mmdet::` configs.
 "${PIP[@]}" "setuptools>=77,<81" || fail "restoring setuptools"
-echo "[setup] gdp_det (editable) with its test and report extras"
-"${PIP[@]}" -c "$CONSTRAINTS" -e ".[test,report]" || fail "installing gdp_det"
+echo "[setup] gdp_det (editable) with its test, report and deploy extras"
+"${PIP[@]}" -c "$CONSTRAINTS" -e ".[test,report,deploy]" || fail "installing gdp_det"
+# mmdeploy pins protobuf<=3.20.2, which onnx contradicts; it runs with the newer one
+# (see the deploy extra in pyproject.toml)
+"${PIP[@]}" -c "$CONSTRAINTS" --no-deps mmdeploy || fail "installing mmdeploy"
 "$VENV/bin/python" -c "import mmcv, mmdet, mmengine, gdp_det; from mmcv.ops import nms, RoIAlign" \
   || fail "import check of mmcv/mmdet/mmengine/gdp_det"
 echo "$WANT" > "$STAMP"
