@@ -141,10 +141,52 @@ def detector_forward_fn(input_size: Tuple[int, int], num_proposals: int = 256):
     return forward
 
 
+# how torch and mmcv say that an op has no kernel for CPU tensors
+_NO_CPU_KERNEL = ('implementation for device cpu not found', "not implemented for 'CPU'",
+                  "arguments from the 'CPU' backend")
+
+
+class NoCPUKernelError(ValueError):
+    """The detector's traced forward calls an op without a CPU kernel, and no CUDA
+    device is there to trace on; the message names the op and its module."""
+
+
 def trace_detector(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
                    exclude: Sequence[str] = (), num_proposals: int = 256) -> ChannelGraph:
-    """Channel graph of an mmdet detector at ``input_size`` (H, W)."""
-    return trace_channel_graph(model, detector_forward_fn(input_size, num_proposals), exclude)
+    """Channel graph of an mmdet detector at ``input_size`` (H, W), traced on the
+    model's device. A model on the CPU that calls an op without a CPU kernel (e.g.
+    mmcv's ``deform_roi_pool``) is traced on CUDA when there is a device, and moved
+    back; without one, :class:`NoCPUKernelError`."""
+    forward = detector_forward_fn(input_size, num_proposals)
+    try:
+        return trace_channel_graph(model, forward, exclude)
+    except RuntimeError as e:
+        on_cpu = next(model.parameters()).device.type == 'cpu'
+        if not (on_cpu and any(m in str(e) for m in _NO_CPU_KERNEL)):
+            raise
+        if torch.cuda.is_available():
+            try:
+                return trace_channel_graph(model.cuda(), forward, exclude)
+            finally:
+                model.cpu()
+        raise NoCPUKernelError(
+            f'tracing runs one forward of the detector, on the CPU here, and module '
+            f'{_failing_module(model, e)!r} calls an op without a CPU kernel '
+            f'({str(e).strip().splitlines()[0]}) (run on a machine with CUDA, where GDP '
+            'traces on the GPU, or use an mmcv built with that op\'s CPU implementation, '
+            'or a detector config without it)') from e
+
+
+def _failing_module(model: nn.Module, e: BaseException) -> str:
+    """Name of the innermost module of ``model`` whose code raised ``e``."""
+    names = {id(m): n for n, m in model.named_modules()}
+    tb, name = e.__traceback__, '(unknown)'
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get('self')
+        if id(owner) in names and names[id(owner)]:
+            name = names[id(owner)]
+        tb = tb.tb_next
+    return name
 
 
 class UnsupportedModuleError(ValueError):

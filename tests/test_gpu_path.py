@@ -383,3 +383,38 @@ def test_ranks_outwait_rank0s_export(tmp_path):
     import torch.multiprocessing as mp
     from test_ddp import free_port
     mp.spawn(_export_wait_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+
+
+class NoCPUKernel(nn.Module):
+    """``inner``, behind an op that has no CPU kernel (as mmcv's CUDA-only ops say)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if x.device.type == 'cpu':
+            raise RuntimeError('deform_roi_pool_forward_impl: implementation for device cpu '
+                               'not found.')
+        return self.inner(x)
+
+
+def test_op_without_cpu_kernel_is_named(monkeypatch):
+    """Without CUDA, a detector that calls an op without a CPU kernel cannot be traced:
+    the error names the op and its module and says what to do (it was 'unexpected')."""
+    from mmdet.registry import MODELS
+    from conftest import CONFIG_DIR
+    from gdp_det.cli import describe_error, load_config
+    from gdp_det.detector import attach_gates
+    cfg = load_config(osp.join(CONFIG_DIR, 'retinanet_r18_fpn_toyvoc.py'))
+    model = MODELS.build(cfg.model)
+    model.neck.fpn_convs[0] = NoCPUKernel(model.neck.fpn_convs[0])
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(ValueError) as caught:
+        attach_gates(model, (64, 64))
+    message, code = describe_error(caught.value)
+    assert code == 2
+    assert message.startswith(
+        "tracing runs one forward of the detector, on the CPU here, and module "
+        "'neck.fpn_convs.0' calls an op without a CPU kernel (deform_roi_pool_forward_impl: "
+        "implementation for device cpu not found.) (run on a machine with CUDA")
