@@ -17,6 +17,7 @@ from mmengine.dist import broadcast, broadcast_object_list, is_main_process
 from mmengine.hooks import Hook
 
 from .detector import find_gates, unwrap
+from .distributed import patient_group
 from .flops import Budget, FlopsModel
 from .latency import LatencyModel, forward_latencies, measure_table, plain_copy
 from .pruner import exported_channels, group_minimum
@@ -193,9 +194,10 @@ class GDPHook(Hook):
         self.flops = FlopsModel(graph)
         if self.latency_target is not None:
             # rank 0 alone measures (and caches) the table: every rank holds the same
-            # latency model, so the same budget and lambda
+            # latency model, so the same budget and lambda; the others wait for it on a
+            # group without the NCCL watchdog's timeout
             table = [measure_table(unwrap(runner.model)) if is_main_process() else None]
-            broadcast_object_list(table)
+            broadcast_object_list(table, group=patient_group())
             self.latency = LatencyModel(graph, table[0])
         self.budget = Budget([(self.flops, self.flops_target),
                               (FlopsModel(graph, params=True), self.params_target),

@@ -308,7 +308,9 @@ def test_evaluation_latency_waits_for_the_device(monkeypatch):
 
 def _latency_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     """One rank of :func:`test_ddp_ranks_share_rank0s_latency_table`: a GDPHook with a
-    latency budget set up on a small gated net; the table stand-in names its rank."""
+    latency budget set up on a small gated net; the table stand-in names its rank and
+    takes 5 s, past the default group's timeout (3 s, for the NCCL watchdog's)."""
+    import datetime
     import os
     import torch.distributed as dist
     from gdp_det import hooks as hooks_mod
@@ -316,11 +318,13 @@ def _latency_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     from gdp_det.testing import toy_gated_net
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group('gloo', rank=rank, world_size=world)
+    dist.init_process_group('gloo', rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=3))
 
     def measure_table(model, *args, **kwargs):
         with open(osp.join(out_dir, f'measured_{rank}'), 'w') as f:
             f.write('')
+        time.sleep(5)
         return dict(rank=rank)
 
     class TableModel(FlopsModel):
@@ -350,7 +354,8 @@ def _latency_rank(rank: int, world: int, port: int, out_dir: str) -> None:
 
 def test_ddp_ranks_share_rank0s_latency_table(tmp_path):
     """2 gloo processes with a latency budget: rank 0 alone measures the table (and
-    writes the cache), every rank holds it, so the same budget."""
+    writes the cache) while the others wait, longer than the default group's timeout;
+    every rank holds the table, so the same budget."""
     import torch.multiprocessing as mp
     from test_ddp import free_port
     mp.spawn(_latency_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)

@@ -9,7 +9,6 @@ the others take rank 0's result.
 from __future__ import annotations
 
 import copy
-import datetime
 import glob
 import json
 import os
@@ -23,19 +22,17 @@ from mmengine.dist import (barrier, broadcast_object_list, init_dist, is_distrib
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
+from ..distributed import patient_group
 from ..files import atomic_write
 from ..latency import device_name, interleaved_medians
 
 
-# how long the other ranks wait for rank 0's export after training (prune, verify on
-# the CPU, write): a large detector's can outlast the NCCL watchdog's timeout
-EXPORT_TIMEOUT = datetime.timedelta(hours=4)
-_export_wait_group = None  # the gloo group they wait on (see init_distributed)
+_export_wait_group = None  # the group the ranks wait on for rank 0's export
 
 
 def init_distributed(launcher: str, cfg: Config) -> None:
     """Start the process group that every stage's ``Runner`` then joins (unless one
-    is running), and a gloo group with timeout ``EXPORT_TIMEOUT`` for
+    is running), and the :func:`~gdp_det.distributed.patient_group` of
     :func:`wait_for_rank0`.
 
     mmengine's ``init_dist`` also selects the rank's CUDA device; without CUDA
@@ -49,13 +46,13 @@ def init_distributed(launcher: str, cfg: Config) -> None:
             init_dist(launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
         else:
             torch.distributed.init_process_group('gloo')
-    _export_wait_group = torch.distributed.new_group(backend='gloo', timeout=EXPORT_TIMEOUT)
+    _export_wait_group = patient_group()
 
 
 def wait_for_rank0() -> None:
-    """Barrier after training, where rank 0 alone exports: on the gloo group of
-    :func:`init_distributed`, not the default (NCCL) group, whose watchdog would end
-    ranks that wait longer than its timeout (10 minutes by default)."""
+    """Barrier after training, where rank 0 alone exports (prune, verify on the CPU,
+    write): on the gloo group of :func:`init_distributed`, not the default (NCCL)
+    group, whose watchdog would end ranks that wait longer than its timeout."""
     barrier(_export_wait_group)
 
 
