@@ -37,6 +37,9 @@ def test_gpu_check_cpu_mode(tmp_path):
     assert 0 < path['calibration']['ratio_layer_timed'] < 1
     assert list(path['gate_grads']) == ['bfloat16'] and path['gate_grads']['bfloat16']['finite']
     assert path['graph_breaks']['gdp'] <= path['graph_breaks']['plain']
+    dcn = path['no_cpu_kernel']  # traced where this mmcv has the op's CPU kernel
+    assert dcn['traced'] or "module 'roi_head.bbox_roi_extractor.roi_layers.0' calls an op " \
+        'without a CPU kernel' in dcn['error']
     text = out.read_text()
     assert '## (a) kept\n\nold text' in text  # the other sections stay
     assert '## (g) GPU check' in text and 'not checked (no CUDA)' in text

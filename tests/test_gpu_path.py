@@ -1,6 +1,8 @@
 """The GPU path's second reading (issue 20), each finding proven on the CPU with a
 stand-in: gradient accumulation and lambda, the AMP loss scale and fused optimizers,
-fp16 gate gradients, fp16 eps, torch.compile, latency timing on CUDA."""
+fp16 gate gradients, fp16 eps, torch.compile, latency timing on CUDA (a fake clock),
+DDP ranks waiting for rank 0 (gloo with a short timeout for the NCCL watchdog), an
+op without a CPU kernel."""
 import copy
 import os.path as osp
 import time

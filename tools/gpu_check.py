@@ -24,7 +24,9 @@ H x W, batch 2, with mmengine's ``AmpOptimWrapper`` (fp16):
     model does) and with per-layer timing in the same forwards (on CUDA every timed
     layer syncs twice); the gate gradient under float16 and bfloat16 autocast (loss
     scaled by 2^16, as the AMP scaler starts) against float32; ``torch._dynamo``
-    graph breaks of the plain and the gated tensor-mode forward.
+    graph breaks of the plain and the gated tensor-mode forward; ``GDPDetector`` of
+    mmdet's dcnv2 mdpool Faster R-CNN, whose ``deform_roi_pool`` has no CPU kernel
+    (traced on CUDA).
 
 Results: a JSON file and the ``(g) GPU check`` section of ``--out``. Without CUDA (or
 with ``--device cpu``) it runs in CPU mode: bf16 autocast, 256x256 unless ``--size``
@@ -53,6 +55,7 @@ gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, V
 from gdp_det.cli import gdp_model_cfg, load_config  # noqa: E402
 
 CONFIG = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
+DCN_CONFIG = 'mmdet::dcnv2/faster-rcnn_r50_fpn_mdpool_1x_coco.py'  # an op without a CPU kernel
 SECTION = '(g) GPU check: RetinaNet R50-FPN GDP training step, host syncs, prune on the device'
 SYNC_MSG = 'synchronizing CUDA operation'
 
@@ -318,6 +321,23 @@ def low_precision_gate_grads(gated, batch: dict, device: str) -> dict:
     return res
 
 
+def trace_without_cpu_kernel() -> dict:
+    """``GDPDetector`` of mmdet's dcnv2 mdpool Faster R-CNN (256x256), built on the CPU:
+    its ``deform_roi_pool`` has no CPU kernel, so the trace runs on CUDA; without CUDA
+    the error names the op and its module."""
+    from mmdet.registry import MODELS
+
+    from gdp_det.detector import NoCPUKernelError
+    cfg = load_config(DCN_CONFIG)
+    cfg.model.backbone.init_cfg = None
+    cfg.model = gdp_model_cfg(cfg, (256, 256))
+    try:
+        model = MODELS.build(cfg.model)
+    except NoCPUKernelError as e:
+        return dict(traced=False, error=str(e))
+    return dict(traced=True, groups=len(model.gdp_gates.graph.groups))
+
+
 def graph_breaks(model, batch: dict) -> int:
     """``torch._dynamo.explain``'s graph breaks of ``model``'s tensor-mode forward."""
     model.eval()
@@ -390,7 +410,8 @@ def run_check(args) -> dict:
         res['gpu_path'] = dict(
             calibration=calibration_ratios(models['gdp'], args.device, args.repeats),
             gate_grads=low_precision_gate_grads(models['gdp'], batch, args.device),
-            graph_breaks={k: graph_breaks(m, batch) for k, m in models.items()})
+            graph_breaks={k: graph_breaks(m, batch) for k, m in models.items()},
+            no_cpu_kernel=trace_without_cpu_kernel())
         res['prune'] = prune_on_device(cfg, models['gdp'], args.size, args.seed,
                                        osp.join(tmp, 'export'), args.device)
     return res
@@ -418,7 +439,7 @@ def markdown(res: dict, argv) -> list:
         rows.append(f"| syncs per training iteration, plain / GDP | "
                     f"{s['iteration_syncs_plain']} / {s['iteration_syncs_gdp']} (GDP's own: "
                     f"{sites}) |")
-    c, g = res['gpu_path']['calibration'], res['gpu_path']['gate_grads']
+    c, g, k = (res['gpu_path'][key] for key in ('calibration', 'gate_grads', 'no_cpu_kernel'))
     rows += [f"| latency calibration, probe / unpruned forward: whole forwards / with "
              f"per-layer timing | {c['ratio']:.3f} / {c['ratio_layer_timed']:.3f} |",
              f"| gate gradient under autocast (loss x 2^16), largest difference to float32: "
@@ -427,7 +448,10 @@ def markdown(res: dict, argv) -> list:
                  for v in g.values()) + ' |',
              f"| torch.compile graph breaks of the tensor forward, plain / GDP | "
              f"{res['gpu_path']['graph_breaks']['plain']} / "
-             f"{res['gpu_path']['graph_breaks']['gdp']} |"]
+             f"{res['gpu_path']['graph_breaks']['gdp']} |",
+             f"| GDPDetector of `{DCN_CONFIG}` (deform_roi_pool: no CPU kernel) | "
+             + (f"traced, {k['groups']} channel groups |" if k['traced']
+                else f"not traced: {k['error']} |")]
     rows += [f"| prune + export + verify, random gates (seed {p['seed']}) | "
              f"{p['seconds']:.1f} s, FLOPs ratio {p['flops_ratio']:.3f}, params ratio "
              f"{p['params_ratio']:.3f} |",
