@@ -322,11 +322,31 @@ def patch_mmdeploy_openvino_wrapper() -> None:
     OpenVINOManager.build_wrapper = classmethod(build_wrapper)
 
 
+def patch_onnx_symbolic_cast_long() -> None:
+    """Give ``torch.onnx.symbolic_opset9`` back its ``_cast_Long`` (a Cast to int64).
+
+    mmdeploy 1.3.1's ONNX symbolic of mmcv's ``RoIAlign`` (two-stage detectors' RoI
+    extractors, for ONNX Runtime) imports it; torch 2.x dropped the ``_cast_<Type>``
+    helpers, so the export of Faster R-CNN fails with an ``ImportError``.
+    ``tests/test_deploy.py::test_upstream_mmdeploy_roi_align_needs_cast_long`` shows it.
+    """
+    import torch.onnx.symbolic_opset9 as opset9
+    if hasattr(opset9, '_cast_Long'):
+        return
+
+    def _cast_Long(g, input, non_blocking=False):
+        from torch.onnx import TensorProtoDataType
+        return g.op('Cast', input, to_i=TensorProtoDataType.INT64)
+
+    opset9._cast_Long = _cast_Long
+
+
 def apply_deploy() -> None:
     """:func:`apply`, and the patches mmdeploy needs on this stack (torch's legacy ONNX
     exporter by default; OpenVINO's current API when mmdeploy's OpenVINO support is
     importable). Called by ``gdp_det.deploy``; later calls do nothing."""
     apply()
     patch_onnx_export_legacy_default()
+    patch_onnx_symbolic_cast_long()
     if importlib.util.find_spec('openvino') is not None:
         patch_mmdeploy_openvino_wrapper()
