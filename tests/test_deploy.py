@@ -295,3 +295,25 @@ def test_shipped_deploy_configs():
     assert deploy.model_task(mask_rcnn) == 'instance-seg'
     assert deploy.model_task(dict(type='GDPPrunedModule', module=mask_rcnn)) == 'instance-seg'
     assert deploy.model_task(Config.fromfile(RETINANET_CFG).model) == 'detection'
+
+
+# -- the end-to-end benchmark -------------------------------------------------------------
+@pytest.mark.slow
+def test_benchmark_deploy_writes_json_and_section(tmp_path):
+    """A smoke run of tools/benchmark_deploy.py: baseline and one random-gate export in
+    ONNX Runtime, one thread; the JSON's numbers make the RESULTS section."""
+    import json
+
+    from tools.benchmark_deploy import SECTION, main
+    out, js = tmp_path / 'RESULTS.md', tmp_path / 'deploy.json'
+    assert main(['--quick', '--backends', 'onnxruntime', '--threads', '1', '--keep', '0.5',
+                 '--work-dir', str(tmp_path / 'work'), '--json', str(js),
+                 '--out', str(out)]) == 0
+    rows = json.load(open(js))['rows']
+    assert [r['variant'] for r in rows] == ['baseline', 'random gates, keep 0.5']
+    base, pruned = rows
+    assert base['speedup'] == 1 and 0.1 < pruned['flops_ratio'] < 0.5
+    assert pruned['speedup'] == pytest.approx(base['ms'] / pruned['ms'])
+    assert pruned['quotient'] == pytest.approx(pruned['speedup'] * pruned['flops_ratio'])
+    text = out.read_text()
+    assert f'## {SECTION}' in text and f"| {pruned['ms']:.2f} |" in text

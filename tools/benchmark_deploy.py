@@ -186,9 +186,11 @@ def section_rows(results: dict, args) -> list:
              'keeps a random share k of its channels), stand-ins for GDP exports at those '
              'widths; GDP at a FLOPs / latency budget and Torch-Pruning L1 are not measured '
              'yet. Speed-up x FLOPs ratio is 1 when the runtime turns the FLOPs cut fully into '
-             'speed. Medians of '
+             'speed. Wall-clock medians of '
              f"{args.rounds} interleaved rounds of {args.repeats} runs. Machine: "
-             f"{results['machine']}. Command: `python tools/benchmark_deploy.py` "
+             f"{results['machine']}, load average {results['load_average']} at the start "
+             '(other jobs share the cores: \'all\' threads then wait for busy cores and is '
+             'slower than 1 thread). Command: `python tools/benchmark_deploy.py` '
              f"({results['date']}); numbers in `benchmarks/deploy.json`."]
     return rows
 
@@ -207,6 +209,7 @@ def main(argv=None) -> int:
     register_all_modules()
     import importlib.metadata as md
     results = dict(rows=[], profiles={}, date=time.strftime('%Y-%m-%d'),
+                   load_average=round(os.getloadavg()[0], 1),
                    machine=f'{platform.processor() or platform.machine()}, {os.cpu_count()} '
                    f'cores, ' + ', '.join(f'{p} {md.version(p)}' for p in args.backends))
     for name in args.models:
