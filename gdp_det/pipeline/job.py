@@ -82,11 +82,12 @@ def run_pipeline(cfg: Config, work_dir: str, flops_target: float, gdp_epochs: in
                             osp.join(work_dir, 'eval_finetuned'))
                    if finetune_epochs > 0 else None)), log)
     rows = report_rows(prune_report, ev, finetune_epochs)
+    # an evaluation finished before the device was recorded (a resumed job) ran on the CPU
+    device = ev['baseline'].get('latency_device', 'the CPU')
     extra = (f'FLOPs target {flops_target}; FLOPs counted as multiply-accumulates of conv and '
              f'linear layers at input {prune_report["input_size"]}; latency: median of '
-             f'repeated single-image forwards on {ev["baseline"]["latency_device"]} (same '
-             f'process, same input); mAP metric '
-             f'`{ev["baseline"]["metric"]}`.')
+             f'repeated single-image forwards on {device} (same process, same input); mAP '
+             f'metric `{ev["baseline"]["metric"]}`.')
     if is_main_process():
         write_report(work_dir, rows, prune_report, extra)
     barrier()
