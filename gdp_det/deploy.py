@@ -344,9 +344,10 @@ def match_detections(ref: np.ndarray, out: np.ndarray, score_tol: float = 1e-3,
     of ``score_thr`` (the two runtimes may keep it or not). Returns ``num_ref``,
     ``num_out``, ``matched``, ``unmatched_ref`` / ``unmatched_out`` (not at the
     threshold), ``at_threshold``, ``max_score_diff`` and ``max_box_diff`` over the
-    pairs, and ``ok`` (nothing unmatched beyond the threshold ones).
+    pairs, ``pairs`` (``[ref row, out row]``) and ``ok`` (nothing unmatched beyond the
+    threshold ones).
     """
-    used = np.zeros(len(out), bool)
+    used, pairs = np.zeros(len(out), bool), []
     score_diff, box_diff, paired_ref = [0.0], [0.0], np.zeros(len(ref), bool)
     for i in np.argsort(-ref[:, 4], kind='stable'):
         cand = ((out[:, 5] == ref[i, 5]) & ~used & (np.abs(out[:, 4] - ref[i, 4]) <= score_tol)
@@ -354,6 +355,7 @@ def match_detections(ref: np.ndarray, out: np.ndarray, score_tol: float = 1e-3,
         if cand.any():
             j = np.flatnonzero(cand)[np.argmin(np.abs(out[cand, :4] - ref[i, :4]).max(1))]
             used[j] = paired_ref[i] = True
+            pairs.append([int(i), int(j)])
             score_diff.append(abs(out[j, 4] - ref[i, 4]))
             box_diff.append(np.abs(out[j, :4] - ref[i, :4]).max())
 
@@ -366,7 +368,8 @@ def match_detections(ref: np.ndarray, out: np.ndarray, score_tol: float = 1e-3,
     result = dict(num_ref=len(ref), num_out=len(out), matched=int(used.sum()),
                   unmatched_ref=int((~at_thr(left_ref)).sum()),
                   unmatched_out=int((~at_thr(left_out)).sum()), at_threshold=n_thr,
-                  max_score_diff=float(max(score_diff)), max_box_diff=float(max(box_diff)))
+                  max_score_diff=float(max(score_diff)), max_box_diff=float(max(box_diff)),
+                  pairs=pairs)
     result['ok'] = result['unmatched_ref'] == 0 and result['unmatched_out'] == 0
     return result
 

@@ -243,6 +243,46 @@ def test_dynamic_shapes_take_another_image_size(tmp_path, toy_models, image):
                    dynamic=True, img=other, min_dets=1)  # the threshold is image's
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('backend', ['onnxruntime', 'openvino'])
+def test_instance_segmentation_matches_mmdet(backend, tmp_path, image):
+    """Mask R-CNN (mmdet's config with a ResNet-18, 224 px) through the instance-seg deploy
+    config: boxes and scores as above, and each matched detection's mask agrees with
+    mmdet's on at least 99 % of the pixels."""
+    from mmdet.utils import register_all_modules
+
+    from gdp_det.cli import build_randomly_initialised, load_config
+    if backend == 'openvino':
+        pytest.importorskip('openvino')
+    register_all_modules()
+    cfg = load_config('mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
+    cfg.model.backbone.update(depth=18, init_cfg=None)
+    cfg.model.neck.in_channels = [64, 128, 256, 512]
+    for t in cfg.test_pipeline:
+        if t['type'] == 'Resize':
+            t['scale'] = (224, 224)
+    cfg.test_dataloader.dataset.pipeline = cfg.test_pipeline
+    assert deploy.model_task(cfg.model) == 'instance-seg'
+    state = build_randomly_initialised(copy.deepcopy(cfg.model), seed=0).state_dict()
+    state = _bn_calibrated(cfg, state, image)
+    for factor in SHARPEN:
+        ckpt = _sharpened(state, factor, str(tmp_path / 'mask_rcnn.pth'))
+        thr, gap = _threshold_in_gap(cfg, ckpt, image)
+        if gap >= 10 * SCORE_TOL:
+            break
+    _set_threshold(cfg, thr)
+    deploy.export_model(cfg, ckpt, backend, str(tmp_path / 'w'), img=image,
+                        dynamic=backend == 'openvino')
+    ref = deploy.torch_predict(cfg, ckpt, image)
+    out = deploy.runtime_predict(str(tmp_path / 'w'), image)
+    found = deploy.match_detections(deploy.detections(ref), deploy.detections(out),
+                                    SCORE_TOL, BOX_TOL, thr)
+    assert 5 <= found['num_ref'] and found['ok'], found
+    for i, j in found['pairs']:
+        a, b = ref.pred_instances.masks[i], out.pred_instances.masks[j]
+        assert (a == b).float().mean() >= 0.99 and a.any(), (i, j)
+
+
 # -- the tool ------------------------------------------------------------------------------
 def test_tool_deploys_and_verifies(tmp_path, toy_models, image, capsys):
     from tools.deploy import main

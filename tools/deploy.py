@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     if args.verify:
         found = deploy.compare_with_torch(args.work_dir, args.img, args.score_tol,
                                           args.box_tol)
-        print(json.dumps(dict(verify=found), indent=2))
+        print(json.dumps(dict(verify={k: v for k, v in found.items() if k != 'pairs'}),
+                         indent=2))
         if not found['ok']:
             raise UserError(f'the deployed model\'s detections differ from mmdet\'s predict '
                             f'({found["unmatched_ref"]} of mmdet\'s and '
