@@ -22,6 +22,12 @@ that test fails, upstream is fixed and the patch can go.
 3. mmdet's ``VOCMetric`` labels its per-class table with the 20 VOC class
    names for any dataset in a ``VOC2007`` folder; it now uses the dataset's
    classes (the metric values are unchanged).
+
+:func:`apply_deploy` (called by ``gdp_det.deploy``) applies these and mmdeploy 1.3.1's
+patches: torch's TorchScript ONNX exporter by default (``dynamo=False``), the
+``_cast_Long`` symbolic helper torch 2.x dropped, and OpenVINO's current Python API for
+mmdeploy's OpenVINO wrapper; their tests are the ``test_upstream_*`` of
+``tests/test_deploy.py``.
 """
 from __future__ import annotations
 
