@@ -1,5 +1,7 @@
-"""``GDPHook``: eps schedule, proximal step, FLOPs/latency budget controller, logging,
-export.
+"""``GDPHook``: maps mmengine's training events onto GDP's parts
+(:mod:`gdp_det.gate_training`: the eps schedule, the gates' gradient step, the budget
+controller with its proximal cut), and adds EMA and DDP syncing, logging, checkpoint
+state and the export at the end.
 
 Add to a config that builds a ``GDPDetector``::
 
@@ -19,8 +21,9 @@ from mmengine.hooks import Hook
 from .detector import find_gates, unwrap
 from .distributed import patient_group
 from .flops import Budget, FlopsModel
+from .gate_training import (BudgetController, EpsSchedule, ExportedChannels, GateGradientStep,
+                            OptimizerSteps)
 from .latency import LatencyModel, forward_latencies, measure_table, plain_copy
-from .pruner import exported_channels, group_minimum
 
 # gate-value histogram bins of the snapshots (non-zero gates; normalized gates reach 1+eps)
 HIST_BINS = [i / 20 for i in range(23)]
@@ -103,34 +106,20 @@ class GDPHook(Hook):
         for name, t in given.items():
             if t is not None and not 0 < t <= 1:
                 raise ValueError(f'GDPHook: {name} must be in (0, 1], got {t}')
-        if cost_power < 0:
-            raise ValueError(f'GDPHook: cost_power must be >= 0, got {cost_power}')
-        if eps_start <= 0 or eps_end <= 0:
-            raise ValueError('GDPHook: eps_start and eps_end must be > 0')
-        if not 0 <= grad_momentum < 1:
-            raise ValueError(f'GDPHook: grad_momentum must be in [0, 1), got {grad_momentum}')
         if not 0 < lambda_span <= 1:
             raise ValueError(f'GDPHook: lambda_span must be in (0, 1], got {lambda_span}')
+        self.eps_schedule = EpsSchedule(eps_start, eps_end, warmup_iters)
+        self.gate_step = GateGradientStep(gate_lr, grad_norm, grad_momentum)
+        self.controller = BudgetController(gate_lr, lambda_init, lambda_rate, cost_power,
+                                           min_channels)
+        self.steps = OptimizerSteps()
         self.flops_target = flops_target
-        self.cost_power = cost_power
-        self.grad_norm = grad_norm
-        self.grad_sq = None  # running mean of the gates' squared gradient (a tensor)
-        self.grad_momentum = grad_momentum
-        self.grad_avg = None  # running mean of the gates' (normalised) gradient
-        self.lambda_span = lambda_span
         self.params_target = params_target
         self.latency_target = latency_target
-        self.eps_start, self.eps_end = eps_start, eps_end
+        self.lambda_span = lambda_span
         self.gdp_iters = gdp_iters
-        self.gate_lr = gate_lr
-        self.lam = lambda_init
-        self.stepped = False  # the model's optimizer stepped in this iteration
-        self.loss_scaler = None  # the optimizer wrapper's AMP GradScaler, if any
-        self.step_scale = None  # its loss scale when the optimizer stepped (a tensor)
-        self.step_found_inf = None  # a fused optimizer's overflow flag at that step
         self.gates = None
         self.ema_gates = None
-        self.lambda_rate = lambda_rate
         self.min_channels = min_channels
         self.channel_divisor = channel_divisor
         self.warmup_iters = warmup_iters
@@ -143,11 +132,17 @@ class GDPHook(Hook):
         self.budget: Optional[Budget] = None
         # names of the budget's constraints, in its order
         self.targets = [n for n, t in given.items() if t is not None]
-        self.ratio = 1.0
-        self._exported = None  # (zero mask, exported mask) of the last exported() call
-        self.latency_ratio = 1.0  # predicted, with a latency budget
+        self._exported: Optional[ExportedChannels] = None
         self.dead: Optional[torch.Tensor] = None  # gates zeroed by the proximal step
         self.history = []  # (iter, ratio, lambda, eps, zero_share, high_share)
+
+    # -- the parts' state, as the hook exposes it ------------------------------------
+    lam = property(lambda self: self.controller.lam,
+                   lambda self, v: setattr(self.controller, 'lam', v))
+    lambda_rate = property(lambda self: self.controller.lambda_rate)
+    ratio = property(lambda self: self.controller.ratio)
+    latency_ratio = property(lambda self: self.controller.latency_ratio)
+    grad_avg = property(lambda self: self.gate_step.grad_avg)
 
     # -- helpers ---------------------------------------------------------------
     def _gates(self, runner):
@@ -158,21 +153,15 @@ class GDPHook(Hook):
         return gates
 
     def eps_at(self, it: int, total: int) -> float:
-        t = min(max(it - self.warmup_iters, 0) / max(total - self.warmup_iters, 1), 1.0)
-        return self.eps_start * (self.eps_end / self.eps_start) ** t
+        return self.eps_schedule.at(it, total)
 
     def exported(self, a: np.ndarray) -> np.ndarray:
         """The channels an export of gates ``a`` (host copy) keeps: what the budget
-        counts, with ``min_channels`` and ``channel_divisor`` applied as the pruner
-        applies them. It depends only on which gates are zero (top-ups take zero-gated
-        channels in index order), so the last answer is reused while that is unchanged."""
-        zero = a == 0
-        if self._exported is not None and np.array_equal(zero, self._exported[0]):
-            return self._exported[1]
-        kept = exported_channels(self.gates.graph, np.abs(a), self.min_channels,
-                                 self.channel_divisor)
-        self._exported = (zero, kept)
-        return kept
+        counts (:class:`~gdp_det.gate_training.ExportedChannels` of the gates' graph)."""
+        if self._exported is None or self._exported.graph is not self.gates.graph:
+            self._exported = ExportedChannels(self.gates.graph, self.min_channels,
+                                              self.channel_divisor)
+        return self._exported(a)
 
     # -- hook points -------------------------------------------------------------
     def before_run(self, runner) -> None:
@@ -185,7 +174,7 @@ class GDPHook(Hook):
             return  # not training (val/test runs call before_run too)
         for group in optimizer.param_groups:
             group['params'] = [p for p in group['params'] if p is not gates.a]
-        self.loss_scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
+        self.steps.loss_scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
         optimizer.register_step_pre_hook(self._on_optimizer_step)
 
     def before_train(self, runner) -> None:
@@ -204,12 +193,14 @@ class GDPHook(Hook):
                               (self.latency, self.latency_target)])
         if self.gdp_iters is None:
             self.gdp_iters = runner.max_iters
-        if self.lambda_rate is None:
+        if self.controller.lambda_rate is None:
             # lambda can grow 1e4-fold over the first lambda_span of the GDP phase; it
             # moves once per optimizer step, i.e. every accumulative_counts iterations
             steps = (self.gdp_iters - self.warmup_iters) * self.lambda_span
             span = max(steps / getattr(runner.optim_wrapper, '_accumulative_counts', 1), 1)
-            self.lambda_rate = min(max(1e4 ** (1 / span) - 1, 1e-3), 0.5)
+            self.controller.lambda_rate = min(max(1e4 ** (1 / span) - 1, 1e-3), 0.5)
+        self.controller.attach(self.budget, self.exported, self.flops,
+                               self.gates.group_slices, self.latency)
         self._check_reachable()
         ema = self._ema_model(runner)
         self.ema_gates = None if ema is None else find_gates(ema)
@@ -240,16 +231,9 @@ class GDPHook(Hook):
             self.dead = gates.a.detach() == 0
 
     def _on_optimizer_step(self, optimizer, args, kwargs) -> None:
-        """Optimizer step pre-hook: the model's optimizer steps this iteration
-        (accumulation steps every N iterations; AMP skips the step on overflow, except
-        for optimizers that check it in their own step, e.g. ``AdamW(fused=True)``:
-        ``GradScaler`` calls them anyway, with its ``found_inf`` flag set on them).
-        Records, as they are at this step, that flag and the AMP loss scale the gates'
-        gradient carries (``GradScaler.update()`` changes it right after the step)."""
-        self.stepped = True
-        scale = getattr(self.loss_scaler, '_scale', None)
-        self.step_scale = None if scale is None else scale.clone()  # on its device
-        self.step_found_inf = getattr(optimizer, 'found_inf', None)
+        """The model optimizer's step pre-hook (see
+        :class:`~gdp_det.gate_training.OptimizerSteps`)."""
+        self.steps.on_step(optimizer, args, kwargs)
 
     @torch.no_grad()
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -259,107 +243,15 @@ class GDPHook(Hook):
         if should_update is not None and not should_update():
             return  # accumulating: the gradient is not complete yet
         grad, a.grad = a.grad, None
-        stepped, self.stepped = self.stepped, False
-        found_inf, self.step_found_inf = self.step_found_inf, None
-        if found_inf is not None and bool(found_inf):  # (a host read, fused optimizers only)
-            stepped = False  # the fused optimizer skipped its step: so do the gates
+        stepped, loss_scale = self.steps.take()
         if self.warmup_iters <= runner.iter < self.gdp_iters:
             if grad is not None and stepped:
-                self._gradient_step(a, grad)
-            self._proximal_step(a)
+                self.gate_step.step(a, grad, ~self.dead, loss_scale)
+            self.controller.step(a)
             broadcast(a, src=0)  # every rank holds rank 0's gates, by construction
             self.dead = a == 0
         self._sync_ema()
         self._log(runner, gates)
-
-    def _gradient_step(self, a: torch.Tensor, grad: torch.Tensor) -> None:
-        """``a <- a - gate_lr * dL/da`` on the gates' device (no host sync)."""
-        grad = grad.to(a.dtype)
-        if self.step_scale is not None:  # AMP: the gates are not in the scaler's unscale_
-            grad = grad / self.step_scale.to(grad)
-        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-        live = ~self.dead
-        if self.grad_norm:
-            # running RMS of the live gates' gradient: one scalar for all gates, so the
-            # task loss still ranks them; only its overall scale is taken out
-            sq = (grad.square() * live).sum() / live.sum().clamp_min(1)
-            if self.grad_sq is None:
-                self.grad_sq = sq
-            else:
-                self.grad_sq = 0.99 * torch.as_tensor(self.grad_sq).to(sq) + 0.01 * sq
-            grad = grad / self.grad_sq.sqrt().clamp_min(1e-12)
-        if self.grad_momentum:
-            # a running mean over the last ~1 / (1 - momentum) steps: the gates move on
-            # the loss averaged over batches, not on one batch's noise (a resumed mean
-            # comes from the checkpoint on the CPU)
-            if self.grad_avg is not None:
-                prev = torch.as_tensor(self.grad_avg).to(grad)
-                grad = torch.lerp(grad, prev, self.grad_momentum)  # m prev + (1 - m) grad
-            self.grad_avg = grad = grad * live
-        a.sub_(self.gate_lr * grad)
-        a.mul_(live)  # a gate at exactly 0 stays there (g'(0) = 0)
-
-    def _proximal_step(self, a: torch.Tensor) -> None:
-        """Soft-threshold towards the budget; decided on the host (numpy) from one
-        copy of the gates (the iteration's one host sync besides a fused optimizer's
-        overflow flag), and written back only when it cuts."""
-        old = a.detach().float().cpu().numpy()
-        kept = self.exported(old)
-        if self.budget.met(kept):
-            self._set_ratios(kept)
-            self.lam = max(self.lam * (1 - self.lambda_rate), 0.0)
-            return
-        alive = old != 0
-        w = self.budget.weights(kept) ** self.cost_power
-        # normalised so that lambda is a threshold per unit of average channel cost
-        w = w / max(w[alive].mean(), 1e-12) if alive.any() else w
-        thresh = (self.gate_lr * self.lam * w).astype(np.float32)
-        new = np.sign(old) * np.maximum(np.abs(old) - thresh, 0)
-        new = self._keep_min_channels(old, new)
-        new = self._stop_at_target(old, new, thresh)
-        a.copy_(torch.from_numpy(new).to(a))
-        self._set_ratios(self.exported(new))
-        self.lam *= 1 + self.lambda_rate
-
-    def _set_ratios(self, kept: np.ndarray) -> None:
-        """The FLOPs ratio (and predicted latency ratio) of the export of ``kept``."""
-        self.ratio = self.flops.count(kept) / self.flops.full
-        if self.latency is not None:
-            self.latency_ratio = self.latency.count(kept) / self.latency.full
-
-    def _stop_at_target(self, old: np.ndarray, new: np.ndarray,
-                        thresh: np.ndarray) -> np.ndarray:
-        """Zero only as many newly-zeroed channels as the budget needs.
-
-        Channels that reach 0 in the same step are taken in order of how far the
-        threshold overshoots them; the rest keep their value, so one step never
-        carries the FLOPs ratio of the export far below the target.
-        """
-        dropped = np.flatnonzero((old != 0) & (new == 0))
-        if len(dropped) == 0 or not self.budget.met(self.exported(new)):
-            return new
-        order = dropped[np.argsort(np.abs(old[dropped]) - thresh[dropped], kind='stable')]
-        lo, hi = 0, len(order)  # find the fewest zeroed that reach the target
-        while lo < hi:
-            mid = (lo + hi) // 2
-            trial = new.copy()
-            trial[order[mid + 1:]] = old[order[mid + 1:]]
-            if self.budget.met(self.exported(trial)):
-                hi = mid
-            else:
-                lo = mid + 1
-        restore = order[lo + 1:]
-        new[restore] = old[restore]
-        return new
-
-    def _keep_min_channels(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
-        for sl in self.gates.group_slices:
-            seg = new[sl]
-            n = group_minimum(self.min_channels, len(seg))
-            if n and np.count_nonzero(seg) < n:
-                top = np.argsort(-np.abs(old[sl]), kind='stable')[:n]
-                seg[top] = np.where(seg[top] != 0, seg[top], old[sl][top])
-        return new
 
     def _log(self, runner, gates) -> None:
         """Scalars known on the host every iteration; the gate statistics (device
@@ -389,10 +281,8 @@ class GDPHook(Hook):
             self.snapshots.append([runner.iter, int((gates.a == 0).sum())] + hist.tolist())
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        grad_sq = None if self.grad_sq is None else float(self.grad_sq)
-        grad_avg = None if self.grad_avg is None else self.grad_avg.detach().cpu()
         checkpoint['gdp_hook'] = dict(lam=float(self.lam), ratio=float(self.ratio),
-                                      grad_sq=grad_sq, grad_avg=grad_avg,
+                                      **self.gate_step.state_dict(),
                                       gdp_iters=int(self.gdp_iters or 0),
                                       history=[list(map(float, h)) for h in self.history],
                                       snapshots=[list(map(float, h)) for h in self.snapshots])
@@ -400,10 +290,9 @@ class GDPHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('gdp_hook')
         if state:
-            self.lam = state['lam']
-            self.ratio = state['ratio']
-            self.grad_sq = state.get('grad_sq')
-            self.grad_avg = state.get('grad_avg')
+            self.controller.lam = state['lam']
+            self.controller.ratio = state['ratio']
+            self.gate_step.load_state_dict(state)
             self.gdp_iters = state['gdp_iters'] or self.gdp_iters
             self.history = [list(h) for h in state['history']]
             self.snapshots = [list(h) for h in state.get('snapshots', [])]

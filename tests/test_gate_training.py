@@ -1,0 +1,114 @@
+"""gdp_det.gate_training: the parts GDPHook delegates to, each on its own contract."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from gdp_det.flops import Budget, FlopsModel
+from gdp_det.gate_training import (BudgetController, EpsSchedule, ExportedChannels,
+                                   GateGradientStep, OptimizerSteps)
+from gdp_det.testing import toy_gated_net
+
+
+def test_eps_schedule_is_geometric_after_the_warmup():
+    s = EpsSchedule(1e-2, 1e-6, warmup_iters=10)
+    assert s.at(0, 110) == s.at(10, 110) == pytest.approx(1e-2)
+    assert s.at(60, 110) == pytest.approx(1e-4)  # half way: the geometric mean
+    assert s.at(110, 110) == s.at(500, 110) == pytest.approx(1e-6)
+    with pytest.raises(ValueError, match='eps_start and eps_end must be > 0'):
+        EpsSchedule(0, 1e-6)
+
+
+def test_gradient_step_normalises_averages_and_keeps_dead_gates():
+    step = GateGradientStep(lr=0.1, normalise=True, momentum=0.9)
+    a = torch.tensor([1.0, 1.0, 0.0])
+    live = a != 0
+    # AMP: a gradient carrying a loss scale of 4; the dead gate's gradient is ignored
+    step.step(a, torch.tensor([8.0, -8.0, 20.0]), live, torch.tensor(4.0))
+    assert float(step.grad_sq) == pytest.approx(4.0)  # mean square over the live gates
+    assert step.grad_avg.tolist() == pytest.approx([1.0, -1.0, 0.0])
+    assert a.tolist() == pytest.approx([0.9, 1.1, 0.0])
+    step.step(a, torch.tensor([0.0, float('inf'), 3.0]), live)  # inf: no signal
+    assert float(step.grad_sq) == pytest.approx(0.99 * 4.0)
+    assert step.grad_avg.tolist() == pytest.approx([0.9, -0.9, 0.0])  # 0.9 of the mean
+    assert a.tolist() == pytest.approx([0.81, 1.19, 0.0])
+    restored = GateGradientStep(lr=0.1)
+    restored.load_state_dict(step.state_dict())
+    assert restored.grad_sq == pytest.approx(float(step.grad_sq))
+    assert torch.equal(restored.grad_avg, step.grad_avg)
+
+
+def test_gradient_step_without_normalising_or_momentum_is_plain_sgd():
+    step = GateGradientStep(lr=0.5, normalise=False, momentum=0.0)
+    a = torch.tensor([1.0, 2.0])
+    step.step(a, torch.tensor([0.2, -0.4]), torch.tensor([True, True]))
+    assert a.tolist() == pytest.approx([0.9, 2.2])
+    assert step.grad_avg is None and step.grad_sq is None
+
+
+def test_exported_channels_are_reused_while_the_zeros_stay():
+    net = toy_gated_net()
+    exported = ExportedChannels(net.gdp_gates.graph, min_channels=2)
+    a = np.ones(net.gdp_gates.a.numel(), np.float32)
+    a[:40] = 0
+    first = exported(a)
+    assert first.sum() == len(a) - 40 + 2 * (first[:32].sum() == 2)  # 2 kept of the first group
+    b = a * 0.5  # other values, the same zeros
+    assert exported(b) is first
+    b[50] = 0
+    assert exported(b) is not first and not exported(b)[50]
+
+
+def controller_on_toy(target: float, min_channels: float = 1):
+    net = toy_gated_net()
+    graph = net.gdp_gates.graph
+    flops = FlopsModel(graph)
+    budget = Budget([(flops, target)])
+    exported = ExportedChannels(graph, min_channels)
+    ctl = BudgetController(lr=0.1, lam=1.0, lambda_rate=0.5, min_channels=min_channels)
+    ctl.attach(budget, exported, flops, net.gdp_gates.group_slices)
+    return net, ctl, exported
+
+
+def test_controller_cuts_only_what_the_budget_needs_then_eases():
+    net, ctl, exported = controller_on_toy(0.5, min_channels=0)  # the order alone decides
+    a = torch.linspace(0.01, 1.0, net.gdp_gates.a.numel())  # small gates go first
+    ctl.lam = 100.0  # a threshold past every gate: all would be cut in one step
+    before = a.clone()
+    ctl.step(a)
+    kept = exported(a.numpy())
+    assert ctl.ratio <= 0.5 and ctl.ratio == pytest.approx(0.5, abs=0.05)
+    cut = (before != 0) & (a == 0)
+    assert cut.any() and float(before[cut].max()) <= float(before[~cut].min())  # smallest first
+    assert torch.equal(a[~cut], before[~cut])  # the rest keep their values
+    assert ctl.lam == pytest.approx(150.0)
+    after = a.clone()
+    ctl.step(a)  # within budget: nothing moves, lambda shrinks
+    assert torch.equal(a, after) and ctl.lam == pytest.approx(75.0)
+    assert kept.sum() < len(kept)
+
+
+def test_controller_keeps_min_channels_per_group():
+    net, ctl, _ = controller_on_toy(0.001, min_channels=3)  # below what 3 per group cost
+    a = torch.ones(net.gdp_gates.a.numel())
+    ctl.lam = 100.0
+    ctl.step(a)
+    for sl in net.gdp_gates.group_slices:
+        assert int((a[sl] != 0).sum()) == 3
+
+
+def test_optimizer_steps_record_the_scale_and_fused_overflow():
+    scaler = SimpleNamespace(_scale=torch.tensor(1024.0))
+    steps = OptimizerSteps(scaler)
+    assert steps.take() == (False, None)  # no step yet
+    optimizer = SimpleNamespace()
+    steps.on_step(optimizer, (), {})
+    scaler._scale.mul_(2)  # GradScaler.update() after the step: a growth step
+    stepped, scale = steps.take()
+    assert stepped and float(scale) == 1024.0
+    steps.on_step(SimpleNamespace(found_inf=torch.tensor(1.0)), (), {})  # fused, overflow
+    assert steps.take()[0] is False
+    assert steps.take()[0] is False  # reset after take
+    assert math.isclose(float(steps.scale), 2048.0)
