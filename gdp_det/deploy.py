@@ -16,10 +16,7 @@ image, and :func:`match_detections` compares the two order-free.
 from __future__ import annotations
 
 import json
-import os
 import os.path as osp
-import shutil
-import tempfile
 import time
 from typing import Dict, Optional, Sequence
 
@@ -27,6 +24,7 @@ import numpy as np
 import torch
 
 from .cli import UserError
+from .files import publish, staging_dir
 
 BACKENDS = ('onnxruntime', 'openvino')
 TASKS = ('detection', 'instance-seg')
@@ -212,9 +210,7 @@ def export_model(config, checkpoint: Optional[str], backend: str, work_dir: str,
         raise UserError(f'checkpoint not found: {checkpoint} (check the path)')
     img = export_image(model_cfg) if img is None else _read_image(img)
     _no_rpn_score_threshold(model_cfg.model)
-    os.makedirs(work_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.tmp_deploy_', dir=work_dir)
-    try:
+    with staging_dir(work_dir) as tmp:
         start = time.perf_counter()
         written = ['deploy_cfg.py', 'model_cfg.py']
         if checkpoint is None:  # the random init, saved: the runtime and --verify use it
@@ -242,12 +238,7 @@ def export_model(config, checkpoint: Optional[str], backend: str, work_dir: str,
                     seconds=round(time.perf_counter() - start, 1), versions=_versions(backend))
         with open(osp.join(tmp, DEPLOY_INFO), 'w') as f:
             json.dump(info, f, indent=2)
-        if osp.exists(osp.join(work_dir, DEPLOY_INFO)):  # --force: no stale marker meanwhile
-            os.remove(osp.join(work_dir, DEPLOY_INFO))
-        for name in files + written + [DEPLOY_INFO]:
-            os.replace(osp.join(tmp, name), osp.join(work_dir, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish(tmp, work_dir, files + written + [DEPLOY_INFO])  # the marker last
     return info
 
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import os.path as osp
-import shutil
-import tempfile
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
+
+from .files import publish, staging_dir
 
 EXPORT_FILES = ('{name}_pruned.py', '{name}_pruned.pth', 'prune_report.json')
 
@@ -134,18 +133,12 @@ def write_export(out_dir: str, name: str, cfg: Config, model: nn.Module, report:
                  meta: Optional[dict] = None, force: bool = False) -> List[str]:
     """Write config, checkpoint and report into ``out_dir`` atomically."""
     check_out_dir(out_dir, name, force)
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.gdp_export_', dir=out_dir)
-    try:
-        files = [f.format(name=name) for f in EXPORT_FILES]
+    files = [f.format(name=name) for f in EXPORT_FILES]
+    with staging_dir(out_dir) as tmp:
         cfg.dump(osp.join(tmp, files[0]))
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(dict(state_dict=state, meta=_plain(meta or {})), osp.join(tmp, files[1]))
         with open(osp.join(tmp, files[2]), 'w') as f:
             json.dump(_plain(report), f, indent=2)
-        # os.replace is atomic per file; the report goes last: it marks a complete export
-        for f in files:
-            os.replace(osp.join(tmp, f), osp.join(out_dir, f))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish(tmp, out_dir, files)  # the report last: it marks a complete export
     return [osp.join(out_dir, f) for f in files]
