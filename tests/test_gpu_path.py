@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.optim import OptimWrapper
-from torch.overrides import TorchFunctionMode
 
+from fake_clocks import FakeCuda
 from gdp_det.hooks import GDPHook
 from gdp_det.testing import fake_runner
 from test_reliability import small_net
@@ -218,37 +217,6 @@ def test_compiled_gates_break_no_graph_and_match_eager():
         ref.square().sum().backward()
         torch.testing.assert_close(grad, net.gdp_gates.a.grad)
     assert counter.frame_count == 1
-
-class FakeCuda(TorchFunctionMode):
-    """A CUDA device on the CPU's clock: every conv launched inside the mode costs the
-    host ``launch`` seconds and queues ``1e-9`` s per multiply-accumulate on the
-    device, which runs them in order while the host goes on; only
-    ``torch.cuda.synchronize()`` (``sync`` seconds) waits for the queue.
-    :meth:`install` makes ``time.perf_counter`` read its clock."""
-
-    def __init__(self, launch=1e-5, sync=2e-5):
-        super().__init__()
-        self.launch, self.sync = launch, sync
-        self.now = self.device_free = 0.0
-
-    def install(self, monkeypatch):
-        monkeypatch.setattr(time, 'perf_counter', lambda: self.now)
-        monkeypatch.setattr(torch.cuda, 'synchronize', self.synchronize)
-        monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Fake GPU')
-        return self
-
-    def run(self, seconds: float) -> None:
-        self.now += self.launch
-        self.device_free = max(self.device_free, self.now) + seconds
-
-    def synchronize(self, device=None) -> None:
-        self.now = max(self.now, self.device_free) + self.sync
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func is F.conv2d:
-            self.run(1e-9 * out.numel() * args[1][0].numel())
-        return out
 
 
 def _conv_chain(width):

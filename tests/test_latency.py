@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from torch.overrides import TorchFunctionMode
 
 from conftest import REPO
+from fake_clocks import WorkClock
 from gdp_det import latency as latency_mod
 from gdp_det.flops import Budget
 from gdp_det.graph import trace_channel_graph
@@ -170,28 +170,11 @@ def test_table_is_cached_per_setting(toy, tmp_path, monkeypatch, one_thread):
         LatencyModel.measure(model, repeats=1, points=2)
 
 
-class WorkClock(TorchFunctionMode):
-    """A clock that runs only while conv and linear calls work: each one advances it by
-    1 ns per multiply-accumulate and 20 us per call, nothing else takes time. Latencies
-    read on it are the same on every machine and under any load."""
-
-    def __init__(self):
-        super().__init__()
-        self.now = 0.0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if getattr(func, '__name__', '') in ('conv2d', 'linear'):
-            weight = args[1] if len(args) > 1 else kwargs['weight']
-            self.now += 1e-9 * out.numel() * weight[0].numel() + 2e-5
-        return out
-
-
 @pytest.fixture
 def work_clock(monkeypatch, smooth_ops):
     """Latencies read on a :class:`WorkClock` (open it around what is timed), with no
     channel blocks."""
-    clock = WorkClock()
+    clock = WorkClock(per_call=2e-5)
     monkeypatch.setattr(latency_mod.Clock, '__call__', lambda self: clock.now)
     return clock
 
