@@ -158,6 +158,7 @@ def test_fp16_gate_gradient_is_reduced_in_float32():
     assert torch.isfinite(grad).all()
     torch.testing.assert_close(grad, ref.gdp_gates.a.grad, rtol=1e-2, atol=0)
 
+
 def test_fp16_model_keeps_float32_gates_and_eps():
     """``model.half()``: ``a`` and the ``eps`` buffer stay float32, so eps = 1e-8
     (0 in fp16) survives a checkpoint and reloaded zero gates are 0, not 0/0; and
@@ -176,6 +177,7 @@ def test_fp16_model_keeps_float32_gates_and_eps():
     with torch.no_grad():
         fresh.gdp_gates.a.sub_(1e-4)
     assert float(fresh.gdp_gates.a.detach()[1]) == pytest.approx(1 - 1e-4)
+
 
 def _graph_breaks(fn, *args) -> int:
     torch._dynamo.reset()
@@ -275,6 +277,7 @@ def test_evaluation_latency_waits_for_the_device(monkeypatch):
     result = stages.evaluate(Config(dict()), 'ckpt.pth', 'work', repeats=3)
     assert result['latency_ms'] == pytest.approx(5.0 + 1000 * fake.launch, rel=1e-9)
     assert result['latency_device'] == 'Fake GPU'
+
 
 def _latency_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     """One rank of :func:`test_ddp_ranks_share_rank0s_latency_table`: a GDPHook with a

@@ -183,9 +183,9 @@ def test_prediction_matches_measured_forward(toy, work_clock):
     """Toy RetinaNet at 224, measured on a clock of known cost (:class:`WorkClock`, with
     no channel blocks): the table, its calibration and the prediction for exports with
     random gates give their measured forward (to float rounding: on this clock each
-    op's time is bilinear in its channels, as the table interpolates). How close the prediction comes on a real CPU depends on the machine and its
-    load: that is a benchmark (tools/benchmark_latency.py, RESULTS section (l)), not a
-    test."""
+    op's time is bilinear in its channels, as the table interpolates). How close the
+    prediction comes on a real CPU depends on the machine and its load: that is a
+    benchmark (tools/benchmark_latency.py, RESULTS section (l)), not a test."""
     model, _ = toy
     graph = model.gdp_gates.graph
     rng = np.random.default_rng(1)
