@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os.path as osp
 from typing import Optional, Tuple
 
@@ -11,11 +12,17 @@ import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
 from .decisions import DecisionLog, relative_difference
-from .detector import detector_forward_fn
+from .detector import detector_forward_fn, failing_module, on_device_with_kernels
+from .distributed import cpu_threads
 from .export import export_config, pruned_model_cfg, write_export
 from .flops import FlopsModel
-from .graph import flat_tensors
+from .graph import flat_tensors, lacks_cpu_kernel
 from .pruner import extract_pruned, kept_mask
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters (where the export is checked)."""
+    return next(model.parameters()).device
 
 
 def count_params(model: nn.Module) -> int:
@@ -184,16 +191,15 @@ def prune_and_export(cfg: Config, gated: nn.Module, out_dir: str, name: Optional
     Returns ``(pruned model, report dict, written paths)``. With ``verify``, the
     exported config and checkpoint are rebuilt from disk and compared with the gated
     model; a difference above ``tolerance`` raises ``RuntimeError`` (float32, else
-    float64: :func:`_verified`).
+    float64: :func:`_verified`). The report names the modules whose channels were
+    kept because the tracer could not follow them (``unsupported``).
     """
     name = name or osp.splitext(osp.basename(cfg.filename or 'model'))[0]
     graph = gated.gdp_gates.graph
     trace = gated.gdp_gates.trace
     flops = FlopsModel(graph)
     params_model = FlopsModel(graph, params=True)
-    device = next(gated.parameters()).device
-    pruned = copy.deepcopy(gated.cpu())
-    gated.to(device)
+    pruned = copy.deepcopy(gated).cpu()  # (gated stays on its device)
     params_before = count_params(pruned)
     result = extract_pruned(pruned, min_channels, channel_divisor)
     alive = torch.as_tensor(kept_mask(graph, result.kept))
@@ -211,7 +217,8 @@ def prune_and_export(cfg: Config, gated: nn.Module, out_dir: str, name: Optional
                 for g, k in zip(graph.groups, result.kept)],
         widths=dict(result.shapes),
         per_layer_flops=_per_layer(flops, graph, alive),
-        layer_widths=_layer_widths(graph, alive))
+        layer_widths=_layer_widths(graph, alive),
+        unsupported=dict(graph.unsupported))
     report['params_ratio'] = report['params_after'] / report['params_before']
     if verify:
         report.update(_verified(model_cfg, gated, pruned, trace.input_size, tolerance,
@@ -230,23 +237,55 @@ def _verified(model_cfg, gated: nn.Module, pruned: nn.Module, input_size,
     """The verification's report entries; raises ``RuntimeError`` when it fails.
 
     The exported config, rebuilt and loaded with ``pruned``'s state dict, is compared
-    with ``gated`` (:func:`output_difference`, :func:`max_prediction_difference`).
-    Where that fails in float32, it is repeated in float64: some detectors amplify
-    float32 rounding beyond any tolerance, so the gated model's own float32 outputs
-    are that far from exact (a randomly initialised cascade RoI head regresses its
-    boxes with deltas of hundreds through a clamped ``exp``: a 1e-7 difference in
-    the first stage's boxes is 1e-2 in the last stage's outputs, DetectoRS). The
-    pruned model is then extracted again from a float64 copy of ``gated`` and
-    rebuilt in float64; when that passes, ``pruned`` takes its weights (rounded to
-    float32), so the export is the float32 copy of the verified model. A pruning
-    error is not rounding: it fails in either precision.
+    with ``gated`` (:func:`output_difference`, :func:`max_prediction_difference`) on
+    ``gated``'s device (``verified_on``): a model trained on a GPU is checked there,
+    with TF32 off (:func:`_checks`); a model on the CPU whose forward calls an op
+    without a CPU kernel is checked on CUDA when there is a device
+    (:func:`~gdp_det.detector.on_device_with_kernels`), else the check is skipped
+    and the report says why (``verification_skipped``), with a warning. Under
+    torchrun, rank 0 checks alone while the other ranks wait, with every core
+    (:func:`~gdp_det.distributed.cpu_threads`).
+
+    Where the check fails in float32, it is repeated in float64 on the CPU: some
+    detectors amplify float32 rounding beyond any tolerance, so the gated model's own
+    float32 outputs are that far from exact (a randomly initialised cascade RoI head
+    regresses its boxes with deltas of hundreds through a clamped ``exp``: a 1e-7
+    difference in the first stage's boxes is 1e-2 in the last stage's outputs,
+    DetectoRS). The pruned model is then extracted again from a float64 copy of
+    ``gated`` and rebuilt in float64; when that passes, ``pruned`` takes its weights
+    (rounded to float32), so the export is the float32 copy of the verified model. A
+    pruning error is not rounding: it fails in either precision.
     """
-    device = next(gated.parameters()).device
-    found = _checks(model_cfg, gated.cpu(), pruned, input_size)
-    gated.to(device)
-    failure = _failure(found, tolerance)
-    if failure is None:
-        return dict(found, verified_in='float32')
+    with cpu_threads(alone=True):
+        try:
+            found = on_device_with_kernels(
+                lambda: _checks(model_cfg, gated, pruned, input_size), gated)
+        except RuntimeError as e:
+            if not lacks_cpu_kernel(e):
+                raise
+            return _skipped(gated, e)
+        failure = _failure(found, tolerance)
+        if failure is None:
+            return dict(found, verified_in='float32')
+        return _verified_in_float64(model_cfg, gated, pruned, input_size, tolerance,
+                                    prune_args, found, failure)
+
+
+def _skipped(gated: nn.Module, e: RuntimeError) -> dict:
+    """The report entry, and a warning, for a check that no device here can run."""
+    from mmengine.logging import print_log
+    reason = (f'not verified: the check runs the models\' forward, module '
+              f'{failing_module(gated, e)!r} calls an op without a CPU kernel '
+              f'({str(e).strip().splitlines()[0]}) and there is no CUDA device here; '
+              'verify the export on a machine with CUDA')
+    print_log(f'GDP export {reason}', logger='current', level=logging.WARNING)
+    return dict(verification_skipped=reason)
+
+
+def _verified_in_float64(model_cfg, gated: nn.Module, pruned: nn.Module, input_size,
+                         tolerance: float, prune_args: tuple, found: dict,
+                         failure: str) -> dict:
+    """The float64 repetition of :func:`_verified` (on the CPU)."""
     gated64 = copy.deepcopy(gated).cpu().double()
     pruned64 = copy.deepcopy(gated64)
     extract_pruned(pruned64, *prune_args)
@@ -265,16 +304,38 @@ def _verified(model_cfg, gated: nn.Module, pruned: nn.Module, input_size,
 
 
 def _checks(model_cfg, gated: nn.Module, pruned: nn.Module, input_size) -> dict:
-    """Both checks of :func:`_verified`, in the precision of ``pruned``."""
+    """Both checks of :func:`_verified`, in the precision of ``pruned``, on the
+    device of ``gated`` (``verified_on``), with CUDA's TF32 off."""
     from mmdet.registry import MODELS
     dtype = next(pruned.parameters()).dtype
+    device = model_device(gated)
     rebuilt = MODELS.build(copy.deepcopy(model_cfg))
     if dtype == torch.float64:  # (not .to(dtype): mmdet's KD detectors override to(device))
         rebuilt = rebuilt.double()
     rebuilt.load_state_dict(pruned.state_dict(), strict=True)
-    tensor = output_difference(gated, rebuilt, input_size)
+    rebuilt.to(device)
+    with _full_float32():
+        tensor = output_difference(gated, rebuilt, input_size)
+        predict = max_prediction_difference(gated, rebuilt, input_size)
     return dict(max_rel_output_diff=tensor['max_diff'], replayed_decisions=tensor['replayed'],
-                predict_check=max_prediction_difference(gated, rebuilt, input_size))
+                predict_check=predict, verified_on=str(device))
+
+
+@contextlib.contextmanager
+def _full_float32():
+    """TF32 off for CUDA's convolutions and matmuls inside (restored after): cuDNN
+    runs float32 convolutions in TF32 by default on Ampere and later GPUs, whose
+    10-bit mantissa makes the gated and the pruned model differ by ~1e-3, past the
+    check's 1e-4."""
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = [f.allow_tf32 for f in flags]
+    for f in flags:
+        f.allow_tf32 = False
+    try:
+        yield
+    finally:
+        for f, v in zip(flags, saved):
+            f.allow_tf32 = v
 
 
 def _failure(found: dict, tolerance: float) -> Optional[str]:

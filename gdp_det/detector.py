@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 from mmengine.structures import InstanceData
 
+from .distributed import cpu_threads
 from .gates import GDPGateSet, TraceSettings, add_gates
-from .graph import ChannelGraph, flat_tensors, trace_channel_graph
+from .graph import ChannelGraph, flat_tensors, lacks_cpu_kernel, trace_channel_graph
 
 
 def _guaranteed_proposals(h: int, w: int, num: int, device) -> torch.Tensor:
@@ -141,14 +142,26 @@ def detector_forward_fn(input_size: Tuple[int, int], num_proposals: int = 256):
     return forward
 
 
-# how torch and mmcv say that an op has no kernel for CPU tensors
-_NO_CPU_KERNEL = ('implementation for device cpu not found', "not implemented for 'CPU'",
-                  "arguments from the 'CPU' backend")
-
-
 class NoCPUKernelError(ValueError):
     """The detector's traced forward calls an op without a CPU kernel, and no CUDA
     device is there to trace on; the message names the op and its module."""
+
+
+def on_device_with_kernels(fn, model: nn.Module):
+    """``fn()`` with ``model`` where it is; where that is the CPU and ``fn`` stops at
+    an op without a CPU kernel, ``fn()`` again with ``model`` on CUDA (moved back
+    after) when there is a device; else the error propagates."""
+    try:
+        return fn()
+    except RuntimeError as e:
+        on_cpu = next(model.parameters()).device.type == 'cpu'
+        if not (on_cpu and lacks_cpu_kernel(e) and torch.cuda.is_available()):
+            raise
+    model.cuda()
+    try:
+        return fn()
+    finally:
+        model.cpu()
 
 
 def trace_detector(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
@@ -156,28 +169,31 @@ def trace_detector(model: nn.Module, input_size: Tuple[int, int] = (512, 512),
     """Channel graph of an mmdet detector at ``input_size`` (H, W), traced on the
     model's device. A model on the CPU that calls an op without a CPU kernel (e.g.
     mmcv's ``deform_roi_pool``) is traced on CUDA when there is a device, and moved
-    back; without one, :class:`NoCPUKernelError`."""
+    back (:func:`on_device_with_kernels`). Without one, a module that declares its
+    output shape (an RoI layer, an upsampler) is traced as opaque, its channels kept
+    and named (:mod:`gdp_det.graph.opaque`); any other, :class:`NoCPUKernelError`.
+    Under torchrun the trace (every rank at once) uses the rank's share of the
+    cores (:func:`~gdp_det.distributed.cpu_threads`)."""
     forward = detector_forward_fn(input_size, num_proposals)
+    on_cpu = next(model.parameters()).device.type == 'cpu'
+    opaque = not torch.cuda.is_available()
     try:
-        return trace_channel_graph(model, forward, exclude)
+        with cpu_threads(alone=False):
+            return on_device_with_kernels(
+                lambda: trace_channel_graph(model, forward, exclude,
+                                            opaque_without_kernel=opaque), model)
     except RuntimeError as e:
-        on_cpu = next(model.parameters()).device.type == 'cpu'
-        if not (on_cpu and any(m in str(e) for m in _NO_CPU_KERNEL)):
+        if not (on_cpu and lacks_cpu_kernel(e)):
             raise
-        if torch.cuda.is_available():
-            try:
-                return trace_channel_graph(model.cuda(), forward, exclude)
-            finally:
-                model.cpu()
         raise NoCPUKernelError(
             f'tracing runs one forward of the detector, on the CPU here, and module '
-            f'{_failing_module(model, e)!r} calls an op without a CPU kernel '
+            f'{failing_module(model, e)!r} calls an op without a CPU kernel '
             f'({str(e).strip().splitlines()[0]}) (run on a machine with CUDA, where GDP '
             'traces on the GPU, or use an mmcv built with that op\'s CPU implementation, '
             'or a detector config without it)') from e
 
 
-def _failing_module(model: nn.Module, e: BaseException) -> str:
+def failing_module(model: nn.Module, e: BaseException) -> str:
     """Name of the innermost module of ``model`` whose code raised ``e``."""
     names = {id(m): n for n, m in model.named_modules()}
     tb, name = e.__traceback__, '(unknown)'

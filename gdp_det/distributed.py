@@ -1,6 +1,11 @@
-"""A process group for the waits on rank 0 alone (a latency table, an export)."""
+"""What the ranks of a torchrun job share while rank 0 (or each rank) works on the CPU:
+a process group to wait on (:func:`patient_group`), the cores (:func:`cpu_threads`)."""
 import datetime
+import os
+from contextlib import contextmanager
+from typing import Iterator
 
+import torch
 import torch.distributed as dist
 from mmengine.dist import is_distributed
 
@@ -15,3 +20,29 @@ def patient_group():
     if not is_distributed():
         return None
     return dist.new_group(backend='gloo', timeout=PATIENT_TIMEOUT)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def cpu_threads(alone: bool) -> Iterator[None]:
+    """torch's CPU threads for the CPU work inside, under torchrun (``LOCAL_WORLD_SIZE``
+    set), which runs every process with ``OMP_NUM_THREADS=1`` unless told otherwise:
+    all the usable cores when this rank works ``alone`` while the others wait (rank
+    0's export check), else its share of them among the node's ranks (the trace, on
+    every rank at once); never fewer threads than it had. Outside torchrun the
+    setting is the user's and stays. Restored on exit."""
+    saved = torch.get_num_threads()
+    ranks = os.environ.get('LOCAL_WORLD_SIZE')
+    if ranks is not None:
+        torch.set_num_threads(max(saved, usable_cores() // (1 if alone else int(ranks))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .graph import ChannelGraph
+from .graph import OPAQUE, ChannelGraph
 
 
 def gate_value(a: torch.Tensor, eps: float, normalize: bool = True) -> torch.Tensor:
@@ -336,8 +336,14 @@ class GDPGateSet(nn.Module):
             what = f'it has {len(sizes_t)} channel groups, this model {len(sizes_m)}'
         else:
             what = 'the groups have the same sizes but other names or order'
+        opaque = [n for n, w in self.graph.unsupported.items() if OPAQUE in w]
+        cause = 'The checkpoint'
+        if opaque:  # (see gdp_det.graph.opaque)
+            cause = (f'Here {opaque[0]} calls an op without a CPU kernel and was traced as '
+                     'opaque (no CUDA device), while a checkpoint trained on a GPU was traced '
+                     'through it: prune it on a machine with CUDA. Otherwise the checkpoint')
         raise GateMismatchError(
-            f'GDP gates in the checkpoint do not match this model: {what}. The checkpoint '
+            f'GDP gates in the checkpoint do not match this model: {what}. {cause} '
             'was trained with another detector config, input_size, exclude list or '
             'gdp_det version; use the config it was trained with')
 

@@ -396,3 +396,262 @@ def test_op_without_cpu_kernel_is_named(monkeypatch):
         "tracing runs one forward of the detector, on the CPU here, and module "
         "'neck.fpn_convs.0' calls an op without a CPU kernel (deform_roi_pool_forward_impl: "
         "implementation for device cpu not found.) (run on a machine with CUDA")
+
+
+def _cuda_only_roi_layer():
+    """mmcv's RoIAlign as an op with CUDA kernels only (as mmcv's deform_roi_pool):
+    on CPU tensors it raises what mmcv raises there."""
+    from mmcv.ops import RoIAlign
+
+    class CUDAOnlyRoIPool(RoIAlign):
+        def forward(self, input, rois):
+            if input.device.type == 'cpu':
+                raise RuntimeError('deform_roi_pool_forward_impl: implementation for device '
+                                   'cpu not found.')
+            return super().forward(input, rois)
+    return CUDAOnlyRoIPool
+
+
+def _cuda_only_roi_config(tmp_path, monkeypatch):
+    """The toy Faster R-CNN with its RoI layers CUDA-only (mmdet builds them from
+    ``mmcv.ops``), dumped to a file."""
+    import mmcv.ops
+    from conftest import FASTER_RCNN_CFG
+    from gdp_det.cli import load_config
+    monkeypatch.setattr(mmcv.ops, 'CUDAOnlyRoIPool', _cuda_only_roi_layer(), raising=False)
+    cfg = load_config(FASTER_RCNN_CFG)
+    cfg.model.roi_head.bbox_roi_extractor.roi_layer = dict(
+        type='CUDAOnlyRoIPool', output_size=7, sampling_ratio=0)
+    path = str(tmp_path / 'frcnn_cuda_only_roi.py')
+    cfg.dump(path)
+    return path, cfg
+
+
+ROI_LAYERS = [f'roi_head.bbox_roi_extractor.roi_layers.{i}' for i in range(4)]
+
+
+def test_roi_layer_without_cpu_kernel_is_opaque_with_its_channels_kept(tmp_path, monkeypatch):
+    """Without CUDA, an RoI layer whose op has no CPU kernel is traced as opaque: its
+    output shape from the module, the FPN channels it reads kept, every level's layer
+    named; the rest is still gated (it was NoCPUKernelError: nothing could be gated)."""
+    from mmdet.registry import MODELS
+    from gdp_det.detector import attach_gates
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    _, cfg = _cuda_only_roi_config(tmp_path, monkeypatch)
+    torch.manual_seed(0)
+    graph = attach_gates(MODELS.build(cfg.model), (64, 64)).gdp_gates.graph
+    cfg.model.roi_head.bbox_roi_extractor.roi_layer.type = 'RoIAlign'
+    torch.manual_seed(0)
+    known = attach_gates(MODELS.build(cfg.model), (64, 64)).gdp_gates.graph
+    assert sorted(graph.unsupported) == ROI_LAYERS
+    assert all(w.startswith('CUDAOnlyRoIPool (opaque: no CPU kernel, deform_roi_pool_forward'
+                            '_impl: implementation for device cpu not found.; output shape '
+                            'from the module') for w in graph.unsupported.values())
+    assert known.unsupported == {}
+
+    def producers(g):
+        return {p: len(ch) for grp in g.groups for p, ch in grp.producers.items()}
+    assert producers(known)['neck.fpn_convs.0.conv'] == 128  # the FPN output: prunable ...
+    assert 'neck.fpn_convs.0.conv' not in producers(graph)  # ... kept behind the opaque op
+    # the rest is the same: the backbone, the FPN's lateral convs, the heads' own layers
+    same = {p: n for p, n in producers(known).items() if not p.startswith('neck.fpn_convs')}
+    assert {p: producers(graph).get(p) for p in same} == same
+    assert graph.num_channels == known.num_channels - 128
+
+
+def test_export_says_when_its_check_needs_a_kernel_the_cpu_lacks(tmp_path, monkeypatch, capsys):
+    """tools/prune.py --random-gates --verify on that detector without CUDA: exported,
+    the report and the summary say the check was skipped and why, name the RoI
+    layers whose channels were kept, and claim no verification."""
+    import json
+    from tools.prune import main as prune_main
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    path, _ = _cuda_only_roi_config(tmp_path, monkeypatch)
+    out = tmp_path / 'out'
+    rc = prune_main([path, '--random-gates', '0.5', '--out-dir', str(out),
+                     '--input-size', '64', '64', '--verify'])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.split('\nwrote ')[0])
+    report = json.loads((out / 'prune_report.json').read_text())
+    reason = ("not verified: the check runs the models' forward, module "
+              "'roi_head.bbox_roi_extractor.roi_layers.0' calls an op without a CPU kernel "
+              "(deform_roi_pool_forward_impl: implementation for device cpu not found.) and "
+              "there is no CUDA device here; verify the export on a machine with CUDA")
+    assert summary['verification_skipped'] == report['verification_skipped'] == reason
+    assert not {'max_rel_output_diff', 'verified_in', 'predict_check'} & set(report)
+    assert sorted(report['unsupported']) == ROI_LAYERS
+    assert 0.2 < report['flops_ratio'] < 0.9
+    assert (out / 'frcnn_cuda_only_roi_pruned.pth').is_file()
+
+
+def test_gpu_checkpoint_on_a_cpu_trace_says_to_prune_where_cuda_is(tmp_path, monkeypatch):
+    """A checkpoint of GDP training on a GPU (traced through the op: one group more)
+    loaded into the CPU's opaque trace: the mismatch names the opaque module and says
+    to prune on a machine with CUDA (it said: use the config it was trained with)."""
+    from mmdet.registry import MODELS
+    from gdp_det.detector import attach_gates
+    from gdp_det.gates import GateMismatchError
+    _, cfg = _cuda_only_roi_config(tmp_path, monkeypatch)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    opaque = attach_gates(MODELS.build(cfg.model), (64, 64))
+    cfg.model.roi_head.bbox_roi_extractor.roi_layer.type = 'RoIAlign'  # as traced on CUDA
+    traced_through = attach_gates(MODELS.build(cfg.model), (64, 64))
+    with pytest.raises(GateMismatchError) as caught:
+        opaque.load_state_dict(traced_through.state_dict())
+    msg = str(caught.value)
+    n_gpu, n_cpu = (len(m.gdp_gates.graph.groups) for m in (traced_through, opaque))
+    assert n_gpu == n_cpu + 1
+    assert 'Here roi_head.bbox_roi_extractor.roi_layers.0 calls an op without a CPU kernel ' \
+        'and was traced as opaque (no CUDA device), while a checkpoint trained on a GPU ' \
+        'was traced through it: prune it on a machine with CUDA. Otherwise the checkpoint ' \
+        'was trained with another detector config' in msg
+
+
+@pytest.mark.slow  # builds and exports a randomly initialised R50 Faster R-CNN
+def test_mdpool_faster_rcnn_is_gated_and_exported_on_the_cpu(tmp_path, monkeypatch, capsys):
+    """mmdet's dcnv2 mdpool Faster R-CNN (mmcv's deform_roi_pool has no CPU kernel)
+    through tools/prune.py --random-gates without CUDA: its RoI layers are opaque,
+    their FPN channels kept and named; the backbone is pruned."""
+    import json
+    from tools.prune import main as prune_main
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    out = tmp_path / 'out'
+    rc = prune_main(['mmdet::dcnv2/faster-rcnn_r50_fpn_mdpool_1x_coco.py', '--random-gates',
+                     '0.5', '--out-dir', str(out), '--input-size', '128', '128'])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((out / 'prune_report.json').read_text())
+    assert sorted(report['unsupported']) == ROI_LAYERS
+    assert all(w.startswith('ModulatedDeformRoIPoolPack (opaque: no CPU kernel, '
+                            'deform_roi_pool_forward_impl: implementation for device cpu')
+               for w in report['unsupported'].values())
+    assert report['layer_widths']['neck.fpn_convs.0.conv'] == [256, 256]  # kept
+    assert report['layer_widths']['backbone.layer1.0.conv1'][1] < 64
+    assert report['flops_ratio'] < 0.9
+
+
+@pytest.fixture
+def torchrun_threads(monkeypatch):
+    """Under torchrun (2 local ranks, ``OMP_NUM_THREADS=1``: 1 torch thread) on a
+    machine with 6 usable cores; torch's thread count restored after."""
+    from gdp_det import distributed
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
+    monkeypatch.setattr(distributed, 'usable_cores', lambda: 6)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def test_cpu_threads_under_torchrun_only(torchrun_threads, monkeypatch):
+    """All the cores for rank 0 alone, a rank's share when all work, never fewer than
+    set; outside torchrun the user's setting stays."""
+    from gdp_det.distributed import cpu_threads
+    seen = []
+    for alone in (True, False):
+        with cpu_threads(alone):
+            seen.append(torch.get_num_threads())
+    torch.set_num_threads(4)
+    with cpu_threads(False):
+        seen.append(torch.get_num_threads())
+    monkeypatch.delenv('LOCAL_WORLD_SIZE')
+    torch.set_num_threads(1)
+    with cpu_threads(True):
+        seen.append(torch.get_num_threads())
+    assert seen == [6, 3, 4, 1]
+    assert torch.get_num_threads() == 1
+
+
+def _record_backbone_forwards(moved):
+    """A global forward pre-hook recording, for each ResNet forward, the (fake) device
+    of the ResNet, torch's threads and CUDA's TF32 flags."""
+    from mmdet.models.backbones import ResNet
+    seen = []
+
+    def record(module, args):
+        if isinstance(module, ResNet):
+            seen.append((moved.get(id(module), torch.device('cpu')), torch.get_num_threads(),
+                         torch.backends.cudnn.allow_tf32,
+                         torch.backends.cuda.matmul.allow_tf32))
+    return seen, nn.modules.module.register_module_forward_pre_hook(record)
+
+
+def _fake_moves(monkeypatch):
+    """``Module.to/cuda/cpu`` record where each module (and its children) was moved,
+    in the returned dict, and leave the tensors on the CPU (dtype changes happen)."""
+    moved = {}
+    real_to = nn.Module.to
+
+    def place(module, device):
+        for m in module.modules():
+            moved[id(m)] = torch.device(device)
+
+    def to(self, *args, **kwargs):
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None:
+            place(self, device)
+        return real_to(self, dtype) if dtype is not None else self
+
+    def cuda(self, device=None):
+        place(self, torch.device('cuda', device or 0))
+        return self
+
+    def cpu(self):
+        place(self, 'cpu')
+        return self
+    for name, fn in (('to', to), ('cuda', cuda), ('cpu', cpu)):
+        monkeypatch.setattr(nn.Module, name, fn)
+    return moved, place
+
+
+def test_export_is_checked_on_the_training_device_with_every_core(tmp_path, monkeypatch,
+                                                                 torchrun_threads):
+    """Rank 0's export at the end of training on a (fake) GPU, under torchrun: the
+    gated and the rebuilt model are both checked on the GPU with TF32 off (they were
+    moved to the CPU), any CPU work with every core (it had torchrun's 1 thread); the
+    settings are restored after."""
+    from mmdet.registry import MODELS
+    from conftest import RETINANET_CFG
+    from gdp_det import api
+    from gdp_det.cli import gdp_model_cfg, load_config
+    from tools.prune import randomize_gates
+    cfg = load_config(RETINANET_CFG)
+    cfg.model = gdp_model_cfg(cfg, (64, 64), [], None)
+    torch.manual_seed(0)
+    gated = MODELS.build(cfg.model)
+    randomize_gates(gated.gdp_gates, 0.5, seed=0)
+    moved, place = _fake_moves(monkeypatch)
+    place(gated, torch.device('cuda', 0))
+    monkeypatch.setattr(api, 'model_device', lambda m: moved.get(id(m), torch.device('cpu')))
+    saved_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    seen, handle = _record_backbone_forwards(moved)
+    try:
+        _, report, _ = api.prune_and_export(cfg, gated, str(tmp_path / 'out'), name='toy')
+        after = (torch.get_num_threads(), torch.backends.cudnn.allow_tf32,
+                 torch.backends.cuda.matmul.allow_tf32)
+    finally:
+        handle.remove()
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved_tf32
+    assert report['verified_in'] == 'float32' and report['verified_on'] == 'cuda:0'
+    assert report['max_rel_output_diff'] < 1e-5
+    assert len(seen) >= 6  # gated and rebuilt: 2 tensor-mode forwards, 1 predict each
+    assert set(seen) == {(torch.device('cuda', 0), 6, False, False)}
+    assert moved[id(gated)] == torch.device('cuda', 0)
+    assert after == (1, True, True)
+
+
+def test_trace_under_torchrun_uses_the_ranks_share_of_the_cores(monkeypatch, torchrun_threads):
+    """Every rank traces its detector at once: each with its share of the cores (3 of 6
+    for 2 ranks), not torchrun's 1 thread; restored after."""
+    from mmdet.registry import MODELS
+    from conftest import RETINANET_CFG
+    from gdp_det.cli import load_config
+    from gdp_det.detector import trace_detector
+    moved = {}
+    seen, handle = _record_backbone_forwards(moved)
+    try:
+        trace_detector(MODELS.build(load_config(RETINANET_CFG).model), (64, 64))
+    finally:
+        handle.remove()
+    assert [s[1] for s in seen] == [3]
+    assert torch.get_num_threads() == 1

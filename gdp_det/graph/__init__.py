@@ -17,10 +17,11 @@ Anything the tracer does not understand is treated conservatively: the channels
 that flow into it are marked *fixed* (never pruned) and the op is named in
 :attr:`ChannelGraph.unsupported`. That holds for ops missing from the table and
 for compiled code anywhere in the model (custom ``autograd.Function`` s such as
-mmcv's deformable conv). So are the channels the traced function returns (class
-logits, box deltas, ...) and the input image's channels. This makes every pruning
-decision taken from the graph lossless by construction; the exporter's
-``--verify`` re-checks it numerically.
+mmcv's deformable conv), and for a module whose forward calls an op without a CPU
+kernel where the trace runs on the CPU (:mod:`.opaque`). So are the channels the
+traced function returns (class logits, box deltas, ...) and the input image's
+channels. This makes every pruning decision taken from the graph lossless by
+construction; the exporter's ``--verify`` re-checks it numerically.
 
 The graph only knows coupling. Gates (:mod:`gdp_det.gates`), the FLOPs model
 (:mod:`gdp_det.flops`) and the pruner (:mod:`gdp_det.pruner`) consume it.
@@ -28,11 +29,12 @@ The graph only knows coupling. Gates (:mod:`gdp_det.gates`), the FLOPs model
 from .atoms import (FIXED, ChannelGraph, ChannelGroup, LayerCall, Layout, UnionFind,
                     flat_tensors, is_under)
 from .groups import trace_channel_graph
+from .opaque import OPAQUE, lacks_cpu_kernel
 from .ops import OPS, handler_of, register_op
 from .tracer import ChannelTracer, watch_autograd_functions
 
 __all__ = [
-    'FIXED', 'ChannelGraph', 'ChannelGroup', 'ChannelTracer', 'LayerCall', 'Layout', 'OPS',
-    'UnionFind', 'flat_tensors', 'handler_of', 'is_under', 'register_op',
-    'trace_channel_graph', 'watch_autograd_functions'
+    'FIXED', 'OPAQUE', 'ChannelGraph', 'ChannelGroup', 'ChannelTracer', 'LayerCall', 'Layout',
+    'OPS', 'UnionFind', 'flat_tensors', 'handler_of', 'is_under', 'lacks_cpu_kernel',
+    'register_op', 'trace_channel_graph', 'watch_autograd_functions'
 ]

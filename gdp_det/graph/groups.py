@@ -1,6 +1,7 @@
 """From the traced union-find to channel groups: :func:`trace_channel_graph`."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -8,20 +9,25 @@ import torch
 import torch.nn as nn
 
 from .atoms import FIXED, ChannelGraph, ChannelGroup, UnionFind, is_under
+from .opaque import opaque_without_cpu_kernels
 from .ops import register_extension_ops
 from .tracer import ChannelTracer, watch_autograd_functions
 
 
 def trace_channel_graph(model: nn.Module, forward_fn: Callable[[nn.Module], object],
                         exclude: Sequence[str] = (),
-                        passthrough_types: Optional[Tuple[type, ...]] = None) -> ChannelGraph:
+                        passthrough_types: Optional[Tuple[type, ...]] = None,
+                        opaque_without_kernel: bool = False) -> ChannelGraph:
     """Trace ``forward_fn(model)`` and return the groups of prunable coupled channels.
 
     ``exclude``: module name prefixes whose channels must never be pruned (their
     conv/linear inputs and outputs are fixed). Everything the traced function
     returns is fixed too. ``passthrough_types``: module classes whose (compiled)
     forward maps input channel ``c`` to output channel ``c`` alone; RoI pooling of
-    mmcv and torchvision is known without it.
+    mmcv and torchvision is known without it. ``opaque_without_kernel``: a module
+    whose forward stops at an op without a CPU kernel is opaque where it declares
+    its output shape, its input channels kept and the module named in
+    ``unsupported`` (:mod:`.opaque`); otherwise the op's error is raised.
     """
     register_extension_ops()
     tracer = ChannelTracer(model, tuple(passthrough_types or ()))
@@ -32,8 +38,9 @@ def trace_channel_graph(model: nn.Module, forward_fn: Callable[[nn.Module], obje
                     m.register_forward_hook(tracer.pop, always_call=True)]
     was_training = model.training
     model.eval()
+    opaque = opaque_without_cpu_kernels(model, tracer) if opaque_without_kernel else nullcontext()
     try:
-        with torch.no_grad(), watch_autograd_functions(tracer.function_forward), tracer:
+        with torch.no_grad(), watch_autograd_functions(tracer.function_forward), opaque, tracer:
             outputs = forward_fn(model)
         tracer.fix_all(outputs, 'model output')
     finally:

@@ -50,9 +50,9 @@ def init_distributed(launcher: str, cfg: Config) -> None:
 
 
 def wait_for_rank0() -> None:
-    """Barrier after training, where rank 0 alone exports (prune, verify on the CPU,
-    write): on the gloo group of :func:`init_distributed`, not the default (NCCL)
-    group, whose watchdog would end ranks that wait longer than its timeout."""
+    """Barrier after training, where rank 0 alone exports (prune, verify on its
+    device, write): on the gloo group of :func:`init_distributed`, not the default
+    (NCCL) group, whose watchdog would end ranks that wait longer than its timeout."""
     barrier(_export_wait_group)
 
 
