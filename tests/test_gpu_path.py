@@ -446,7 +446,7 @@ def test_roi_layer_without_cpu_kernel_is_opaque_with_its_channels_kept(tmp_path,
     assert sorted(graph.unsupported) == ROI_LAYERS
     assert all(w.startswith('CUDAOnlyRoIPool (opaque: no CPU kernel, deform_roi_pool_forward'
                             '_impl: implementation for device cpu not found.; output shape '
-                            'from the module') for w in graph.unsupported.values())
+                            'from the module)') for w in graph.unsupported.values())
     assert known.unsupported == {}
 
     def producers(g):
@@ -457,6 +457,45 @@ def test_roi_layer_without_cpu_kernel_is_opaque_with_its_channels_kept(tmp_path,
     same = {p: n for p, n in producers(known).items() if not p.startswith('neck.fpn_convs')}
     assert {p: producers(graph).get(p) for p in same} == same
     assert graph.num_channels == known.num_channels - 128
+
+
+class CUDAOnlyUpsample(nn.Module):
+    """A content-aware upsampler like mmcv's CARAFEPack: an encoder conv predicts a
+    mask from ``x``, then an op with CUDA kernels only (``carafe``) upsamples ``x``
+    with it, ``scale_factor`` times."""
+
+    def __init__(self, channels, scale_factor=2):
+        super().__init__()
+        self.scale_factor = scale_factor
+        self.encoder = nn.Conv2d(channels, 4 * scale_factor ** 2, 1)
+
+    def forward(self, x):
+        mask = self.encoder(x).sigmoid()
+        if x.device.type == 'cpu':
+            raise RuntimeError('carafe_forward_impl: implementation for device cpu not '
+                               'found.\n')
+        return mask  # (stands for carafe(x, mask); never reached on the CPU)
+
+
+def test_upsampler_without_cpu_kernel_is_opaque_with_the_layers_inside_kept():
+    """An opaque upsampler: output shape from its ``scale_factor``, its input channels
+    and those of its encoder (ran before the op, read after it by code the trace never
+    saw) kept, named once after the module (the encoder's channels were a group)."""
+    from gdp_det.graph import trace_channel_graph
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        CUDAOnlyUpsample(8), nn.Conv2d(8, 4, 3, padding=1))
+    x = torch.randn(1, 3, 8, 8)
+    shapes = []
+    net[4].register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
+    graph = trace_channel_graph(net, lambda m: m(x), opaque_without_kernel=True)
+    assert shapes == [(1, 8, 16, 16)]
+    assert graph.unsupported == {'3': 'CUDAOnlyUpsample (opaque: no CPU kernel, carafe_forward_'
+                                      'impl: implementation for device cpu not found.; output '
+                                      'shape from the module)'}
+    assert [(sorted(g.producers), sorted(g.consumers)) for g in graph.groups] == \
+        [(['0'], ['2'])]
+    with pytest.raises(RuntimeError, match='carafe_forward_impl'):  # the forward is back
+        net(x)
 
 
 def test_export_says_when_its_check_needs_a_kernel_the_cpu_lacks(tmp_path, monkeypatch, capsys):

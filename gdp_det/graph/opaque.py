@@ -4,11 +4,11 @@ Some compiled ops have CUDA kernels only (mmcv's ``deform_roi_pool`` in mmdet's
 dcnv2 ``dpool``/``mdpool`` configs, ``carafe``, ``roi_pool``). Where no CUDA device
 is there to trace on, :func:`opaque_without_cpu_kernels` lets the trace go on past
 such a module: its output is a tensor of the shape the module declares
-(:func:`declared_shape`), and the channels that flow into it are kept unpruned and
-the module named, as for any module the tracer cannot follow
-(:meth:`~.tracer.ChannelTracer.fix_unsupported`). What the module computes inside
-(e.g. the offset layers of a deformable RoI pool) is not traced: it is neither
-pruned nor counted in the FLOPs.
+(:func:`declared_shape`), the channels that flow into it and those of the layers
+that ran inside it before the op are kept unpruned, and the module is named, as for
+any module the tracer cannot follow (:meth:`~.tracer.ChannelTracer.fix_opaque`). What
+the module computes after the op (e.g. the offset layers of a deformable RoI pool) is
+not traced: it is neither pruned nor counted in the FLOPs.
 """
 from __future__ import annotations
 
@@ -62,9 +62,9 @@ def declared_shape(module: nn.Module, args: tuple) -> Optional[Tuple[int, ...]]:
 def opaque_without_cpu_kernels(model: nn.Module, tracer) -> Iterator[None]:
     """While open, a module of ``model`` that declares its output shape
     (:func:`declared_shape`) and whose forward stops at an op without a CPU kernel
-    returns zeros of that shape, and ``tracer`` keeps the channels of its inputs,
-    naming the module and the op. Other errors, and modules that declare no shape,
-    raise as before. The modules' forwards are restored on exit."""
+    returns zeros of that shape, and ``tracer`` keeps the channels of its inputs and
+    of the layers inside it, naming the module and the op. Other errors, and modules
+    that declare no shape, raise as before. The forwards are restored on exit."""
     wrapped = []
     for m in model.modules():
         if hasattr(m, 'output_size') or hasattr(m, 'scale_factor'):
@@ -90,8 +90,7 @@ def _opaque_forward(module: nn.Module, forward, tracer):
             if shape is None or not lacks_cpu_kernel(e):
                 raise
             op = str(e).strip().splitlines()[0]
-            tracer.fix_unsupported(args, f'{type(module).__name__} ({OPAQUE}, {op}; output '
-                                   'shape from the module, FLOPs not counted)',
-                                   tracer.names[module])
+            tracer.fix_opaque(module, args, f'{type(module).__name__} ({OPAQUE}, {op}; '
+                                            'output shape from the module)')
             return args[0].new_zeros(shape)
     return wrapped

@@ -89,6 +89,19 @@ class ChannelTracer(TorchFunctionMode):
             where = module or self.owner_module()
             self.pending.append((where, what, np.concatenate(atoms)))
 
+    def fix_opaque(self, module: nn.Module, args, what: str) -> None:
+        """A module whose forward is replaced by an output of its declared shape
+        (:mod:`.opaque`): the channels of its inputs and of every layer that ran inside
+        it before it stopped (their outputs may be used by the code that did not run)
+        are kept, and what was noted inside it is named after it."""
+        name = self.names[module]
+        self.pending = [(name, what, atoms) if is_under(where, [name]) else (where, w, atoms)
+                        for where, w, atoms in self.pending]
+        self.fix_unsupported(args, what, name)
+        inner = [self.out_atoms[m] for m in module.modules() if m in self.out_atoms]
+        if inner:
+            self.pending.append((name, what, np.concatenate(inner)))
+
     def resolve_unsupported(self, exclude: Sequence[str]) -> None:
         """Fix the channels of every op noted by :meth:`fix_unsupported`.
 
