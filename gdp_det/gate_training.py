@@ -108,7 +108,10 @@ class BudgetController:
     threshold overshoots them); then multiplies lambda by ``1 + lambda_rate``. When the
     export is within budget it leaves ``a`` alone and lambda shrinks by
     ``1 - lambda_rate``. ``ratio`` (and ``latency_ratio`` with a latency model) is the
-    export's, after the step. Attach the budget with :meth:`attach` before stepping.
+    export's, after the step, and ``kept`` the mask of the channels that export keeps.
+    ``step(a, index)``: ``a`` holds only the channels ``index`` of the graph (a shrunk
+    model), the others are removed (gates at 0). Attach the budget with :meth:`attach`
+    before stepping.
     """
 
     def __init__(self, lr: float, lam: float, lambda_rate: Optional[float] = None,
@@ -118,6 +121,7 @@ class BudgetController:
         self.lr, self.lam, self.lambda_rate = lr, lam, lambda_rate
         self.cost_power, self.min_channels = cost_power, min_channels
         self.ratio, self.latency_ratio = 1.0, 1.0
+        self.kept: Optional[np.ndarray] = None
         self.budget: Optional[Budget] = None
 
     def attach(self, budget: Budget, exported: Callable[[np.ndarray], np.ndarray],
@@ -128,8 +132,11 @@ class BudgetController:
         self.budget, self.exported, self.flops = budget, exported, flops
         self.group_slices, self.latency = group_slices, latency
 
-    def step(self, a: torch.Tensor) -> None:
+    def step(self, a: torch.Tensor, index: Optional[np.ndarray] = None) -> None:
         old = a.detach().float().cpu().numpy()
+        if index is not None:
+            old = np.zeros(self.flops.num_channels, old.dtype)
+            old[index] = a.detach().float().cpu().numpy()
         kept = self.exported(old)
         if self.budget.met(kept):
             self._set_ratios(kept)
@@ -143,11 +150,12 @@ class BudgetController:
         new = np.sign(old) * np.maximum(np.abs(old) - thresh, 0)
         new = self._keep_min_channels(old, new)
         new = self._stop_at_target(old, new, thresh)
-        a.copy_(torch.from_numpy(new).to(a))
+        a.copy_(torch.from_numpy(new if index is None else new[index]).to(a))
         self._set_ratios(self.exported(new))
         self.lam *= 1 + self.lambda_rate
 
     def _set_ratios(self, kept: np.ndarray) -> None:
+        self.kept = kept
         self.ratio = self.flops.count(kept) / self.flops.full
         if self.latency is not None:
             self.latency_ratio = self.latency.count(kept) / self.latency.full

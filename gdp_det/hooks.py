@@ -10,13 +10,15 @@ Add to a config that builds a ``GDPDetector``::
 """
 from __future__ import annotations
 
+import logging
 import os.path as osp
 from typing import Optional
 
 import numpy as np
 import torch
-from mmengine.dist import broadcast, broadcast_object_list, is_main_process
+from mmengine.dist import broadcast, broadcast_object_list, get_world_size, is_main_process
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 
 from .detector import find_gates, unwrap
 from .distributed import patient_group
@@ -24,6 +26,7 @@ from .flops import Budget, FlopsModel
 from .gate_training import (BudgetController, EpsSchedule, ExportedChannels, GateGradientStep,
                             OptimizerSteps)
 from .latency import LatencyModel, forward_latencies, measure_table, plain_copy
+from .shrink import ChannelShrink, shrink_averaged, shrink_optimizer
 
 # gate-value histogram bins of the snapshots (non-zero gates; normalized gates reach 1+eps)
 HIST_BINS = [i / 20 for i in range(23)]
@@ -75,6 +78,15 @@ class GDPHook(Hook):
     latency budget its report adds the predicted latency ratio and the measured one
     (tensor-mode forward of the export vs the unpruned network, interleaved medians).
 
+    With ``shrink_after_cut`` (default), once the cut is made (the export of the gates
+    is within budget; its zeroed gates never move again) the channels the export
+    removes are removed from the live model, its optimizer state and the EMA copy
+    (:mod:`gdp_det.shrink`): the rest of the phase trains the pruned network, with the
+    same result, at its cost. The kept gates train on as before. Checkpoints stay in
+    the traced (full-width) layout, removed channels zero, with the kept channels
+    recorded; a resumed run loads them and shrinks again. Not under DDP (the hook warns
+    and trains full width).
+
     The budget is counted on what the export keeps (``min_channels`` and
     ``channel_divisor`` applied), so the exported FLOPs ratio lands at the target.
     Under DDP every rank takes rank 0's gates after each update (a broadcast), so
@@ -98,7 +110,7 @@ class GDPHook(Hook):
                  num_snapshots: int = 6, params_target: Optional[float] = None,
                  cost_power: float = 0.0, grad_norm: bool = True,
                  latency_target: Optional[float] = None, grad_momentum: float = 0.9,
-                 lambda_span: float = 0.5):
+                 lambda_span: float = 0.5, shrink_after_cut: bool = True):
         if flops_target is None and params_target is None and latency_target is None:
             flops_target = 0.5
         given = dict(flops_target=flops_target, params_target=params_target,
@@ -135,6 +147,10 @@ class GDPHook(Hook):
         self._exported: Optional[ExportedChannels] = None
         self.dead: Optional[torch.Tensor] = None  # gates zeroed by the proximal step
         self.history = []  # (iter, ratio, lambda, eps, zero_share, high_share)
+        self.shrink_after_cut = shrink_after_cut
+        self.shrink: Optional[ChannelShrink] = None  # the model's shrink, once made
+        self._resumed_kept = None  # traced ids of the kept gates, from a checkpoint
+        self.shrunk_at: Optional[int] = None  # iterations trained at full width
 
     # -- the parts' state, as the hook exposes it ------------------------------------
     lam = property(lambda self: self.controller.lam,
@@ -143,6 +159,12 @@ class GDPHook(Hook):
     ratio = property(lambda self: self.controller.ratio)
     latency_ratio = property(lambda self: self.controller.latency_ratio)
     grad_avg = property(lambda self: self.gate_step.grad_avg)
+
+    @property
+    def graph(self):
+        """The traced graph: what the budget, the export and checkpoints count on (a
+        shrink gives the live gates a narrowed one)."""
+        return self.gates.graph if self.shrink is None else self.shrink.traced
 
     # -- helpers ---------------------------------------------------------------
     def _gates(self, runner):
@@ -158,10 +180,15 @@ class GDPHook(Hook):
     def exported(self, a: np.ndarray) -> np.ndarray:
         """The channels an export of gates ``a`` (host copy) keeps: what the budget
         counts (:class:`~gdp_det.gate_training.ExportedChannels` of the gates' graph)."""
-        if self._exported is None or self._exported.graph is not self.gates.graph:
-            self._exported = ExportedChannels(self.gates.graph, self.min_channels,
+        if self._exported is None or self._exported.graph is not self.graph:
+            self._exported = ExportedChannels(self.graph, self.min_channels,
                                               self.channel_divisor)
         return self._exported(a)
+
+    def traced_gates(self) -> torch.Tensor:
+        """The gates in the traced layout (after a shrink, 0 for removed channels)."""
+        a = self.gates.a.detach()
+        return a if self.shrink is None else self.shrink.pad_gates(a)
 
     # -- hook points -------------------------------------------------------------
     def before_run(self, runner) -> None:
@@ -204,10 +231,14 @@ class GDPHook(Hook):
         self._check_reachable()
         ema = self._ema_model(runner)
         self.ema_gates = None if ema is None else find_gates(ema)
+        if self._resumed_kept is not None and self.shrink_after_cut:
+            kept = np.zeros(graph.num_channels, bool)
+            kept[self._resumed_kept] = True
+            self._shrink(runner, kept)
         self._sync_ema()
 
     def _check_reachable(self) -> None:
-        floor_mask = self.exported(np.zeros(self.gates.a.numel()))
+        floor_mask = self.exported(np.zeros(self.graph.num_channels))
         for (_, target), floor, name in zip(self.budget.constraints,
                                             self.budget.ratios(floor_mask), self.targets):
             if floor > target:
@@ -247,11 +278,58 @@ class GDPHook(Hook):
         if self.warmup_iters <= runner.iter < self.gdp_iters:
             if grad is not None and stepped:
                 self.gate_step.step(a, grad, ~self.dead, loss_scale)
-            self.controller.step(a)
+            self.controller.step(a, None if self.shrink is None else self.shrink.index)
             broadcast(a, src=0)  # every rank holds rank 0's gates, by construction
             self.dead = a == 0
+            if self._cut_is_final():
+                self._shrink(runner, self.controller.kept)
+                gates = self.gates
         self._sync_ema()
         self._log(runner, gates)
+
+    def _cut_is_final(self) -> bool:
+        """Whether to shrink now: the export of the gates is within budget (its zeroed
+        gates stay at 0, so what it keeps never grows back) and removes something."""
+        kept = self.controller.kept
+        return (self.shrink_after_cut and self.shrink is None and kept is not None
+                and not kept.all() and self.budget.met(kept))
+
+    @torch.no_grad()
+    def _shrink(self, runner, kept: np.ndarray) -> None:
+        """Remove the channels ``kept`` leaves out from the model, its optimizer state
+        and the EMA copy (:class:`~gdp_det.shrink.ChannelShrink`)."""
+        from mmengine.model import is_model_wrapper
+        optimizer = getattr(runner.optim_wrapper, 'optimizer', None)
+        why = None
+        if is_model_wrapper(runner.model) or get_world_size() > 1:
+            why = 'the model is wrapped (DDP)'
+        elif not isinstance(optimizer, torch.optim.Optimizer):
+            why = 'the optim_wrapper holds no single torch optimizer'
+        if why:
+            print_log(f'GDPHook: shrink_after_cut is not supported when {why}; training '
+                      'on at full width', logger='current', level=logging.WARNING)
+            self.shrink_after_cut = False
+            return
+        shrink = ChannelShrink(self.graph, kept)
+        shrink_optimizer(optimizer, shrink.apply(unwrap(runner.model)))
+        ema = self._ema_hook(runner)
+        if ema is not None:
+            shrink_averaged(ema.ema_model, shrink)
+        index = torch.as_tensor(shrink.index, device=self.gates.a.device)
+        if self.dead is not None:
+            self.dead = self.dead[index]
+        if self.gate_step.grad_avg is not None:
+            avg = torch.as_tensor(self.gate_step.grad_avg)
+            self.gate_step.grad_avg = avg[index.to(avg.device)]
+        self.gates = self._gates(runner)
+        self.ema_gates = None if ema is None else find_gates(ema.ema_model.module)
+        self.shrink = shrink
+        if self.shrunk_at is None:  # (a resumed run knows it from its checkpoint)
+            self.shrunk_at = runner.iter + 1
+        print_log(f'GDPHook: the cut is final at iteration {runner.iter}: {shrink.removed} of '
+                  f'{self.graph.num_channels} gated channels removed from the live model '
+                  f'(FLOPs ratio {self.ratio:.4f}); training on the pruned network',
+                  logger='current')
 
     def _log(self, runner, gates) -> None:
         """Scalars known on the host every iteration; the gate statistics (device
@@ -268,8 +346,10 @@ class GDPHook(Hook):
         if not (runner.iter % self.log_interval == 0 or last or snapshot):
             return
         g = gates.values().detach()
-        zero = float((gates.a == 0).float().mean())
-        high = float((g > 0.9).float().mean())
+        removed = 0 if self.shrink is None else self.shrink.removed  # gates at 0, gone
+        zeros = int((gates.a == 0).sum()) + removed
+        zero = zeros / self.graph.num_channels
+        high = float((g > 0.9).float().sum()) / self.graph.num_channels
         hub.update_scalar('train/gdp_zero_share', zero)
         hub.update_scalar('train/gdp_high_share', high)
         if runner.iter % self.log_interval == 0 or last:
@@ -278,14 +358,32 @@ class GDPHook(Hook):
             nonzero = g[gates.a != 0].float().cpu()
             hist = torch.histc(nonzero.clamp(max=HIST_BINS[-1]), len(HIST_BINS) - 1,
                                HIST_BINS[0], HIST_BINS[-1])
-            self.snapshots.append([runner.iter, int((gates.a == 0).sum())] + hist.tolist())
+            self.snapshots.append([runner.iter, zeros] + hist.tolist())
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint['gdp_hook'] = dict(lam=float(self.lam), ratio=float(self.ratio),
-                                      **self.gate_step.state_dict(),
+        """The hook's state; after a shrink, the model's (and the EMA copy's and the
+        optimizer's) state in the traced layout, with the kept channels recorded."""
+        state = self.gate_step.state_dict()
+        if self.shrink is not None:
+            self._pad_checkpoint(runner, checkpoint)
+            if state['grad_avg'] is not None:
+                state['grad_avg'] = self.shrink.pad_gates(state['grad_avg'])
+        checkpoint['gdp_hook'] = dict(lam=float(self.lam), ratio=float(self.ratio), **state,
                                       gdp_iters=int(self.gdp_iters or 0),
                                       history=[list(map(float, h)) for h in self.history],
-                                      snapshots=[list(map(float, h)) for h in self.snapshots])
+                                      snapshots=[list(map(float, h)) for h in self.snapshots],
+                                      shrunk=None if self.shrink is None
+                                      else self.shrink.index.tolist(),
+                                      shrunk_at=self.shrunk_at)
+
+    def _pad_checkpoint(self, runner, checkpoint: dict) -> None:
+        self.shrink.pad_state_dict(checkpoint['state_dict'])
+        if 'ema_state_dict' in checkpoint:  # (EMAHook, which runs first, swapped the two)
+            self.shrink.pad_state_dict(checkpoint['ema_state_dict'], prefix='module.')
+        if 'optimizer' in checkpoint:
+            self.shrink.pad_optimizer_state(checkpoint['optimizer'],
+                                            runner.optim_wrapper.optimizer,
+                                            unwrap(runner.model))
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('gdp_hook')
@@ -296,6 +394,8 @@ class GDPHook(Hook):
             self.gdp_iters = state['gdp_iters'] or self.gdp_iters
             self.history = [list(h) for h in state['history']]
             self.snapshots = [list(h) for h in state.get('snapshots', [])]
+            self._resumed_kept = state.get('shrunk')  # shrunk again in before_train
+            self.shrunk_at = state.get('shrunk_at')
 
     def after_train(self, runner) -> None:
         if not self.export or runner.rank != 0:
@@ -305,8 +405,11 @@ class GDPHook(Hook):
         # With an EMAHook the checkpoints hold the EMA weights (with the live gates):
         # the export prunes the same model that a checkpoint holds.
         model = self._ema_model(runner) or unwrap(runner.model)
+        if self.shrink is not None:  # the traced layout, which the export prunes
+            model = self.shrink.padded_copy(model)
         extra = dict(history=self.history, snapshots=self.snapshots, hist_bins=HIST_BINS,
-                     flops_target=self.flops_target)
+                     flops_target=self.flops_target, train_iters=runner.max_iters,
+                     shrunk_after_iters=self.shrunk_at)
         if self.latency is not None:
             extra.update(self.latency_report(model))
         prune_and_export(runner.cfg, model, osp.join(runner.work_dir, 'pruned'),
@@ -330,10 +433,15 @@ class GDPHook(Hook):
                     latency_measured_ratio=pruned / unpruned)
 
     @staticmethod
-    def _ema_model(runner):
-        """The EMA copy of the detector made by mmengine's ``EMAHook``, if any."""
+    def _ema_hook(runner):
+        """mmengine's ``EMAHook`` of the run, if it has made its EMA copy."""
         from mmengine.hooks import EMAHook
         for hook in getattr(runner, 'hooks', []):
             if isinstance(hook, EMAHook) and hasattr(hook, 'ema_model'):
-                return hook.ema_model.module
+                return hook
         return None
+
+    def _ema_model(self, runner):
+        """The EMA copy of the detector made by mmengine's ``EMAHook``, if any."""
+        hook = self._ema_hook(runner)
+        return None if hook is None else hook.ema_model.module

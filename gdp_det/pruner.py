@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ def _every_member_keeps_one(grp, keep: np.ndarray, vals: np.ndarray) -> np.ndarr
     return np.unique(np.concatenate([keep, np.array(extra, dtype=np.int64)])) if extra else keep
 
 
-def _masks(graph: ChannelGraph, kept: List[np.ndarray]):
+def channel_masks(graph: ChannelGraph, kept: List[np.ndarray]):
     """Per module: boolean keep-mask of output channels and of input channels."""
     out_mask: Dict[str, np.ndarray] = {}
     in_mask: Dict[str, np.ndarray] = {}
@@ -122,90 +122,123 @@ def absorb_gates(model: nn.Module, consumer_index: Dict[str, np.ndarray],
                             f'exclude it with exclude=["{name}"]')
 
 
-def _sel(t: torch.Tensor, mask: np.ndarray, dim: int) -> torch.Tensor:
-    idx = torch.as_tensor(np.flatnonzero(mask), device=t.device)
-    return t.index_select(dim, idx).clone()
+# How one tensor of a module is sliced: ``(dim, boolean keep mask)`` steps, in order.
+Cut = List[Tuple[int, np.ndarray]]
 
 
-@torch.no_grad()
-def slice_module(name: str, m: nn.Module, out_mask, in_mask) -> None:
-    """Keep only the masked output / input channels of one module (in place)."""
+def cut_tensor(t: torch.Tensor, cut: Cut) -> torch.Tensor:
+    """The entries of ``t`` that ``cut`` keeps (a new tensor)."""
+    for dim, mask in cut:
+        t = t.index_select(dim, torch.as_tensor(np.flatnonzero(mask), device=t.device))
+    return t
+
+
+def pad_tensor(t: torch.Tensor, cut: Cut) -> torch.Tensor:
+    """The inverse of :func:`cut_tensor`: ``t`` back in the uncut shape, zeros where
+    ``cut`` removed entries."""
+    for dim, mask in reversed(cut):
+        shape = list(t.shape)
+        shape[dim] = len(mask)
+        idx = torch.as_tensor(np.flatnonzero(mask), device=t.device)
+        t = t.new_zeros(shape).index_copy_(dim, idx, t)
+    return t
+
+
+def module_cuts(name: str, m: nn.Module, out_mask, in_mask) -> Tuple[Dict[str, Cut], dict]:
+    """How slicing one module to the masked output / input channels changes it: the
+    :data:`Cut` of each of its tensors (parameters, BN running statistics) and its new
+    width attributes (``in_channels``, ``num_features``, ...)."""
+    cuts: Dict[str, Cut] = {}
+    widths: dict = {}
+
+    def add(attr, dim, mask):
+        if getattr(m, attr, None) is not None:
+            cuts.setdefault(attr, []).append((dim, mask))
+
     if isinstance(m, nn.ConvTranspose2d):
         if in_mask is not None:
-            m.weight = nn.Parameter(_sel(m.weight, in_mask, 0))
-            m.in_channels = int(in_mask.sum())
+            add('weight', 0, in_mask)
+            widths['in_channels'] = int(in_mask.sum())
         if out_mask is not None:
-            m.weight = nn.Parameter(_sel(m.weight, out_mask, 1))
-            if m.bias is not None:
-                m.bias = nn.Parameter(_sel(m.bias, out_mask, 0))
-            m.out_channels = int(out_mask.sum())
+            add('weight', 1, out_mask)
+            add('bias', 0, out_mask)
+            widths['out_channels'] = int(out_mask.sum())
     elif isinstance(m, nn.Conv2d):
-        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        if depthwise:
+        if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise
             mask = out_mask if out_mask is not None else in_mask
-            m.weight = nn.Parameter(_sel(m.weight, mask, 0))
-            if m.bias is not None:
-                m.bias = nn.Parameter(_sel(m.bias, mask, 0))
-            m.in_channels = m.out_channels = m.groups = int(mask.sum())
-            return
+            add('weight', 0, mask)
+            add('bias', 0, mask)
+            n = int(mask.sum())
+            widths.update(in_channels=n, out_channels=n, groups=n)
+            return cuts, widths
         if out_mask is not None:
-            m.weight = nn.Parameter(_sel(m.weight, out_mask, 0))
-            if m.bias is not None:
-                m.bias = nn.Parameter(_sel(m.bias, out_mask, 0))
-            m.out_channels = int(out_mask.sum())
+            add('weight', 0, out_mask)
+            add('bias', 0, out_mask)
+            widths['out_channels'] = int(out_mask.sum())
         if in_mask is not None:
             per_group = in_mask.reshape(m.groups, -1)
             if not (per_group == per_group[:1]).all():
                 raise ValueError(f'{name}: the kept input channels differ between the conv '
                                  'groups (the tracer ties them; was the graph edited?)')
-            m.weight = nn.Parameter(_sel(m.weight, per_group[0], 1))
-            m.in_channels = int(in_mask.sum())
+            add('weight', 1, per_group[0])
+            widths['in_channels'] = int(in_mask.sum())
     elif isinstance(m, nn.Linear):
         if out_mask is not None:
-            m.weight = nn.Parameter(_sel(m.weight, out_mask, 0))
-            if m.bias is not None:
-                m.bias = nn.Parameter(_sel(m.bias, out_mask, 0))
-            m.out_features = int(out_mask.sum())
+            add('weight', 0, out_mask)
+            add('bias', 0, out_mask)
+            widths['out_features'] = int(out_mask.sum())
         if in_mask is not None:
-            m.weight = nn.Parameter(_sel(m.weight, in_mask, 1))
-            m.in_features = int(in_mask.sum())
+            add('weight', 1, in_mask)
+            widths['in_features'] = int(in_mask.sum())
     elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
         if out_mask is None:
-            return
+            return cuts, widths
         n = int(out_mask.sum())
         if isinstance(m, nn.GroupNorm):  # whole blocks go (the tracer ties them)
-            m.num_groups = n // (m.num_channels // m.num_groups)
-            m.num_channels = n
+            widths.update(num_groups=n // (m.num_channels // m.num_groups), num_channels=n)
         else:
-            m.num_features = n
-        for attr in ('weight', 'bias'):
-            p = getattr(m, attr)
-            if p is not None:
-                setattr(m, attr, nn.Parameter(_sel(p, out_mask, 0), requires_grad=p.requires_grad))
-        for attr in ('running_mean', 'running_var'):
-            b = getattr(m, attr, None)
-            if b is not None:
-                setattr(m, attr, _sel(b, out_mask, 0))
+            widths['num_features'] = n
+        for attr in ('weight', 'bias', 'running_mean', 'running_var'):
+            add(attr, 0, out_mask)
     else:
         raise TypeError(f'GDP cannot prune {name} ({type(m).__name__}); '
                         f'exclude it with exclude=["{name}"]')
+    return cuts, widths
 
 
-def prune_channels(model: nn.Module, graph: ChannelGraph, kept: List[np.ndarray]) -> Dict[str, dict]:
-    """Slice every member module of every group; returns the new shapes per module."""
-    out_mask, in_mask = _masks(graph, kept)
+@torch.no_grad()
+def slice_module(name: str, m: nn.Module, out_mask, in_mask) -> Dict[str, Cut]:
+    """Keep only the masked output / input channels of one module (in place): every
+    sliced tensor is a new one (a parameter stays a parameter, frozen or not). Returns
+    the :data:`Cut` of each (see :func:`module_cuts`)."""
+    cuts, widths = module_cuts(name, m, out_mask, in_mask)
+    for attr, cut in cuts.items():
+        t = getattr(m, attr)
+        new = cut_tensor(t.detach(), cut)
+        setattr(m, attr, nn.Parameter(new, t.requires_grad) if isinstance(t, nn.Parameter)
+                else new)
+    for k, v in widths.items():
+        setattr(m, k, v)
+    return cuts
+
+
+def sliced_modules(model: nn.Module, graph: ChannelGraph, kept: List[np.ndarray]):
+    """``(name, module, out_mask, in_mask)`` of every module that keeping ``kept`` (per
+    group) changes: the members of the graph's groups that lose a channel."""
+    out_mask, in_mask = channel_masks(graph, kept)
     modules = dict(model.named_modules())
-    shapes: Dict[str, dict] = {}
     for name in sorted(set(out_mask) | set(in_mask)):
         om, im = out_mask.get(name), in_mask.get(name)
         if (om is None or om.all()) and (im is None or im.all()):
             continue
-        m = modules[name]
-        # keep frozen parameters frozen
-        frozen = {n: p.requires_grad for n, p in m.named_parameters(recurse=False)}
+        yield name, modules[name], om, im
+
+
+def prune_channels(model: nn.Module, graph: ChannelGraph, kept: List[np.ndarray]) -> Dict[str, dict]:
+    """Slice every member module of every group; returns the new shapes per module."""
+    shapes: Dict[str, dict] = {}
+    for name, m, om, im in sliced_modules(model, graph, kept):
         slice_module(name, m, om, im)
-        for n, p in m.named_parameters(recurse=False):
-            p.requires_grad_(frozen.get(n, True))
         shapes[name] = module_shape(m)
     return shapes
 

@@ -19,7 +19,10 @@ def drive_hook(model, hook, iters, grad_fn, on_iter=None,
                iteration_context=lambda it: contextlib.nullcontext(), **runner_attrs):
     """Run ``hook`` for ``iters`` iterations, the gates' gradient given by
     ``grad_fn(it)``; each iteration's hook calls run inside ``iteration_context(it)``.
-    Returns the runner stand-in."""
+    Returns the runner stand-in. The model stays in the traced layout: the driver
+    turns the hook's ``shrink_after_cut`` off (with no forward pass there is no cost
+    to cut, and callers give and read the gates in that layout)."""
+    hook.shrink_after_cut = False
     optimizer = torch.optim.SGD([p for n, p in model.named_parameters()
                                  if not n.startswith('gdp_gates')], lr=0.1)
     runner = fake_runner(model, SimpleNamespace(optimizer=optimizer), iters, **runner_attrs)

@@ -289,8 +289,8 @@ def test_amp_bf16_run_reaches_target_and_exports_losslessly(make_toy_cfg, tmp_pa
 def test_ema_checkpoint_holds_the_live_gates(make_toy_cfg, tmp_path):
     """The toy RTMDet-tiny with the EMAHook of mmdet's RTMDet/YOLOX configs
     (ExpMomentumEMA, buffers averaged, priority 49): the checkpoint's gates equal the
-    live gates (zeros stay zeros) and the export prunes exactly the live model's zero
-    channels."""
+    live gates (zeros stay zeros), the EMA copy is shrunk with the model after the cut
+    and the export prunes exactly the live model's zero channels."""
     import os.path as osp
 
     from mmengine.runner import Runner
@@ -307,18 +307,25 @@ def test_ema_checkpoint_holds_the_live_gates(make_toy_cfg, tmp_path):
     cfg.optim_wrapper.optimizer.lr = 1e-3
     runner = Runner.from_cfg(cfg)
     runner.train()
-    live = runner.model.gdp_gates.a.detach()
+    hook = next(h for h in runner.hooks if type(h).__name__ == 'GDPHook')
+    live = hook.traced_gates()  # (the model was shrunk after the cut: the traced layout)
     assert (live == 0).any()
     ckpt = torch.load(tmp_path / 'ema' / 'epoch_6.pth', weights_only=False)
     assert torch.equal(ckpt['state_dict']['gdp_gates.a'], live)
-    assert not torch.equal(ckpt['state_dict']['bbox_head.rtm_cls.0.weight'],
-                           runner.model.bbox_head.rtm_cls[0].weight.detach())  # EMA weights
+    # the EMA copy was shrunk with the model: same shapes, its own (averaged) weights
+    ema = next(h for h in runner.hooks if type(h).__name__ == 'EMAHook').ema_model.module
+    shapes = {k: v.shape for k, v in runner.model.state_dict().items()}
+    assert {k: v.shape for k, v in ema.state_dict().items()} == shapes
+    assert torch.equal(ema.gdp_gates.a, runner.model.gdp_gates.a)
+    assert not torch.equal(ema.bbox_head.rtm_cls[0].weight,
+                           runner.model.bbox_head.rtm_cls[0].weight)
+    assert torch.equal(ckpt['state_dict']['bbox_head.rtm_cls.0.weight'],  # EMA weights
+                       hook.shrink.padded_copy(ema).bbox_head.rtm_cls[0].weight)
     report = json.loads((tmp_path / 'ema' / 'pruned' / 'prune_report.json').read_text())
-    gates = runner.model.gdp_gates
-    hook = next(h for h in runner.hooks if type(h).__name__ == 'GDPHook')
     expected = hook.exported(live.numpy())  # the live zeros, with min_channels applied
-    for g, sl in zip(report['groups'], gates.group_slices):
-        assert g['kept'] == int(expected[sl].sum())
+    offsets = hook.graph.offsets
+    for i, g in enumerate(report['groups']):
+        assert g['kept'] == int(expected[offsets[i]:offsets[i + 1]].sum())
     assert report['max_rel_output_diff'] <= 1e-4
     assert report['flops_ratio'] <= 0.6 + 0.005
 
