@@ -33,13 +33,17 @@ def test_gpu_check_cpu_mode(tmp_path):
     assert prune['verify_predict_max_diff'] < 1e-3 and prune['device_predict_max_diff'] < 1e-3
     assert prune['device_predict_dets'] > 0
     path = res['gpu_path']  # the checks of issue 20, bfloat16 alone on the CPU
-    assert 0 < path['calibration']['ratio'] < 1
-    assert 0 < path['calibration']['ratio_layer_timed'] < 1
+    # wall-clock ratios of one repeat on a shared machine: measured, not judged here (the
+    # fake CUDA clock of test_gpu_path checks what they compare)
+    assert path['calibration']['ratio'] > 0 and path['calibration']['ratio_layer_timed'] > 0
     assert list(path['gate_grads']) == ['bfloat16'] and path['gate_grads']['bfloat16']['finite']
     assert path['graph_breaks']['gdp'] <= path['graph_breaks']['plain']
-    dcn = path['no_cpu_kernel']  # traced where this mmcv has the op's CPU kernel
-    assert dcn['traced'] or "module 'roi_head.bbox_roi_extractor.roi_layers.0' calls an op " \
-        'without a CPU kernel' in dcn['error']
+    assert prune['verified_on'] == 'cpu'
+    dcn = path['no_cpu_kernel']  # on the CPU: the RoI layers opaque, the check skipped
+    assert dcn['opaque'] == [f'roi_head.bbox_roi_extractor.roi_layers.{i}' for i in range(4)]
+    assert 0 < dcn['flops_ratio'] < 0.9 and dcn['verified_on'] is None
+    assert "module 'roi_head.bbox_roi_extractor.roi_layers.0' calls an op without a CPU " \
+        'kernel' in dcn['verification_skipped']
     text = out.read_text()
     assert '## (a) kept\n\nold text' in text  # the other sections stay
     assert '## (g) GPU check' in text and 'not checked (no CUDA)' in text

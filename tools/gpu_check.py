@@ -16,17 +16,19 @@ H x W, batch 2, with mmengine's ``AmpOptimWrapper`` (fp16):
     gates' and the hook's share, with the source lines that caused them), and the gated
     forward + backward under bfloat16 autocast too;
 (c) random gates (half of each group, ``--seed``), prune + export + verify with
-    ``gdp_det.api.prune_and_export``, then the export rebuilt from disk on the device
-    and compared with the gated model there (tensor-mode outputs and detections after
-    NMS; fp32, TF32 off);
+    ``gdp_det.api.prune_and_export`` (the check on the model's device, TF32 off:
+    ``verified_on``), then the export rebuilt from disk on the device and compared
+    with the gated model there (tensor-mode outputs and detections after NMS; fp32,
+    TF32 off);
 (d) the GPU path's second reading (issue 20): the latency calibration's probe /
     unpruned forward ratio with whole forwards timed on their own (as the latency
     model does) and with per-layer timing in the same forwards (on CUDA every timed
     layer syncs twice); the gate gradient under float16 and bfloat16 autocast (loss
     scaled by 2^16, as the AMP scaler starts) against float32; ``torch._dynamo``
-    graph breaks of the plain and the gated tensor-mode forward; ``GDPDetector`` of
-    mmdet's dcnv2 mdpool Faster R-CNN, whose ``deform_roi_pool`` has no CPU kernel
-    (traced on CUDA).
+    graph breaks of the plain and the gated tensor-mode forward; mmdet's dcnv2 mdpool
+    Faster R-CNN, whose ``deform_roi_pool`` has no CPU kernel, built on the CPU, then
+    traced, exported and checked on CUDA (on the CPU: its RoI layers opaque, the
+    check skipped).
 
 Results: a JSON file and the ``(g) GPU check`` section of ``--out``. Without CUDA (or
 with ``--device cpu``) it runs in CPU mode: bf16 autocast, 256x256 unless ``--size``
@@ -259,6 +261,7 @@ def prune_on_device(cfg, gated, size, seed: int, out_dir: str, device: str) -> d
         device_predict = max_prediction_difference(gated, exported, size)
     return dict(seed=seed, flops_ratio=report['flops_ratio'],
                 params_ratio=report['params_ratio'], seconds=seconds,
+                verified_on=report['verified_on'],
                 verify_max_rel_diff=report['max_rel_output_diff'],
                 verify_predict_max_diff=report['predict_check']['max_diff'],
                 device_max_rel_diff=device_diff,
@@ -321,21 +324,26 @@ def low_precision_gate_grads(gated, batch: dict, device: str) -> dict:
     return res
 
 
-def trace_without_cpu_kernel() -> dict:
-    """``GDPDetector`` of mmdet's dcnv2 mdpool Faster R-CNN (256x256), built on the CPU:
-    its ``deform_roi_pool`` has no CPU kernel, so the trace runs on CUDA; without CUDA
-    the error names the op and its module."""
+def export_without_cpu_kernel(out_dir: str) -> dict:
+    """mmdet's dcnv2 mdpool Faster R-CNN (256x256, random gates, seed 0), built on the
+    CPU as tools/prune.py builds it, pruned and exported with the check: its
+    ``deform_roi_pool`` has no CPU kernel, so the trace and the export's check run on
+    CUDA; without CUDA its RoI layers are traced as opaque (their channels kept,
+    named in ``opaque``) and the check is skipped, saying why."""
     from mmdet.registry import MODELS
 
-    from gdp_det.detector import NoCPUKernelError
+    from gdp_det.api import prune_and_export
+    from tools.prune import randomize_gates
     cfg = load_config(DCN_CONFIG)
     cfg.model.backbone.init_cfg = None
     cfg.model = gdp_model_cfg(cfg, (256, 256))
-    try:
-        model = MODELS.build(cfg.model)
-    except NoCPUKernelError as e:
-        return dict(traced=False, error=str(e))
-    return dict(traced=True, groups=len(model.gdp_gates.graph.groups))
+    model = MODELS.build(cfg.model)
+    randomize_gates(model.gdp_gates, 0.5, 0)
+    _, report, _ = prune_and_export(cfg, model, out_dir, name='mdpool_gpu_check', force=True)
+    return dict(opaque=sorted(report['unsupported']), groups=len(report['groups']),
+                flops_ratio=report['flops_ratio'], verified_on=report.get('verified_on'),
+                max_rel_output_diff=report.get('max_rel_output_diff'),
+                verification_skipped=report.get('verification_skipped'))
 
 
 def graph_breaks(model, batch: dict) -> int:
@@ -411,7 +419,7 @@ def run_check(args) -> dict:
             calibration=calibration_ratios(models['gdp'], args.device, args.repeats),
             gate_grads=low_precision_gate_grads(models['gdp'], batch, args.device),
             graph_breaks={k: graph_breaks(m, batch) for k, m in models.items()},
-            no_cpu_kernel=trace_without_cpu_kernel())
+            no_cpu_kernel=export_without_cpu_kernel(osp.join(tmp, 'mdpool')))
         res['prune'] = prune_on_device(cfg, models['gdp'], args.size, args.seed,
                                        osp.join(tmp, 'export'), args.device)
     return res
@@ -449,18 +457,22 @@ def markdown(res: dict, argv) -> list:
              f"| torch.compile graph breaks of the tensor forward, plain / GDP | "
              f"{res['gpu_path']['graph_breaks']['plain']} / "
              f"{res['gpu_path']['graph_breaks']['gdp']} |",
-             f"| GDPDetector of `{DCN_CONFIG}` (deform_roi_pool: no CPU kernel) | "
-             + (f"traced, {k['groups']} channel groups |" if k['traced']
-                else f"not traced: {k['error']} |")]
+             f"| `{DCN_CONFIG}` (deform_roi_pool: no CPU kernel), random gates: trace, "
+             f"export, check | {k['groups']} channel groups, "
+             + (f"{len(k['opaque'])} RoI layers opaque (channels kept), " if k['opaque']
+                else 'traced through, ')
+             + f"FLOPs ratio {k['flops_ratio']:.3f}, "
+             + (f"verified on {k['verified_on']} ({k['max_rel_output_diff']:.1e}) |"
+                if k['verification_skipped'] is None else 'check skipped (no CUDA) |')]
     rows += [f"| prune + export + verify, random gates (seed {p['seed']}) | "
              f"{p['seconds']:.1f} s, FLOPs ratio {p['flops_ratio']:.3f}, params ratio "
              f"{p['params_ratio']:.3f} |",
-             f"| max relative output difference: verify (CPU) / export reloaded on "
-             f"{res['device']} | {p['verify_max_rel_diff']:.1e} / "
+             f"| max relative output difference: verify (on {p['verified_on']}) / export "
+             f"reloaded on {res['device']} | {p['verify_max_rel_diff']:.1e} / "
              f"{p['device_max_rel_diff']:.1e} |",
-             f"| detections after NMS, largest difference: verify (CPU) / on {res['device']} "
-             f"({p['device_predict_dets']} detections) | {p['verify_predict_max_diff']:.1e} / "
-             f"{p['device_predict_max_diff']:.1e} |",
+             f"| detections after NMS, largest difference: verify (on {p['verified_on']}) / "
+             f"on {res['device']} ({p['device_predict_dets']} detections) | "
+             f"{p['verify_predict_max_diff']:.1e} / {p['device_predict_max_diff']:.1e} |",
              '', f"Command: `python tools/gpu_check.py {' '.join(argv)}` ({res['date']})."]
     return rows
 
