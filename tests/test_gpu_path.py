@@ -398,27 +398,29 @@ def test_op_without_cpu_kernel_is_named(monkeypatch):
         "implementation for device cpu not found.) (run on a machine with CUDA")
 
 
-def _cuda_only_roi_layer():
+def _cuda_only_roi_layer(on_cuda):
     """mmcv's RoIAlign as an op with CUDA kernels only (as mmcv's deform_roi_pool):
-    on CPU tensors it raises what mmcv raises there."""
+    unless ``on_cuda(layer, input)``, it raises what mmcv raises on CPU tensors."""
     from mmcv.ops import RoIAlign
 
     class CUDAOnlyRoIPool(RoIAlign):
         def forward(self, input, rois):
-            if input.device.type == 'cpu':
+            if not on_cuda(self, input):
                 raise RuntimeError('deform_roi_pool_forward_impl: implementation for device '
                                    'cpu not found.')
             return super().forward(input, rois)
     return CUDAOnlyRoIPool
 
 
-def _cuda_only_roi_config(tmp_path, monkeypatch):
+def _cuda_only_roi_config(tmp_path, monkeypatch,
+                          on_cuda=lambda layer, x: x.device.type == 'cuda'):
     """The toy Faster R-CNN with its RoI layers CUDA-only (mmdet builds them from
     ``mmcv.ops``), dumped to a file."""
     import mmcv.ops
     from conftest import FASTER_RCNN_CFG
     from gdp_det.cli import load_config
-    monkeypatch.setattr(mmcv.ops, 'CUDAOnlyRoIPool', _cuda_only_roi_layer(), raising=False)
+    monkeypatch.setattr(mmcv.ops, 'CUDAOnlyRoIPool', _cuda_only_roi_layer(on_cuda),
+                        raising=False)
     cfg = load_config(FASTER_RCNN_CFG)
     cfg.model.roi_head.bbox_roi_extractor.roi_layer = dict(
         type='CUDAOnlyRoIPool', output_size=7, sampling_ratio=0)
@@ -631,7 +633,8 @@ def _fake_moves(monkeypatch):
         return real_to(self, dtype) if dtype is not None else self
 
     def cuda(self, device=None):
-        place(self, torch.device('cuda', device or 0))
+        place(self, device if isinstance(device, torch.device) else
+              torch.device('cuda', device or 0))
         return self
 
     def cpu(self):
@@ -677,6 +680,31 @@ def test_export_is_checked_on_the_training_device_with_every_core(tmp_path, monk
     assert set(seen) == {(torch.device('cuda', 0), 6, False, False)}
     assert moved[id(gated)] == torch.device('cuda', 0)
     assert after == (1, True, True)
+
+
+def test_gpu_machine_traces_and_checks_a_cpu_model_on_cuda(tmp_path, monkeypatch, capsys):
+    """tools/prune.py --verify on a machine with a (fake) GPU, on a model built on the
+    CPU whose RoI layers have CUDA kernels only: the trace and the export's check go to
+    CUDA and back (the check raised on the CPU), the graph goes through the op."""
+    import json
+    from gdp_det import api
+    from tools.prune import main as prune_main
+    moved, _ = _fake_moves(monkeypatch)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)  # (mmengine's logger asks)
+    monkeypatch.setattr(api, 'model_device', lambda m: moved.get(id(m), torch.device('cpu')))
+    path, _ = _cuda_only_roi_config(
+        tmp_path, monkeypatch, on_cuda=lambda layer, x: id(layer) in moved and
+        moved[id(layer)].type == 'cuda')
+    out = tmp_path / 'out'
+    rc = prune_main([path, '--random-gates', '0.5', '--out-dir', str(out),
+                     '--input-size', '64', '64', '--verify'])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((out / 'prune_report.json').read_text())
+    assert report['unsupported'] == {}
+    assert report['verified_on'].startswith('cuda') and report['max_rel_output_diff'] < 1e-5
+    assert 'verification_skipped' not in report
+    assert {d.type for d in moved.values()} == {'cpu', 'cuda'}  # moved there and back
 
 
 def test_trace_under_torchrun_uses_the_ranks_share_of_the_cores(monkeypatch, torchrun_threads):
