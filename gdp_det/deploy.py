@@ -16,6 +16,7 @@ image, and :func:`match_detections` compares the two order-free.
 from __future__ import annotations
 
 import json
+import os
 import os.path as osp
 import time
 from typing import Dict, Optional, Sequence
@@ -125,6 +126,82 @@ class OpenVINORuntimeWrapper(torch.nn.Module):
 
     def output_to_list(self, output_dict: Dict[str, torch.Tensor]):
         return [output_dict[name] for name in self._output_names]
+
+
+class RuntimeSession:
+    """One runtime session on the CPU of a deployed model (an :func:`export_model`
+    directory), as the benchmarks time it: ``run()`` is one inference of a fixed random input of the deployed
+    input shape, outputs fetched; ``profile()`` the share of time per op type.
+    ``threads`` 0: the runtime's default (all cores)."""
+
+    def __init__(self, work_dir: str, threads: int, profile: bool = False):
+        info = load_deployed(work_dir)[2]
+        self.backend, self.work_dir, self.threads = info['backend'], work_dir, threads
+        self.x = np.random.RandomState(0).randn(*info['input_dims']).astype(np.float32)
+        if self.backend == 'onnxruntime':
+            import onnxruntime as ort
+            self.sess = ort.InferenceSession(osp.join(work_dir, ONNX_FILE),
+                                             self._ort_options(threads),
+                                             providers=['CPUExecutionProvider'])
+            self.run = lambda: self.sess.run(None, {'input': self.x})
+        else:
+            import openvino as ov
+            core = ov.Core()
+            config = dict(OPENVINO_CPU_CONFIG, PERFORMANCE_HINT='LATENCY',
+                          PERF_COUNT=profile)
+            if threads:
+                config['INFERENCE_NUM_THREADS'] = threads
+            self.compiled = core.compile_model(
+                core.read_model(osp.join(work_dir, OPENVINO_FILE)), 'CPU', config)
+            self.request = self.compiled.create_infer_request()
+            self.run = lambda: self.request.infer({0: self.x})
+
+    @staticmethod
+    def _ort_options(threads: int, profile: bool = False):
+        import onnxruntime as ort
+        from mmdeploy.backend.onnxruntime.init_plugins import get_ops_path
+        so = ort.SessionOptions()
+        if osp.exists(get_ops_path()):  # mmdeploy's custom ops, as its ORTWrapper loads them
+            so.register_custom_ops_library(get_ops_path())
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.enable_profiling = profile
+        if profile:
+            so.profile_file_prefix = 'ort_profile'
+        return so
+
+    def profile(self, runs: int = 10) -> Dict[str, float]:
+        """``{op type: share of the summed op time}`` over ``runs`` inferences (ONNX
+        Runtime's profiler; OpenVINO's per-node performance counters, which need a session
+        made with ``profile=True``), largest first."""
+        totals: Dict[str, float] = {}
+        if self.backend == 'onnxruntime':
+            import onnxruntime as ort
+            cwd = os.getcwd()
+            os.chdir(self.work_dir)  # the profile file lands in the working directory
+            try:
+                sess = ort.InferenceSession(ONNX_FILE,
+                                            self._ort_options(self.threads, True),
+                                            providers=['CPUExecutionProvider'])
+                for _ in range(runs):
+                    sess.run(None, {'input': self.x})
+                trace_file = sess.end_profiling()
+                trace = json.load(open(trace_file))
+                os.remove(trace_file)
+            finally:
+                os.chdir(cwd)
+            for ev in trace:
+                if ev.get('cat') == 'Node' and ev['name'].endswith('_kernel_time'):
+                    op = ev.get('args', {}).get('op_name', '?')
+                    totals[op] = totals.get(op, 0) + ev['dur']
+        else:
+            for _ in range(runs):
+                self.request.infer({0: self.x})
+                for info in self.request.profiling_info:
+                    totals[info.node_type] = (totals.get(info.node_type, 0)
+                                              + info.real_time.total_seconds())
+        total = sum(totals.values()) or 1
+        return {k: v / total for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 def _load_cfg(cfg):

@@ -67,14 +67,17 @@ class Clock:
 
 
 def interleaved_medians(setups: Sequence[Callable[[], Callable[[], object]]], device,
-                        repeats: int) -> List[float]:
-    """Median seconds (:class:`Clock`) of each timed function over ``repeats`` rounds.
+                        repeats: int, clock: Optional[Callable[[], float]] = None
+                        ) -> List[float]:
+    """Median seconds of each timed function over ``repeats`` rounds, read with ``clock``
+    (default: :class:`Clock` of ``device``; a runtime with threads of its own, such as
+    ONNX Runtime, needs the wall clock ``time.perf_counter``).
 
     ``setups[i]()`` prepares its inputs (not timed) and returns the function to time.
     Every round calls each function once in turn, after a warm-up round, so load
     from other processes spreads evenly over them.
     """
-    clock = Clock(device)
+    clock = clock or Clock(device)
     times: List[List[float]] = [[] for _ in setups]
     with torch.no_grad():
         for r in range(repeats + 1):
@@ -188,6 +191,27 @@ def forward_latencies(models: Sequence[nn.Module], input_size: Tuple[int, int],
     return interleaved_medians([lambda m=m: warmed(m) for m in models], device, repeats)
 
 
+def export_latencies(gated: nn.Module, min_channels: float = 1, channel_divisor: int = 1,
+                     repeats: int = 10, backend: str = 'torch', cfg=None
+                     ) -> Tuple[float, float]:
+    """Measured seconds of the unpruned network of GDP model ``gated`` and of the export
+    of its gates, interleaved medians: their tensor-mode forwards on ``gated``'s device
+    (``backend='torch'``), or their end-to-end deployments in a runtime on the CPU
+    (``'onnxruntime'`` / ``'openvino'``, exported from the detector's ``cfg``)."""
+    ones = np.ones(gated.gdp_gates.graph.num_channels)
+    if backend == 'torch':
+        trace = gated.gdp_gates.trace
+        unpruned, pruned = forward_latencies(
+            [plain_copy(gated, ones), plain_copy(gated, None, min_channels, channel_divisor)],
+            trace.input_size, trace.num_proposals, repeats)
+        return unpruned, pruned
+    from .runtime_latency import RuntimeTimer
+    timer = RuntimeTimer(backend, torch.get_num_threads(), cfg)
+    unpruned, pruned = timer.network_times(gated, [ones, None], repeats, min_channels,
+                                           channel_divisor)[0]
+    return unpruned, pruned
+
+
 def channel_block(device, geometry: dict) -> int:
     """Channel count a conv's latency steps with on ``device``: oneDNN runs spatial
     convs in blocks of 16 channels on AVX-512 CPUs (8 on others), so 65 channels cost
@@ -259,14 +283,20 @@ def _timed_op(spec: dict, n_in: int, n_out: int, full: Tuple[torch.Tensor, ...])
 
 
 def measure_table(model: nn.Module, points: int = 5, repeats: int = 7,
-                  cache: bool = True) -> dict:
-    """Measure (or load from the cache) the latency table of GDP model ``model``
-    on its device, with the current torch threads. See :class:`LatencyModel`."""
+                  cache: bool = True, backend: str = 'torch', cfg=None) -> dict:
+    """Measure (or load from the cache) the latency table of GDP model ``model`` with
+    the current torch threads. See :class:`LatencyModel`. ``backend``: ``'torch'``
+    (torch's ops on the model's device) or a deployment runtime on the CPU,
+    ``'onnxruntime'`` or ``'openvino'`` (:mod:`gdp_det.runtime_latency`; the detector's
+    ``cfg`` exports the calibration networks end to end)."""
     gates = model.gdp_gates
     graph, trace = gates.graph, gates.trace
-    device = next(model.parameters()).device
+    timer = None
+    if backend != 'torch':
+        from .runtime_latency import RuntimeTimer
+        timer = RuntimeTimer(backend, torch.get_num_threads(), cfg)
+    device = next(model.parameters()).device if timer is None else torch.device('cpu')
     plain = plain_copy(model, np.ones(graph.num_channels))
-    probe = plain_copy(model, uniform_gates(graph, PROBE_SHARE))
     specs = [_call_spec(c, int((i < 0).sum()), int((o < 0).sum()), points, device)
              for c, i, o in zip(graph.calls, graph.call_in, graph.call_out)]
     keys = [json.dumps(s, sort_keys=True) for s in specs]
@@ -274,32 +304,45 @@ def measure_table(model: nn.Module, points: int = 5, repeats: int = 7,
                  calls=keys, input_size=list(trace.input_size),
                  num_proposals=trace.num_proposals, device=device_name(device),
                  threads=torch.get_num_threads(), torch=torch.__version__, points=points)
+    if timer is not None:
+        ident['backend'] = timer.version()
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     path = osp.join(CACHE_DIR, f'{digest}.json')
     if cache and osp.isfile(path):
         with open(path) as f:
             return json.load(f)
     unique = dict(zip(keys, specs))
-    setups, cells = [], []
-    for key, spec in unique.items():
-        geo = spec['geometry']
-        full = (torch.randn(geo['input'], device=device),
-                torch.randn(geo['weight'], device=device),
-                torch.randn(_out_channels(geo), device=device) if geo['bias'] else None)
-        for n_in, n_out in itertools.product(spec['grid_in'], spec['grid_out']):
-            setups.append(_timed_op(spec, n_in, n_out, full))
-            cells.append(key)
-    times = interleaved_medians(setups, device, repeats)
+    cells = [(key, n_in, n_out) for key, spec in unique.items()
+             for n_in, n_out in itertools.product(spec['grid_in'], spec['grid_out'])]
+    if timer is None:
+        setups, full = [], {}
+        for key, n_in, n_out in cells:
+            geo = unique[key]['geometry']
+            if key not in full:
+                full[key] = (torch.randn(geo['input'], device=device),
+                             torch.randn(geo['weight'], device=device),
+                             torch.randn(_out_channels(geo), device=device)
+                             if geo['bias'] else None)
+            setups.append(_timed_op(unique[key], n_in, n_out, full[key]))
+        times = interleaved_medians(setups, device, repeats)
+    else:
+        times = timer.op_times([(unique[k], n_in, n_out) for k, n_in, n_out in cells], repeats)
     entries: Dict[str, dict] = {}
-    for key, t in zip(cells, times):
+    for (key, _, _), t in zip(cells, times):
         entries.setdefault(key, dict(unique[key], times=[]))['times'].append(t)
     # the whole networks in rounds of their own (as they are timed when deployed), and
     # the time spent inside their layers
-    from .detector import detector_forward_fn
-    forward = detector_forward_fn(tuple(trace.input_size), trace.num_proposals)
-    (whole, probed), ((whole_layers, whole_calls), (probe_layers, probe_calls)) = \
-        network_times((plain, probe), forward, [c.name for c in graph.calls], device,
-                      repeats)
+    probe_gates = uniform_gates(graph, PROBE_SHARE)
+    if timer is None:
+        from .detector import detector_forward_fn
+        forward = detector_forward_fn(tuple(trace.input_size), trace.num_proposals)
+        (whole, probed), ((whole_layers, whole_calls), (probe_layers, probe_calls)) = \
+            network_times((plain, plain_copy(model, probe_gates)), forward,
+                          [c.name for c in graph.calls], device, repeats)
+    else:  # the runtime's profile times op types, not the calls
+        (whole, probed), (whole_layers, probe_layers) = timer.network_times(
+            model, [np.ones(graph.num_channels), probe_gates], repeats)
+        whole_calls = probe_calls = [None] * len(graph.calls)
     table = dict(ident, entries={k: {f: e[f] for f in ('grid_in', 'grid_out', 'block', 'times')}
                                  for k, e in entries.items()},
                  whole=whole, whole_layers=whole_layers, whole_calls=whole_calls,
@@ -352,7 +395,8 @@ class LatencyModel(FlopsModel):
         self.spatial = np.array([np.prod(c.geometry['output']) / _out_channels(c.geometry)
                                  for c in graph.calls], np.float64)
         self.measured = float(table['whole'])
-        self.device = table['device']
+        self.device = (table['device'] if 'backend' not in table
+                       else f"{table['backend']} on {table['device']}")
         self.scale, self.act_cost, self.rest = 1.0, 0.0, 0.0
         self.slope, self.offset = np.ones(len(entries)), np.zeros(len(entries))
         super().__init__(graph)
@@ -396,11 +440,13 @@ class LatencyModel(FlopsModel):
 
     @classmethod
     def measure(cls, model: nn.Module, points: int = 5, repeats: int = 7,
-                cache: bool = True) -> 'LatencyModel':
-        """Measure (or load) the table of GDP model ``model`` on its device with the
-        current ``torch.get_num_threads()`` (set it to the deployment setting first):
-        ``points`` channel counts per axis, medians of ``repeats`` interleaved rounds."""
-        return cls(model.gdp_gates.graph, measure_table(model, points, repeats, cache))
+                cache: bool = True, backend: str = 'torch', cfg=None) -> 'LatencyModel':
+        """Measure (or load) the table of GDP model ``model`` in ``backend`` (see
+        :func:`measure_table`) with the current ``torch.get_num_threads()`` (set it to the
+        deployment setting first): ``points`` channel counts per axis, medians of
+        ``repeats`` interleaved rounds."""
+        return cls(model.gdp_gates.graph,
+                   measure_table(model, points, repeats, cache, backend, cfg))
 
     @staticmethod
     def _cells(grid: np.ndarray, x: np.ndarray):

@@ -340,20 +340,53 @@ def test_shipped_deploy_configs():
 # -- the end-to-end benchmark -------------------------------------------------------------
 @pytest.mark.slow
 def test_benchmark_deploy_writes_json_and_section(tmp_path):
-    """A smoke run of tools/benchmark_deploy.py: baseline and one random-gate export in
-    ONNX Runtime, one thread; the JSON's numbers make the RESULTS section."""
+    """A smoke run of tools/benchmark_deploy.py on the toy RetinaNet: the baseline, a GDP
+    export (--gdp-export) and the same share of every group cut at 0.5 of the FLOPs in
+    ONNX Runtime, one thread; the JSON's numbers make the RESULTS section and the
+    README block, and a rerun reuses the exports."""
     import json
 
-    from tools.benchmark_deploy import SECTION, main
-    out, js = tmp_path / 'RESULTS.md', tmp_path / 'deploy.json'
-    assert main(['--quick', '--backends', 'onnxruntime', '--threads', '1', '--keep', '0.5',
-                 '--work-dir', str(tmp_path / 'work'), '--json', str(js),
-                 '--out', str(out)]) == 0
-    rows = json.load(open(js))['rows']
-    assert [r['variant'] for r in rows] == ['baseline', 'random gates, keep 0.5']
-    base, pruned = rows
-    assert base['speedup'] == 1 and 0.1 < pruned['flops_ratio'] < 0.5
-    assert pruned['speedup'] == pytest.approx(base['ms'] / pruned['ms'])
-    assert pruned['quotient'] == pytest.approx(pruned['speedup'] * pruned['flops_ratio'])
+    from tools.benchmark_deploy import README_BLOCK, SECTION, main
+    from tools.prune import main as prune_main
+    gdp = tmp_path / 'gdp'
+    assert prune_main([RETINANET_CFG, '--random-gates', '0.3', '--out-dir', str(gdp)]) == 0
+    out, js, readme = tmp_path / 'RESULTS.md', tmp_path / 'deploy.json', tmp_path / 'README.md'
+    readme.write_text(f'x\n<!-- begin: {README_BLOCK} -->\n<!-- end: {README_BLOCK} -->\n')
+    argv = ['--quick', '--backends', 'onnxruntime', '--threads', '1', '--budgets', '0.5',
+            '--no-torch-pruning', '--gdp-export', 'toy-retinanet', 'GDP, keep 0.7', str(gdp),
+            '--work-dir', str(tmp_path / 'work'), '--json', str(js), '--out', str(out),
+            '--readme', str(readme)]
+    assert main(argv) == 0
+    model = json.load(open(js))['models']['toy-retinanet']
+    rows = model['rows']
+    assert [r['variant'] for r in rows] == ['baseline', 'GDP, keep 0.7',
+                                            'same share of every group, FLOPs 0.5']
+    base, gdp_row, uniform = rows
+    assert base['speedup'] == 1 and base['flops_ratio'] == 1
+    assert 0.4 < uniform['flops_ratio'] <= 0.5 and 0.3 < gdp_row['flops_ratio'] < 0.8
+    assert uniform['speedup'] == pytest.approx(base['ms'] / uniform['ms'])
+    assert set(model['profiles']) == {f"{r['variant']}, ONNX Runtime" for r in rows}
+    assert all(abs(sum(p.values()) - 1) < 1e-6 for p in model['profiles'].values())
     text = out.read_text()
-    assert f'## {SECTION}' in text and f"| {pruned['ms']:.2f} |" in text
+    assert f'## {SECTION}' in text and f"| {uniform['ms']:.1f} | {uniform['speedup']:.2f}x |" in text
+    assert f"| {uniform['flops_ratio']:.2f} | {uniform['speedup']:.2f}x |" in readme.read_text()
+    mtimes = {p: p.stat().st_mtime for p in (tmp_path / 'work').rglob('*.onnx')}
+    assert len(mtimes) == 3
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime for p in (tmp_path / 'work').rglob('*.onnx')} == mtimes
+
+
+def test_benchmark_deploy_readme_goals():
+    """The README summary names each goal met or missed by how much, from the numbers."""
+    from gdp_det.benchmark.deploy_latency import readme_lines
+    row = dict(backend='onnxruntime', threads=1, flops_ratio=0.5)
+    results = dict(models={'m': dict(size=[800, 1333], rows=[
+        dict(row, variant='baseline', speedup=1.0, flops_ratio=1.0),
+        dict(row, variant='u', speedup=1.5)])})
+    lines = readme_lines(results, [('m', 'onnxruntime', 'u', 1.8),
+                                   ('m', 'onnxruntime', 'u', 1.4),
+                                   ('m', 'onnxruntime', 'gdp', 1.8)])
+    assert '| m @800x1333 | u | 0.50 | 1.50x |' in lines
+    assert lines[-3:] == ['- Goal 1.8x for m, u, ONNX Runtime, 1 thread: 1.50x, missed by 0.30x.',
+                          '- Goal 1.4x for m, u, ONNX Runtime, 1 thread: 1.50x, met.',
+                          '- Goal 1.8x for m, gdp, ONNX Runtime, 1 thread: not measured yet.']

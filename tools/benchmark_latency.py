@@ -3,11 +3,12 @@
 
     python tools/benchmark_latency.py [--out benchmarks/RESULTS.md] [--quick]
         [--models toy-retinanet toy-frcnn r50-retinanet] [--threads 1]
+        [--backend torch|onnxruntime|openvino]
 
-For each detector: measure the latency table (uncached, timed), then time the
-tensor-mode forward (batch 1) of the unpruned network and of two exports with random
-gates (each channel kept with probability 0.5 / 0.3), interleaved, medians, and
-compare them with the model's predictions: absolute error and latency ratio.
+For each detector: measure the latency table (uncached, timed) in the backend, then time
+the unpruned network and two exports with random gates (each channel kept with
+probability 0.5 / 0.3), interleaved, medians, and compare them with the model's
+predictions: absolute error and latency ratio.
 """
 import os
 import os.path as osp
@@ -33,23 +34,26 @@ KEEP = (0.5, 0.3)  # probability of keeping each channel in the random exports
 
 
 def gated_model(config: str, size: int):
+    """``(gated detector, its config)``."""
     from mmdet.registry import MODELS as REGISTRY
 
     from gdp_det.detector import attach_gates
     cfg = load_config(config)
     if 'init_cfg' in cfg.model.get('backbone', {}):
         cfg.model.backbone.init_cfg = None
-    return attach_gates(REGISTRY.build(cfg.model), (size, size)).eval()
+    return attach_gates(REGISTRY.build(cfg.model), (size, size)).eval(), cfg
 
 
-def evaluate(model, repeats: int, seed: int = 0) -> dict:
-    """Predicted vs measured latency of the unpruned network and random exports."""
+def evaluate(model, cfg, repeats: int, backend: str = 'torch', seed: int = 0) -> dict:
+    """Predicted vs measured latency of the unpruned network and random exports, in
+    ``backend`` (torch: tensor-mode forwards; a runtime: the deployed exports)."""
     from gdp_det.flops import FlopsModel
     from gdp_det.latency import LatencyModel, forward_latencies, plain_copy
     from gdp_det.pruner import exported_channels
     graph = model.gdp_gates.graph
     t = time.perf_counter()
-    latency = LatencyModel.measure(model, repeats=repeats, cache=False)
+    latency = LatencyModel.measure(model, repeats=repeats, cache=False, backend=backend,
+                                   cfg=cfg)
     build_s = time.perf_counter() - t
     rng = np.random.default_rng(seed)
     gates = [np.ones(graph.num_channels, np.float32)] + [
@@ -58,8 +62,13 @@ def evaluate(model, repeats: int, seed: int = 0) -> dict:
     predicted = [latency.count(k) for k in kept]
     flops = FlopsModel(graph)
     trace = model.gdp_gates.trace
-    measured = forward_latencies([plain_copy(model, a) for a in gates], trace.input_size,
-                                 trace.num_proposals, repeats=2 * repeats)
+    if backend == 'torch':
+        measured = forward_latencies([plain_copy(model, a) for a in gates], trace.input_size,
+                                     trace.num_proposals, repeats=2 * repeats)
+    else:
+        from gdp_det.runtime_latency import RuntimeTimer
+        measured = RuntimeTimer(backend, torch.get_num_threads(), cfg).network_times(
+            model, gates, 2 * repeats)[0]
     return dict(build_s=build_s, predicted=predicted, measured=measured,
                 flops=[flops.count(k) / flops.full for k in kept])
 
@@ -82,6 +91,9 @@ def main(argv=None):
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
     p.add_argument('--quick', action='store_true', help='fewer repeats (smoke run)')
     p.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
+    p.add_argument('--backend', choices=('torch', 'onnxruntime', 'openvino'), default='torch',
+                   help='where the table is measured and the networks timed: torch\'s '
+                        'tensor-mode forward, or end-to-end deployments in a runtime')
     p.add_argument('--threads', type=int, default=1,
                    help='torch threads (the deployment setting; 1: CPU time is measured)')
     args = p.parse_args(argv)
@@ -96,21 +108,32 @@ def main(argv=None):
             '|---|---|---|---|---|---|---|---|---|---|']
     for name in args.models:
         config, size = MODELS[name]
-        rows += rows_for(name, size, evaluate(gated_model(config, size), repeats))
+        rows += rows_for(name, size, evaluate(*gated_model(config, size), repeats,
+                                              args.backend))
         print('\n'.join(rows), flush=True)
-    clock = 'CPU time' if args.threads == 1 else 'wall time'
-    rows += ['', f'Tensor-mode forward, batch 1, {args.threads} torch thread(s), {clock} '
-             '(with one thread the CPU time is the latency on an idle core; wall time on this '
-             'shared machine is up to 3x that and noisy); the '
-             f'measured column is timed after the table, in {2 * repeats} interleaved rounds. '
-             'The prediction of the unpruned network equals the table\'s own measurement of it, '
-             'so its error here is the run-to-run noise. '
+    if args.backend == 'torch':
+        clock = 'CPU time' if args.threads == 1 else 'wall time'
+        what = (f'Tensor-mode forward, batch 1, {args.threads} torch thread(s), {clock} (with '
+                'one thread the CPU time is the latency on an idle core; wall time on this '
+                'shared machine is up to 3x that and noisy)')
+        title = '(l) Latency model: predicted vs measured latency'
+    else:
+        import importlib.metadata as md
+        what = (f'Table measured in {args.backend} {md.version(args.backend)} (one-node graphs '
+                'per conv call, calibrated on the deployed unpruned and half-width networks); '
+                'networks deployed end to end with mmdeploy (post-processing and NMS in the '
+                f'graph), batch 1, {args.threads} runtime thread(s), wall time')
+        title = f'(p) Latency model measured in {args.backend}: predicted vs measured latency'
+    rows += ['', f'{what}; the measured column is timed after the table, in {2 * repeats} '
+             'interleaved rounds. The prediction of the unpruned network equals the table\'s '
+             'own measurement of it, so its error here is the run-to-run noise. '
              f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores '
              f'(shared), torch {torch.__version__}.', '',
-             f'Command: `python tools/benchmark_latency.py --models {" ".join(args.models)}` '
+             f'Command: `python tools/benchmark_latency.py --models {" ".join(args.models)} '
+             f'--backend {args.backend} --threads {args.threads}` '
              f'({time.strftime("%Y-%m-%d")}), {repeats} repeats per table entry.']
     from gdp_det.pipeline.report import update_sections
-    update_sections(args.out, [('(l) Latency model: predicted vs measured latency', rows)])
+    update_sections(args.out, [(title, rows)])
     print('\n'.join(rows))
 
 
