@@ -246,15 +246,16 @@ def _verified(model_cfg, gated: nn.Module, pruned: nn.Module, input_size,
     torchrun, rank 0 checks alone while the other ranks wait, with every core
     (:func:`~gdp_det.distributed.cpu_threads`).
 
-    Where the check fails in float32, it is repeated in float64 on the CPU: some
-    detectors amplify float32 rounding beyond any tolerance, so the gated model's own
-    float32 outputs are that far from exact (a randomly initialised cascade RoI head
-    regresses its boxes with deltas of hundreds through a clamped ``exp``: a 1e-7
-    difference in the first stage's boxes is 1e-2 in the last stage's outputs,
-    DetectoRS). The pruned model is then extracted again from a float64 copy of
-    ``gated`` and rebuilt in float64; when that passes, ``pruned`` takes its weights
-    (rounded to float32), so the export is the float32 copy of the verified model. A
-    pruning error is not rounding: it fails in either precision.
+    Where the check fails in float32, it is repeated in float64 on the CPU (on CUDA
+    where an op has no CPU kernel): some detectors amplify float32 rounding beyond any
+    tolerance, so the gated model's own float32 outputs are that far from exact (a
+    randomly initialised cascade RoI head regresses its boxes with deltas of hundreds
+    through a clamped ``exp``: a 1e-7 difference in the first stage's boxes is 1e-2 in
+    the last stage's outputs, DetectoRS). The pruned model is then extracted again
+    from a float64 copy of ``gated`` and rebuilt in float64; when that passes,
+    ``pruned`` takes its weights (rounded to float32), so the export is the float32
+    copy of the verified model. A pruning error is not rounding: it fails in either
+    precision.
     """
     with cpu_threads(alone=True):
         try:
@@ -285,13 +286,15 @@ def _skipped(gated: nn.Module, e: RuntimeError) -> dict:
 def _verified_in_float64(model_cfg, gated: nn.Module, pruned: nn.Module, input_size,
                          tolerance: float, prune_args: tuple, found: dict,
                          failure: str) -> dict:
-    """The float64 repetition of :func:`_verified` (on the CPU)."""
+    """The float64 repetition of :func:`_verified`: on the CPU, or on CUDA where an op
+    has no CPU kernel (:func:`~gdp_det.detector.on_device_with_kernels`)."""
     gated64 = copy.deepcopy(gated).cpu().double()
     pruned64 = copy.deepcopy(gated64)
     extract_pruned(pruned64, *prune_args)
     try:
         with _default_dtype(torch.float64):
-            found64 = _checks(model_cfg, gated64, pruned64, input_size)
+            found64 = on_device_with_kernels(
+                lambda: _checks(model_cfg, gated64, pruned64, input_size), gated64)
         failure64 = _failure(found64, tolerance)
     except (RuntimeError, NotImplementedError) as e:  # e.g. a compiled op without float64
         failure64 = f'not checkable ({type(e).__name__}: {e})'

@@ -682,13 +682,10 @@ def test_export_is_checked_on_the_training_device_with_every_core(tmp_path, monk
     assert after == (1, True, True)
 
 
-def test_gpu_machine_traces_and_checks_a_cpu_model_on_cuda(tmp_path, monkeypatch, capsys):
-    """tools/prune.py --verify on a machine with a (fake) GPU, on a model built on the
-    CPU whose RoI layers have CUDA kernels only: the trace and the export's check go to
-    CUDA and back (the check raised on the CPU), the graph goes through the op."""
-    import json
+def _gpu_machine(tmp_path, monkeypatch):
+    """A machine with a (fake) GPU and the toy Faster R-CNN whose RoI layers run only
+    where the fake moves put them on CUDA; returns the config's path and the moves."""
     from gdp_det import api
-    from tools.prune import main as prune_main
     moved, _ = _fake_moves(monkeypatch)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)  # (mmengine's logger asks)
@@ -696,15 +693,47 @@ def test_gpu_machine_traces_and_checks_a_cpu_model_on_cuda(tmp_path, monkeypatch
     path, _ = _cuda_only_roi_config(
         tmp_path, monkeypatch, on_cuda=lambda layer, x: id(layer) in moved and
         moved[id(layer)].type == 'cuda')
-    out = tmp_path / 'out'
+    return path, moved
+
+
+def _prune_verified(path, out, capsys) -> dict:
+    """tools/prune.py --random-gates 0.5 --verify at 64x64; the report."""
+    import json
+    from tools.prune import main as prune_main
     rc = prune_main([path, '--random-gates', '0.5', '--out-dir', str(out),
                      '--input-size', '64', '64', '--verify'])
     assert rc == 0, capsys.readouterr().err
-    report = json.loads((out / 'prune_report.json').read_text())
+    return json.loads((out / 'prune_report.json').read_text())
+
+
+def test_gpu_machine_traces_and_checks_a_cpu_model_on_cuda(tmp_path, monkeypatch, capsys):
+    """tools/prune.py --verify on a machine with a (fake) GPU, on a model built on the
+    CPU whose RoI layers have CUDA kernels only: the trace and the export's check go to
+    CUDA and back (the check raised on the CPU), the graph goes through the op."""
+    path, moved = _gpu_machine(tmp_path, monkeypatch)
+    report = _prune_verified(path, tmp_path / 'out', capsys)
     assert report['unsupported'] == {}
     assert report['verified_on'].startswith('cuda') and report['max_rel_output_diff'] < 1e-5
-    assert 'verification_skipped' not in report
+    assert report['verified_in'] == 'float32' and 'verification_skipped' not in report
     assert {d.type for d in moved.values()} == {'cpu', 'cuda'}  # moved there and back
+
+
+def test_float64_check_of_a_model_without_cpu_kernels_runs_on_cuda(tmp_path, monkeypatch,
+                                                                   capsys):
+    """The same with the float32 check failing (forced): the float64 repetition runs on
+    CUDA too (it ran on the CPU: 'not checkable', the export refused)."""
+    from gdp_det import api
+    path, _ = _gpu_machine(tmp_path, monkeypatch)
+    failure, calls = api._failure, []
+
+    def float32_fails(found, tolerance):
+        calls.append(found['verified_on'])
+        return 'forced' if len(calls) == 1 else failure(found, tolerance)
+    monkeypatch.setattr(api, '_failure', float32_fails)
+    report = _prune_verified(path, tmp_path / 'out', capsys)
+    assert len(calls) == 2 and all(d.startswith('cuda') for d in calls)
+    assert report['verified_in'] == 'float64' and report['verified_on'].startswith('cuda')
+    assert report['max_rel_output_diff'] < 1e-12 and 'float32_max_rel_output_diff' in report
 
 
 def test_trace_under_torchrun_uses_the_ranks_share_of_the_cores(monkeypatch, torchrun_threads):
