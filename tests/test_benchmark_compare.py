@@ -301,6 +301,10 @@ def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
     assert runs['random']['params'] < runs['control']['params'] == data['baseline']['params']
     for r in runs.values():
         assert 0 <= r['mAP'] <= 1 and r['latency_ms'] > 0
+        # the training cost after the baseline: one epoch of the 16 toy images, forward
+        # and backward counted as three forwards of the trained (pruned) model
+        assert r['train_seconds'] > 0
+        assert r['train_flops'] == pytest.approx(3 * 16 * r['flops'])
     assert 0 <= runs['random']['mAP_before_finetune'] <= 1
     assert SECTION in open(tmp_path / 'RESULTS.md').read()
     capsys.readouterr()

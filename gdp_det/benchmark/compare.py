@@ -10,7 +10,11 @@ from its last checkpoint):
 2. one run per method, budget and seed (:func:`make_plan`): prune the baseline,
    evaluate the pruned model, train it so that it has ``epochs`` epochs after the
    baseline in all (GDP: its phase counts), evaluate it on the test split (the
-   config's ``test_dataloader``), count its FLOPs (``FlopCounterMode``) and params;
+   config's ``test_dataloader``), count its FLOPs (``FlopCounterMode``) and params,
+   and its training cost after the baseline: the wall time of its training
+   (``train_seconds``) and the counted training FLOPs (``train_flops``: three times
+   the forward FLOPs of every training image, at the width the model had then: a GDP
+   phase is full width until its shrink, see :func:`training_flops`);
    ``<work_dir>/runs/<run>/result.json`` (atomic) marks it finished;
 3. :func:`collect`: every finished model's CPU latency measured in this process,
    interleaved, then ``compare.json`` (see :mod:`.compare_summary`).
@@ -124,6 +128,26 @@ def estimate_seconds(run: Run, settings: Settings, num_train: int, num_test: int
     evals = 1 if run.budget is None else 2
     return (settings.epochs * num_train * TRAIN_S_PER_IMAGE
             + evals * num_test * EVAL_S_PER_IMAGE)
+
+
+def training_flops(images_full: int, flops_full: float, images_pruned: int,
+                   flops_pruned: float) -> float:
+    """Counted training FLOPs: forward and backward of each image, taken as three
+    forwards (the backward computes the gradients of activations and of weights, each
+    a forward's worth), ``images_full`` at ``flops_full`` per forward and
+    ``images_pruned`` at ``flops_pruned``. Gating and other elementwise work is not
+    counted (``FlopCounterMode`` counts convs and matrix products)."""
+    return 3.0 * (images_full * flops_full + images_pruned * flops_pruned)
+
+
+def _timed_train(cfg: Config, work_dir: str) -> dict:
+    """``train`` with its wall time, and the iterations and batch size it ran (a
+    resumed training counts the time of its last attempt only)."""
+    t0 = time.time()
+    checkpoint = train(cfg, work_dir)
+    meta = torch.load(checkpoint, map_location='cpu', weights_only=False)['meta']
+    return dict(checkpoint=checkpoint, train_seconds=time.time() - t0,
+                train_iters=int(meta['iter']), batch_size=int(cfg.train_dataloader.batch_size))
 
 
 def hms(seconds: float) -> str:
@@ -242,23 +266,30 @@ class Comparison:
         pcfg = self._file_cfg(pruned['config'], run.seed)
         left = s.epochs - pruned['epochs']
         ckpt = pruned['checkpoint']
+        tuned = dict(train_seconds=0.0, train_iters=0, batch_size=0)
         if left > 0:
             fcfg = phase_schedule(copy.deepcopy(pcfg), cfg, left, s.lr_factor)
             fcfg.load_from = ckpt
-            ckpt = stage(d, 'finetune', lambda: dict(checkpoint=train(
-                fcfg, osp.join(d, 'finetune'))), self.log)['checkpoint']
+            tuned = stage(d, 'finetune', lambda: _timed_train(fcfg, osp.join(d, 'finetune')),
+                          self.log)
+            ckpt = tuned['checkpoint']
         after = (before_eval if left <= 0 else  # a GDP phase of all the epochs: no fine-tune
                  stage(d, 'eval', lambda: evaluate(pcfg, ckpt, osp.join(d, 'eval')), self.log))
         model = cm.build_model(pruned['config'], ckpt)
         weights = osp.join(d, 'final.pth')
         torch.save(dict(state_dict=model.state_dict()), weights)
         flops = cm.counted_flops(model, self.input_size)
+        gdp = pruned.get('gdp_phase', dict(images_full=0, images_pruned=0, train_seconds=0.0))
         result = dict(run=run.name, method=run.method.name, label=run.method.label,
                       seed=run.seed, budget=run.budget, budget_kind=run.method.budget_kind,
                       config=pruned['config'],
                       weights=weights, flops=flops, flops_ratio=flops / base['flops'],
                       params=cm.count_params(model), mAP=after['mAP'],
                       mAP_before_finetune=before, epochs=s.epochs,
+                      train_seconds=gdp['train_seconds'] + tuned['train_seconds'],
+                      train_flops=training_flops(
+                          gdp['images_full'], base['flops'], gdp['images_pruned']
+                          + tuned['train_iters'] * tuned['batch_size'], flops),
                       seconds=time.time() - t0)
         atomic_write(result_path(self.work_dir, run), json.dumps(result, indent=2))
         for path in glob.glob(osp.join(d, '**', '*.pth'), recursive=True):
@@ -283,9 +314,18 @@ class Comparison:
                          self.settings.epochs)
             gcfg = gdp_config(cfg, hook.pop('flops_target'), self.baseline()['checkpoint'],
                               epochs, self.input_size, self.settings.lr_factor, **hook)
-            train(gcfg, osp.join(d, 'gdp'))
+            phase = _timed_train(gcfg, osp.join(d, 'gdp'))
             config = glob.glob(osp.join(d, 'gdp', 'pruned', '*_pruned.py'))[0]
-            return dict(config=config, checkpoint=config[:-3] + '.pth', epochs=epochs)
+            with open(osp.join(d, 'gdp', 'pruned', 'prune_report.json')) as f:
+                report = json.load(f)
+            # full width until the shrink (if any), then the pruned network's width
+            shrunk_at = report.get('shrunk_after_iters')
+            full = phase['train_iters'] if shrunk_at is None else shrunk_at
+            images = phase['batch_size']
+            return dict(config=config, checkpoint=config[:-3] + '.pth', epochs=epochs,
+                        gdp_phase=dict(train_seconds=phase['train_seconds'],
+                                       images_full=full * images,
+                                       images_pruned=(phase['train_iters'] - full) * images))
         if m.kind == 'random':
             mcfg = copy.deepcopy(cfg)
             mcfg.model = gdp_model_cfg(cfg, self.input_size)
