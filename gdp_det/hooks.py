@@ -7,6 +7,8 @@ Add to a config that builds a ``GDPDetector``::
 
     custom_hooks = [dict(type='GDPHook', flops_target=0.5)]
     custom_hooks = [dict(type='GDPHook', latency_target=0.5)]  # measured on the device
+    custom_hooks = [dict(type='GDPHook', latency_target=0.5,  # measured in ONNX Runtime
+                         latency_backend='onnxruntime')]
 """
 from __future__ import annotations
 
@@ -25,9 +27,10 @@ from .distributed import patient_group
 from .flops import Budget, FlopsModel
 from .gate_training import (BudgetController, EpsSchedule, ExportedChannels, GateGradientStep,
                             OptimizerSteps)
-from .latency import LatencyModel, forward_latencies, measure_table, plain_copy
+from .latency import LatencyModel, export_latencies, measure_table
 from .shrink import ChannelShrink, shrink_averaged, shrink_optimizer
 
+LATENCY_BACKENDS = ('torch', 'onnxruntime', 'openvino')
 # gate-value histogram bins of the snapshots (non-zero gates; normalized gates reach 1+eps)
 HIST_BINS = [i / 20 for i in range(23)]
 
@@ -56,8 +59,12 @@ class GDPHook(Hook):
     task loss alone rank the channels while the budget decides how many go (on the
     toy set the FLOPs-weighted form removes the costly high-resolution channels
     first and loses 0.2-0.3 mAP; see benchmarks/RESULTS.md). With ``latency_target``
-    the hook measures a :class:`~gdp_det.latency.LatencyModel` of the model on its
-    device in ``before_train`` (cached; under DDP rank 0 measures it for all), adds
+    the hook measures a :class:`~gdp_det.latency.LatencyModel` of the model in
+    ``before_train`` (cached; under DDP rank 0 measures it for all): on its device with
+    torch (``latency_backend='torch'``), or in the deployment runtime on the CPU
+    (``'onnxruntime'`` / ``'openvino'``: one-node graphs per layer, calibrated on the
+    end-to-end mmdeploy deployments; :mod:`gdp_det.runtime_latency`), with the current
+    torch thread count; it adds
     the constraint "predicted latency ratio <= latency_target" to the budget, and
     the channels' cost while that constraint
     is violated is their marginal latency. ``flops_target`` defaults to 0.5 when no
@@ -76,7 +83,8 @@ class GDPHook(Hook):
     checkpoints under ``'gdp_hook'`` and restored on resume. With ``export=True``
     the pruned model is exported into ``<work_dir>/pruned`` after training; with a
     latency budget its report adds the predicted latency ratio and the measured one
-    (tensor-mode forward of the export vs the unpruned network, interleaved medians).
+    (in the same backend: tensor-mode forwards, or the deployed export and unpruned
+    network, interleaved medians).
 
     With ``shrink_after_cut`` (default), once the cut is made (the export of the gates
     is within budget; its zeroed gates never move again) the channels the export
@@ -110,7 +118,8 @@ class GDPHook(Hook):
                  num_snapshots: int = 6, params_target: Optional[float] = None,
                  cost_power: float = 0.0, grad_norm: bool = True,
                  latency_target: Optional[float] = None, grad_momentum: float = 0.9,
-                 lambda_span: float = 0.5, shrink_after_cut: bool = True):
+                 lambda_span: float = 0.5, shrink_after_cut: bool = True,
+                 latency_backend: str = 'torch'):
         if flops_target is None and params_target is None and latency_target is None:
             flops_target = 0.5
         given = dict(flops_target=flops_target, params_target=params_target,
@@ -120,6 +129,9 @@ class GDPHook(Hook):
                 raise ValueError(f'GDPHook: {name} must be in (0, 1], got {t}')
         if not 0 < lambda_span <= 1:
             raise ValueError(f'GDPHook: lambda_span must be in (0, 1], got {lambda_span}')
+        if latency_backend not in LATENCY_BACKENDS:
+            raise ValueError(f'GDPHook: latency_backend must be one of '
+                             f'{", ".join(LATENCY_BACKENDS)}, got {latency_backend!r}')
         self.eps_schedule = EpsSchedule(eps_start, eps_end, warmup_iters)
         self.gate_step = GateGradientStep(gate_lr, grad_norm, grad_momentum)
         self.controller = BudgetController(gate_lr, lambda_init, lambda_rate, cost_power,
@@ -128,6 +140,7 @@ class GDPHook(Hook):
         self.flops_target = flops_target
         self.params_target = params_target
         self.latency_target = latency_target
+        self.latency_backend = latency_backend
         self.lambda_span = lambda_span
         self.gdp_iters = gdp_iters
         self.gates = None
@@ -212,7 +225,10 @@ class GDPHook(Hook):
             # rank 0 alone measures (and caches) the table: every rank holds the same
             # latency model, so the same budget and lambda; the others wait for it on a
             # group without the NCCL watchdog's timeout
-            table = [measure_table(unwrap(runner.model)) if is_main_process() else None]
+            # (a runtime deploys the calibration networks from the runner's config)
+            table = [measure_table(unwrap(runner.model), backend=self.latency_backend,
+                                   cfg=getattr(runner, 'cfg', None))
+                     if is_main_process() else None]
             broadcast_object_list(table, group=patient_group())
             self.latency = LatencyModel(graph, table[0])
         self.budget = Budget([(self.flops, self.flops_target),
@@ -411,22 +427,21 @@ class GDPHook(Hook):
                      flops_target=self.flops_target, train_iters=runner.max_iters,
                      shrunk_after_iters=self.shrunk_at)
         if self.latency is not None:
-            extra.update(self.latency_report(model))
+            extra.update(self.latency_report(model, runner.cfg))
         prune_and_export(runner.cfg, model, osp.join(runner.work_dir, 'pruned'),
                          min_channels=self.min_channels, channel_divisor=self.channel_divisor,
                          force=True, extra_report=extra)
 
-    def latency_report(self, model, repeats: int = 10) -> dict:
+    def latency_report(self, model, cfg=None, repeats: int = 10) -> dict:
         """Predicted latency ratio of the export of ``model``'s gates, and the measured
-        one: tensor-mode forward of that export vs the unpruned network, on the
-        model's device, interleaved medians (seconds)."""
+        one in the latency backend (:func:`gdp_det.latency.export_latencies`: that
+        export vs the unpruned network, interleaved medians, seconds; a runtime deploys
+        both from the detector's ``cfg``)."""
         kept = self.exported(model.gdp_gates.a.detach().float().cpu().numpy())
-        trace = model.gdp_gates.trace
-        unpruned, pruned = forward_latencies(
-            [plain_copy(model, np.ones(kept.shape)),
-             plain_copy(model, None, self.min_channels, self.channel_divisor)],
-            trace.input_size, trace.num_proposals, repeats)
+        unpruned, pruned = export_latencies(model, self.min_channels, self.channel_divisor,
+                                            repeats, self.latency_backend, cfg)
         return dict(latency_target=self.latency_target, latency_device=self.latency.device,
+                    latency_backend=self.latency_backend,
                     latency_predicted=self.latency.count(kept),
                     latency_predicted_ratio=self.latency.count(kept) / self.latency.full,
                     latency_unpruned_measured=unpruned, latency_measured=pruned,

@@ -240,3 +240,39 @@ def test_forward_latencies_time_each_model_right_after_its_own_warm_forward(monk
         m.tag = i
     assert len(forward_latencies(models, (8, 8), repeats=2)) == 3
     assert calls == [0, 0, 1, 1, 2, 2] * 3  # a warm-up round, then 2 timed rounds
+
+
+def test_hook_latency_backend_reaches_the_table_and_the_report(toy, tmp_path, monkeypatch,
+                                                                smooth_ops):
+    """GDPHook(latency_backend='onnxruntime') measures its table in that runtime (with
+    the runner's config, which the runtime deploys from) and reports the measured ratio
+    from the same runtime; an unknown backend is refused by name."""
+    import gdp_det.hooks as hooks_mod
+    model, cfg = toy
+    model = copy.deepcopy(model)
+    graph = model.gdp_gates.graph
+    calls = []
+
+    def fake_table(m, backend='torch', cfg=None):
+        calls.append(('table', backend, cfg))
+        return synthetic_table(graph)
+
+    def fake_latencies(m, min_channels, channel_divisor, repeats, backend, cfg):
+        calls.append(('measured', backend, cfg))
+        return 0.1, 0.05
+    monkeypatch.setattr(hooks_mod, 'measure_table', fake_table)
+    monkeypatch.setattr(hooks_mod, 'export_latencies', fake_latencies)
+    with pytest.raises(ValueError, match="latency_backend must be one of torch, onnxruntime, "
+                                         "openvino, got 'tensorrt'"):
+        GDPHook(latency_target=0.5, latency_backend='tensorrt')
+    hook = GDPHook(latency_target=0.5, latency_backend='onnxruntime', gdp_iters=40,
+                   lambda_init=1.0, log_interval=1000)
+    gen = torch.Generator().manual_seed(0)
+    runner = drive_hook(model, hook, 40, lambda it: 1e-3 * torch.randn(
+        model.gdp_gates.a.shape, generator=gen), cfg=cfg, work_dir=str(tmp_path))
+    hook.after_train(runner)
+    assert calls == [('table', 'onnxruntime', cfg), ('measured', 'onnxruntime', cfg)]
+    report = json.loads((tmp_path / 'pruned' / 'prune_report.json').read_text())
+    assert report['latency_backend'] == 'onnxruntime'
+    assert report['latency_measured_ratio'] == pytest.approx(0.5)
+    assert report['latency_predicted_ratio'] <= 0.5 + 0.01
