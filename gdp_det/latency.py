@@ -56,13 +56,14 @@ class Clock:
     more threads: wall time."""
 
     def __init__(self, device):
-        self.cuda = torch.device(device).type == 'cuda'
+        self.device = torch.device(device)
+        self.cuda = self.device.type == 'cuda'
         self.read = (time.process_time if not self.cuda and torch.get_num_threads() == 1
                      else time.perf_counter)
 
     def __call__(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
+        if self.cuda:  # the model's card, not the current one
+            torch.cuda.synchronize(self.device)
         return self.read()
 
 

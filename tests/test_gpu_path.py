@@ -751,3 +751,13 @@ def test_trace_under_torchrun_uses_the_ranks_share_of_the_cores(monkeypatch, tor
         handle.remove()
     assert [s[1] for s in seen] == [3]
     assert torch.get_num_threads() == 1
+
+
+def test_clock_waits_for_the_models_card(monkeypatch):
+    """A latency clock of a model on the second card synchronises that card, not the
+    current one (which a bare ``torch.cuda.synchronize()`` waits for)."""
+    from gdp_det.latency import Clock
+    waited = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: waited.append(device))
+    Clock('cuda:1')()
+    assert waited == [torch.device('cuda:1')]
