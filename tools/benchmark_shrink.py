@@ -2,7 +2,8 @@
 """Training cost of the GDP phase before and after the in-place shrink, in one run.
 
     python tools/benchmark_shrink.py [--out benchmarks/shrink_speed.json] [--threads 1]
-        [--flops-target 0.5] [--images 96] [--epochs 3] [--size 224]
+        [--flops-target 0.5] [--images 96] [--epochs 3] [--size 224] [--rounds 10]
+        [--cut-at 0.3]
 
 Trains the toy RetinaNet R18-FPN (``configs/gdp/toy/gdp_retinanet_r18_fpn_toyvoc.py``,
 randomly initialised: the cost does not depend on the weights) on a generated toy VOC
