@@ -4,6 +4,7 @@ on the kept channels, checkpoints in the traced layout that resume to the same s
 and the same lossless export."""
 import copy
 import json
+import os.path as osp
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from mmengine.config import Config
 from mmengine.model import ExponentialMovingAverage
 from mmengine.runner import Runner
 
-from conftest import FASTER_RCNN_CFG, RETINANET_CFG, toy_cfg
+from conftest import CONFIG_DIR, FASTER_RCNN_CFG, RETINANET_CFG, toy_cfg
 from gdp_det.api import max_output_difference
 from gdp_det.flops import FlopsModel
 from gdp_det.gates import add_gates
@@ -282,3 +283,47 @@ def test_final_export_computes_what_the_shrunk_model_computes(uninterrupted):
     exported.load_state_dict(torch.load(work / f'{EXPORT}.pth',
                                         weights_only=True)['state_dict'])
     assert max_output_difference(runner.model, exported, (128, 128)) <= 1e-4
+
+
+@pytest.mark.slow
+def test_ema_run_resumed_after_the_shrink_matches_the_uninterrupted_one(make_toy_cfg, tmp_path):
+    """The toy RTMDet-tiny with its EMAHook, shrunk in epoch 2, killed after epoch 3 and
+    resumed: the EMA copy (loaded in the traced layout, then shrunk with the model)
+    ends where the uninterrupted run's does, and so does the model."""
+    def cfg(work):
+        c = make_toy_cfg(osp.join(CONFIG_DIR, 'rtmdet_tiny_toyvoc.py'), work_dir=str(work),
+                         img_scale=(128, 128), batch_size=4, max_epochs=4)
+        c.model = dict(type='GDPDetector', detector=c.model, input_size=(128, 128))
+        c.custom_hooks.append(dict(type='GDPHook', export=False, **HOOK))
+        c.train_cfg.val_interval = 1000
+        c.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1)
+        c.optim_wrapper.optimizer.lr = 1e-3
+        c.randomness = dict(seed=0, deterministic=False)
+        c.train_dataloader.sampler = dict(type='DefaultSampler', shuffle=True, seed=0)
+        c.train_dataloader.pop('batch_sampler', None)
+        c.train_dataloader.dataset.pipeline = [
+            t for t in c.train_dataloader.dataset.pipeline if t['type'] != 'RandomFlip']
+        return c
+
+    def ema(runner):
+        return next(h for h in runner.hooks if type(h).__name__ == 'EMAHook').ema_model
+
+    full = Runner.from_cfg(cfg(tmp_path / 'full'))
+    full.train()
+    assert gdp_hook(full).shrunk_at <= 8  # before the interruption
+    part = Runner.from_cfg(cfg(tmp_path / 'part'))
+    part.register_hook(_StopAfterEpoch(3), priority='LOWEST')
+    with pytest.raises(_Interrupted):
+        part.train()
+    resumed_cfg = cfg(tmp_path / 'part')
+    resumed_cfg.resume = True
+    resumed_cfg.load_from = str(tmp_path / 'part' / 'epoch_3.pth')
+    resumed = Runner.from_cfg(resumed_cfg)
+    resumed.train()
+    for mine, theirs in ((resumed.model, full.model), (ema(resumed), ema(full))):
+        mine, theirs = mine.state_dict(), theirs.state_dict()
+        assert set(mine) == set(theirs)
+        for k in theirs:
+            assert mine[k].shape == theirs[k].shape, k
+            assert torch.allclose(mine[k].float(), theirs[k].float(), rtol=1e-4, atol=1e-6), k
+    assert int(ema(resumed).steps) == int(ema(full).steps) == 16
