@@ -5,7 +5,7 @@
         [--budgets 0.5 0.3] [--channel-divisors 1 8 16] [--gdp-export MODEL LABEL DIR ...]
         [--backends onnxruntime openvino] [--threads 1 0] [--rounds 30]
         [--work-dir work_dirs/benchmark_deploy] [--json benchmarks/deploy.json]
-        [--out benchmarks/RESULTS.md] [--readme README.md] [--quick]
+        [--out benchmarks/RESULTS.md] [--readme README.md] [--quick] [--collect-only]
 
 For each model: the unpruned baseline; at each FLOPs budget, the same share of every
 coupled channel group cut (random channels; with --channel-divisors, also with every
@@ -72,6 +72,8 @@ def parse_args(argv=None):
                    f'between its "<!-- begin: {README_BLOCK} -->" / "<!-- end: '
                    f'{README_BLOCK} -->" lines')
     p.add_argument('--quick', action='store_true', help='3 rounds, 2 profile runs (smoke run)')
+    p.add_argument('--collect-only', action='store_true',
+                   help='measure nothing: write RESULTS.md (and --readme) from the JSON')
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.profile_runs = 3, 2
@@ -147,7 +149,7 @@ def measure_model(name: str, args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from gdp_det import deploy
-    for backend in args.backends:
+    for backend in [] if args.collect_only else args.backends:
         deploy.require(backend)
     check_writable_dir(args.work_dir, 'work directory')
     check_writable_dir(osp.dirname(osp.abspath(args.json)), 'directory of --json')
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
     results = json.load(open(args.json)) if osp.isfile(args.json) else {}
     if 'models' not in results:  # none yet, or the first version's rows: measured anew
         results = dict(models={})
-    for name in args.models:
+    for name in [] if args.collect_only else args.models:
         results['models'][name] = measure_model(name, args)
         # after each model: a later model's failure loses nothing measured
         atomic_write(args.json, json.dumps(results, indent=2) + '\n')
