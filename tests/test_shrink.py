@@ -211,10 +211,10 @@ HOOK = dict(flops_target=0.6, lambda_init=1.0, lambda_span=0.25, min_channels=0.
 EXPORT = 'pruned/gdp_retinanet_r18_fpn_toyvoc_pruned'
 
 
-def run_cfg(toy_data, work_dir):
+def run_cfg(toy_data, work_dir, **hook):
     """4 epochs of 4 iterations, the cut in the second."""
     make = lambda config, **kw: toy_cfg(config, toy_data.root, **kw)  # noqa: E731
-    return gdp_cfg(make, work_dir, epochs=4, log_interval=1, **HOOK)
+    return gdp_cfg(make, work_dir, epochs=4, log_interval=1, **dict(HOOK, **hook))
 
 
 @pytest.fixture(scope='module')
@@ -283,6 +283,24 @@ def test_final_export_computes_what_the_shrunk_model_computes(uninterrupted):
     exported.load_state_dict(torch.load(work / f'{EXPORT}.pth',
                                         weights_only=True)['state_dict'])
     assert max_output_difference(runner.model, exported, (128, 128)) <= 1e-4
+
+
+@pytest.mark.slow
+def test_shrunk_run_trains_what_the_full_width_run_trains(uninterrupted, toy_data, tmp_path):
+    """The same run without the shrink: the same channels cut, and an export with the
+    same weights (float rounding apart: the shrunk convs sum fewer zero terms)."""
+    shrunk, shrunk_dir = uninterrupted
+    wide = Runner.from_cfg(run_cfg(toy_data, tmp_path / 'wide', shrink_after_cut=False))
+    wide.train()
+    assert gdp_hook(wide).shrink is None
+    a_wide, a_shrunk = wide.model.gdp_gates.a.detach(), gdp_hook(shrunk).traced_gates()
+    assert torch.equal(a_wide == 0, a_shrunk == 0)
+    assert torch.allclose(a_wide, a_shrunk, rtol=1e-4, atol=1e-6)
+    mine, theirs = (torch.load(d / f'{EXPORT}.pth', weights_only=True)['state_dict']
+                    for d in (shrunk_dir, tmp_path / 'wide'))
+    assert set(mine) == set(theirs)
+    for k in theirs:
+        assert torch.allclose(mine[k].float(), theirs[k].float(), rtol=1e-3, atol=1e-5), k
 
 
 @pytest.mark.slow
