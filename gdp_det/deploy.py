@@ -130,8 +130,9 @@ class OpenVINORuntimeWrapper(torch.nn.Module):
 
 class RuntimeSession:
     """One runtime session on the CPU of a deployed model (an :func:`export_model`
-    directory), as the benchmarks time it: ``run()`` is one inference of a fixed random input of the deployed
-    input shape, outputs fetched; ``profile()`` the share of time per op type.
+    directory), as the benchmarks time it: ``run()`` is one inference of a fixed random
+    input of the deployed input shape, outputs fetched; ``profile()`` the share of time
+    per op type.
     ``threads`` 0: the runtime's default (all cores)."""
 
     def __init__(self, work_dir: str, threads: int, profile: bool = False):

@@ -134,3 +134,17 @@ def make_toy_cfg(toy_data):
         return toy_cfg(config, toy_data.root, work_dir=work_dir, **kwargs)
 
     return _make
+
+
+@pytest.fixture(scope='module')
+def gated_toy_retinanet():
+    """The gated toy RetinaNet R18-FPN at 224 px (``GDPDetector``, seeded random init,
+    eval mode) and its GDP config."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from gdp_det.cli import load_config
+    register_all_modules()
+    cfg = load_config(osp.join(REPO, 'configs', 'gdp', 'toy', 'gdp_retinanet_r18_fpn_toyvoc.py'))
+    torch.manual_seed(0)
+    return MODELS.build(cfg.model).eval(), cfg

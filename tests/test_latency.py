@@ -7,14 +7,12 @@ time is the conv and linear work done. The prediction's accuracy on real devices
 """
 import copy
 import json
-import os.path as osp
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import REPO
 from fake_clocks import WorkClock
 from gdp_det import latency as latency_mod
 from gdp_det.flops import Budget
@@ -25,7 +23,6 @@ from gdp_det.latency import (LatencyModel, _call_spec, forward_latencies, plain_
 from gdp_det.pruner import exported_channels
 from gdp_det.testing import drive_hook
 
-GDP_TOY = osp.join(REPO, 'configs', 'gdp', 'toy', 'gdp_retinanet_r18_fpn_toyvoc.py')
 
 
 @pytest.fixture
@@ -34,19 +31,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-@pytest.fixture(scope='module')
-def toy():
-    """The gated toy RetinaNet R18-FPN at 224 px (GDPDetector) and its config."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-
-    from gdp_det.cli import load_config
-    register_all_modules()
-    cfg = load_config(GDP_TOY)
-    torch.manual_seed(0)
-    return MODELS.build(cfg.model).eval(), cfg
 
 
 @pytest.fixture
@@ -152,10 +136,11 @@ def test_budget_takes_the_latency_model(smooth_ops):
     assert budget.met(alive) and budget.ratios(alive)[0] < 0.6
 
 
-def test_table_is_cached_per_setting(toy, tmp_path, monkeypatch, one_thread):
+def test_table_is_cached_per_setting(gated_toy_retinanet, tmp_path, monkeypatch,
+                                     one_thread):
     """The second measurement of the same model and setting reads the cache file; other
     torch threads are another setting."""
-    model, _ = toy
+    model, _ = gated_toy_retinanet
     monkeypatch.setattr(latency_mod, 'CACHE_DIR', str(tmp_path))
     first = LatencyModel.measure(model, repeats=1, points=2)
     assert len(list(tmp_path.glob('*.json'))) == 1
@@ -179,14 +164,14 @@ def work_clock(monkeypatch, smooth_ops):
     return clock
 
 
-def test_prediction_matches_measured_forward(toy, work_clock):
+def test_prediction_matches_measured_forward(gated_toy_retinanet, work_clock):
     """Toy RetinaNet at 224, measured on a clock of known cost (:class:`WorkClock`, with
     no channel blocks): the table, its calibration and the prediction for exports with
     random gates give their measured forward (to float rounding: on this clock each
     op's time is bilinear in its channels, as the table interpolates). How close the
     prediction comes on a real CPU depends on the machine and its load: that is a
     benchmark (tools/benchmark_latency.py, RESULTS section (l)), not a test."""
-    model, _ = toy
+    model, _ = gated_toy_retinanet
     graph = model.gdp_gates.graph
     rng = np.random.default_rng(1)
     gates = [np.ones(graph.num_channels)] + [
@@ -200,11 +185,12 @@ def test_prediction_matches_measured_forward(toy, work_clock):
     assert measured[2] < 0.5 * measured[0]  # the exports are far apart
 
 
-def test_hook_latency_budget_is_met_and_reported(toy, tmp_path, monkeypatch, work_clock):
+def test_hook_latency_budget_is_met_and_reported(gated_toy_retinanet, tmp_path, monkeypatch,
+                                                 work_clock):
     """GDPHook(latency_target=0.5) alone, driven with random gate gradients: the
     predicted latency ratio of the export reaches the target, and the export's report
     gives the predicted and the measured latency ratio (equal on the work clock)."""
-    model, cfg = toy
+    model, cfg = gated_toy_retinanet
     model = copy.deepcopy(model)  # the hook changes its gates
     monkeypatch.setattr(latency_mod, 'CACHE_DIR', str(tmp_path / 'cache'))
     hook = GDPHook(latency_target=0.5, gdp_iters=60, lambda_init=1.0, log_interval=1000)
@@ -242,13 +228,13 @@ def test_forward_latencies_time_each_model_right_after_its_own_warm_forward(monk
     assert calls == [0, 0, 1, 1, 2, 2] * 3  # a warm-up round, then 2 timed rounds
 
 
-def test_hook_latency_backend_reaches_the_table_and_the_report(toy, tmp_path, monkeypatch,
-                                                                smooth_ops):
+def test_hook_latency_backend_reaches_the_table_and_the_report(gated_toy_retinanet, tmp_path,
+                                                                monkeypatch, smooth_ops):
     """GDPHook(latency_backend='onnxruntime') measures its table in that runtime (with
     the runner's config, which the runtime deploys from) and reports the measured ratio
     from the same runtime; an unknown backend is refused by name."""
     import gdp_det.hooks as hooks_mod
-    model, cfg = toy
+    model, cfg = gated_toy_retinanet
     model = copy.deepcopy(model)
     graph = model.gdp_gates.graph
     calls = []

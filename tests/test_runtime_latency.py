@@ -15,13 +15,10 @@ import torch.nn.functional as F
 
 pytest.importorskip('mmdeploy', reason="the deploy extra: pip install -e '.[deploy]'")
 
-from conftest import REPO  # noqa: E402
-
 from gdp_det import latency as latency_mod  # noqa: E402
 from gdp_det import runtime_latency as rt  # noqa: E402
 from gdp_det.latency import LatencyModel, measure_table  # noqa: E402
 
-GDP_TOY = osp.join(REPO, 'configs', 'gdp', 'toy', 'gdp_retinanet_r18_fpn_toyvoc.py')
 
 # (geometry as the tracer records it, depthwise, n_in, n_out): fewer channels than the
 # traced call has, as a table's grid cells ask for
@@ -96,26 +93,15 @@ def test_unknown_backend_is_named():
         rt.RuntimeTimer('tensorrt', 1, cfg=None)
 
 
-@pytest.fixture(scope='module')
-def toy():
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-
-    from gdp_det.cli import load_config
-    register_all_modules()
-    cfg = load_config(GDP_TOY)
-    torch.manual_seed(0)
-    return MODELS.build(cfg.model).eval(), cfg
-
-
 @pytest.mark.slow
-def test_runtime_table_feeds_the_latency_model_and_is_cached(toy, tmp_path, monkeypatch):
+def test_runtime_table_feeds_the_latency_model_and_is_cached(gated_toy_retinanet, tmp_path,
+                                                              monkeypatch):
     """An ONNX Runtime table of the toy RetinaNet: every call's grid timed (positive
     times), the calibration networks timed whole with a share of their time in conv
     nodes, the LatencyModel built from it predicting the measured unpruned network;
     the second measurement reads the cache, a torch table of the same model is another
     file."""
-    model, cfg = toy
+    model, cfg = gated_toy_retinanet
     monkeypatch.setattr(latency_mod, 'CACHE_DIR', str(tmp_path))
     old = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -156,12 +142,12 @@ def _conv_widths(onnx_path: str) -> int:
 
 
 @pytest.mark.slow
-def test_calibration_networks_are_the_deployed_exports(toy, monkeypatch):
+def test_calibration_networks_are_the_deployed_exports(gated_toy_retinanet, monkeypatch):
     """network_times deploys the export of each gate set: the ONNX graphs it times hold
     the exports' conv widths (all channels; half of every group)."""
     from gdp_det import deploy
     from gdp_det.latency import plain_copy, uniform_gates
-    model, cfg = toy
+    model, cfg = gated_toy_retinanet
     graph = model.gdp_gates.graph
     gate_sets = [np.ones(graph.num_channels), uniform_gates(graph, 0.5)]
     widths = []

@@ -141,7 +141,8 @@ def measure_model(name: str, args) -> dict:
                 print(name, result['rows'][-1], flush=True)
         for v, d in zip(variants, dirs):
             key = f'{v.label}, {dl.BACKEND_NAMES[backend]}'
-            result['profiles'][key] = deploy.RuntimeSession(d, 1, profile=True).profile(args.profile_runs)
+            session = deploy.RuntimeSession(d, 1, profile=True)
+            result['profiles'][key] = session.profile(args.profile_runs)
     return result
 
 

@@ -8,7 +8,8 @@ GDP export made by training. Each is deployed with the deploy route
 (:func:`gdp_det.deploy.export_model`: mmdeploy, static shape, post-processing and NMS
 in the graph) and timed by a :class:`gdp_det.deploy.RuntimeSession` in ONNX Runtime
 or OpenVINO on the CPU, the image tensor in and detections out, the variants
-interleaved round by round in one process (:func:`gdp_det.latency.interleaved_medians` on the wall clock).
+interleaved round by round in one process (:func:`gdp_det.latency.interleaved_medians`
+on the wall clock).
 :func:`section_rows` and :func:`readme_lines` turn the stored results into Markdown.
 """
 from __future__ import annotations
