@@ -164,3 +164,23 @@ def test_calibration_networks_are_the_deployed_exports(gated_toy_retinanet, monk
     expected = [sum(m.out_channels for m in plain_copy(model, g).modules()
                     if isinstance(m, torch.nn.Conv2d)) for g in gate_sets]
     assert widths == expected and expected[1] < 0.6 * expected[0]
+
+
+@pytest.mark.parametrize('backend', rt.BACKENDS)
+def test_one_thread_runtime_works_in_the_calling_thread(backend, tmp_path):
+    """Why a one-thread runtime is timed on the process's CPU time
+    (:func:`runtime_clock`): every op runs in the calling thread, so that thread's CPU
+    time is all the process spends (no worker thread computes or spins)."""
+    import time
+    geo, depthwise, n_in, n_out = GEOMETRIES[0]
+    geo = dict(geo, input=[1, 16, 160, 192], output=[1, 32, 80, 96])
+    run = rt.RuntimeTimer(backend, 1, cfg=None)._session(
+        *rt.op_model(geo, depthwise, n_in, n_out), str(tmp_path))
+    run()
+    process, thread = time.process_time(), time.thread_time()
+    for _ in range(20):
+        run()
+    process, thread = time.process_time() - process, time.thread_time() - thread
+    assert thread >= 0.9 * process > 0, (thread, process)
+    assert rt.runtime_clock(1) is time.process_time
+    assert rt.runtime_clock(0) is time.perf_counter and rt.runtime_clock(4) is time.perf_counter

@@ -9,7 +9,7 @@ GDP export made by training. Each is deployed with the deploy route
 in the graph) and timed by a :class:`gdp_det.deploy.RuntimeSession` in ONNX Runtime
 or OpenVINO on the CPU, the image tensor in and detections out, the variants
 interleaved round by round in one process (:func:`gdp_det.latency.interleaved_medians`
-on the wall clock).
+on :func:`gdp_det.runtime_latency.runtime_clock`).
 :func:`section_rows` and :func:`readme_lines` turn the stored results into Markdown.
 """
 from __future__ import annotations
@@ -128,14 +128,14 @@ def flops_ratios(variants: Sequence[Variant], size) -> List[float]:
 
 
 def time_runners(runners: Sequence[RuntimeSession], rounds: int) -> List[float]:
-    """Median milliseconds of one inference of each runner over ``rounds`` interleaved
-    rounds (after a warm-up round), on the wall clock: the runtimes run threads of
-    their own."""
-    import time
-
+    """Median milliseconds of one inference of each runner (sessions of one runtime and
+    thread count) over ``rounds`` interleaved rounds (after a warm-up round), on
+    :func:`gdp_det.runtime_latency.runtime_clock`."""
     from ..latency import interleaved_medians
+    from ..runtime_latency import runtime_clock
+    clock = runtime_clock(runners[0].threads)
     return [1e3 * s for s in interleaved_medians([lambda r=r: r.run for r in runners], 'cpu',
-                                                 rounds, clock=time.perf_counter)]
+                                                 rounds, clock=clock)]
 
 
 def _threads(n: int) -> str:
@@ -148,13 +148,16 @@ def section_rows(results: dict) -> List[str]:
     variant (1 thread); the variants that could not be made, and why."""
     rows = ['Normalised image tensor in, detections out (post-processing and NMS in the '
             'graph, mmdeploy\'s static-shape deploy configs), batch 1; random weights '
-            '(latency does not depend on them) except GDP\'s exports, which come from '
-            'training. "same share of every group": random channels, the same share of every '
+            '(latency does not depend on them, except that with random weights few boxes '
+            'pass the score threshold, so NMS has little to do; trained detectors spend more '
+            'in post-processing) except GDP\'s exports, which come from training. "same share of every group": random channels, the same share of every '
             'coupled channel group cut (the widths Torch-Pruning\'s uniform pruning gives, '
             'on our channel groups). Speed-up x FLOPs ratio is 1 when the runtime turns the '
             'FLOPs cut fully into speed, below 1 when it gains less. FLOPs counted by '
             'torch\'s FlopCounterMode on the tensor-mode forward (no post-processing), each '
-            'variant the same way. Wall-clock medians of interleaved rounds in one process. '
+            'variant the same way. Medians of interleaved rounds in one process: with 1 thread '
+            'of the process\'s CPU time (the runtimes run every op in the calling thread: the '
+            'latency on an idle core), with all cores of the wall clock. '
             'Command: `python tools/benchmark_deploy.py`; numbers in `benchmarks/deploy.json`.',
             '']
     for name, m in results['models'].items():
