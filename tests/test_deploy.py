@@ -390,3 +390,16 @@ def test_benchmark_deploy_readme_goals():
     assert lines[-3:] == ['- Goal 1.8x for m, u, ONNX Runtime, 1 thread: 1.50x, missed by 0.30x.',
                           '- Goal 1.4x for m, u, ONNX Runtime, 1 thread: 1.50x, met.',
                           '- Goal 1.8x for m, gdp, ONNX Runtime, 1 thread: not measured yet.']
+
+
+def test_benchmark_deploy_refuses_a_readme_without_markers_before_measuring(tmp_path):
+    """--readme pointing at a file without the block's markers stops at once, naming the
+    markers to add (nothing is measured or written)."""
+    from gdp_det.cli import UserError
+    from tools.benchmark_deploy import README_BLOCK, main
+    readme = tmp_path / 'README.md'
+    readme.write_text('# no markers\n')
+    with pytest.raises(UserError, match=f'no "<!-- begin: {README_BLOCK} -->"'):
+        main.__wrapped__(['--readme', str(readme), '--json', str(tmp_path / 'd.json'),
+                          '--out', str(tmp_path / 'R.md'), '--work-dir', str(tmp_path / 'w')])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['README.md']

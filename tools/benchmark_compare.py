@@ -22,6 +22,7 @@ import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
 from gdp_det.cli import (ArgumentParser, DictAction, UserError,  # noqa: E402
                          check_writable_dir, load_config, tool_main)
+from gdp_det.pipeline.report import add_readme_argument, check_readme  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '(e) Accuracy at equal FLOPs and equal latency: GDP vs other pruners'
@@ -103,9 +104,7 @@ def main(argv=None):
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'compare.json'))
     p.add_argument('--results', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
     p.add_argument('--plot', default=osp.join(REPO, 'benchmarks', 'compare_pareto.png'))
-    p.add_argument('--readme', help='also write the summary and verdicts into this file '
-                   f'(README.md) between its "<!-- begin: {README_BLOCK} -->" / "<!-- end: '
-                   f'{README_BLOCK} -->" lines')
+    add_readme_argument(p, README_BLOCK)
     p.add_argument('--section', default=SECTION, help='the section of --results it writes '
                    '(e.g. a tuning run of GDP variants beside the comparison)')
     p.add_argument('--note', help='a paragraph added under the table')
@@ -141,10 +140,7 @@ def main(argv=None):
     cfg = load_config(args.config, args.cfg_options)
     for path in (args.out, args.results, args.plot):
         check_writable_dir(osp.dirname(osp.abspath(path)), f'directory of {path}')
-    if args.readme and README_BLOCK not in (open(args.readme).read()
-                                            if osp.isfile(args.readme) else ''):
-        raise UserError(f'--readme {args.readme}: no "<!-- begin: {README_BLOCK} -->" / '
-                        f'"<!-- end: {README_BLOCK} -->" lines to write between; add them')
+    check_readme(args.readme, README_BLOCK)
     if not args.config_data:
         if osp.abspath(args.data) == osp.abspath(args.val_data):
             print('[compare] warning: --val-data is --data: the report split is the tuning split')

@@ -30,7 +30,8 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs
-from gdp_det.cli import ArgumentParser, UserError, check_writable_dir, tool_main  # noqa: E402
+from gdp_det.cli import ArgumentParser, check_writable_dir, tool_main  # noqa: E402
+from gdp_det.pipeline.report import add_readme_argument, check_readme  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MODELS = {
@@ -68,9 +69,7 @@ def parse_args(argv=None):
     p.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs', 'benchmark_deploy'))
     p.add_argument('--json', default=osp.join(REPO, 'benchmarks', 'deploy.json'))
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
-    p.add_argument('--readme', help='also write the summary into this file (README.md) '
-                   f'between its "<!-- begin: {README_BLOCK} -->" / "<!-- end: '
-                   f'{README_BLOCK} -->" lines')
+    add_readme_argument(p, README_BLOCK)
     p.add_argument('--quick', action='store_true', help='3 rounds, 2 profile runs (smoke run)')
     p.add_argument('--collect-only', action='store_true',
                    help='measure nothing: write RESULTS.md (and --readme) from the JSON')
@@ -152,12 +151,9 @@ def main(argv=None) -> int:
     from gdp_det import deploy
     for backend in [] if args.collect_only else args.backends:
         deploy.require(backend)
+    check_readme(args.readme, README_BLOCK)
     check_writable_dir(args.work_dir, 'work directory')
     check_writable_dir(osp.dirname(osp.abspath(args.json)), 'directory of --json')
-    if args.readme and README_BLOCK not in (open(args.readme).read()
-                                            if osp.isfile(args.readme) else ''):
-        raise UserError(f'--readme {args.readme}: no "<!-- begin: {README_BLOCK} -->" / '
-                        f'"<!-- end: {README_BLOCK} -->" lines to write between; add them')
     from mmdet.utils import register_all_modules
     register_all_modules()
     from gdp_det.benchmark import deploy_latency as dl

@@ -49,6 +49,23 @@ def replace_marked(path: str, name: str, lines: List[str]) -> str:
     return text
 
 
+def add_readme_argument(parser, block: str) -> None:
+    """``--readme FILE``: a tool's option to also write its generated summary into FILE
+    between the ``block`` markers (:func:`replace_marked`)."""
+    parser.add_argument('--readme', help='also write the summary into this file (README.md) '
+                        f'between its "<!-- begin: {block} -->" / "<!-- end: {block} -->" '
+                        'lines')
+
+
+def check_readme(path: Optional[str], block: str) -> None:
+    """Before anything is measured: :class:`gdp_det.cli.UserError` naming the fix unless
+    ``path`` (None: no ``--readme``) holds the ``block`` markers."""
+    from ..cli import UserError
+    if path and block not in (open(path).read() if osp.isfile(path) else ''):
+        raise UserError(f'--readme {path}: no "<!-- begin: {block} -->" / '
+                        f'"<!-- end: {block} -->" lines to write between; add them')
+
+
 def markdown_table(rows: List[Dict], columns: List[str]) -> str:
     def fmt(v):
         if isinstance(v, float):
