@@ -3,7 +3,7 @@
 
     python tools/benchmark_latency.py [--out benchmarks/RESULTS.md] [--quick]
         [--models toy-retinanet toy-frcnn r50-retinanet] [--threads 1]
-        [--backend torch|onnxruntime|openvino]
+        [--backend torch|onnxruntime|openvino] [--channel-divisors 1 8]
 
 For each detector: measure the latency table (uncached, timed) in the backend, then time
 the unpruned network and two exports with random gates (each channel kept with
@@ -44,8 +44,10 @@ def gated_model(config: str, size: int):
     return attach_gates(REGISTRY.build(cfg.model), (size, size)).eval(), cfg
 
 
-def evaluate(model, cfg, repeats: int, backend: str = 'torch', seed: int = 0) -> dict:
-    """Predicted vs measured latency of the unpruned network and random exports, in
+def evaluate(model, cfg, repeats: int, backend: str = 'torch', divisors=(1,),
+             seed: int = 0) -> dict:
+    """Predicted vs measured latency of the unpruned network and random exports (each
+    with every group's width rounded up to a multiple of each of ``divisors``), in
     ``backend`` (torch: tensor-mode forwards; a runtime: the deployed exports)."""
     from gdp_det.flops import FlopsModel
     from gdp_det.latency import LatencyModel, forward_latencies, plain_copy
@@ -56,12 +58,17 @@ def evaluate(model, cfg, repeats: int, backend: str = 'torch', seed: int = 0) ->
                                    cfg=cfg)
     build_s = time.perf_counter() - t
     rng = np.random.default_rng(seed)
-    gates = [np.ones(graph.num_channels, np.float32)] + [
-        (rng.random(graph.num_channels) < p).astype(np.float32) for p in KEEP]
-    kept = [exported_channels(graph, a) for a in gates]
+    labels, kept = ['unpruned'], [np.ones(graph.num_channels, bool)]
+    for p in KEEP:
+        a = (rng.random(graph.num_channels) < p).astype(np.float32)
+        for d in divisors:
+            labels.append(f'random, keep {p:.1f}' + (f', widths multiple of {d}' if d > 1
+                                                      else ''))
+            kept.append(exported_channels(graph, a, channel_divisor=d))
     predicted = [latency.count(k) for k in kept]
     flops = FlopsModel(graph)
     trace = model.gdp_gates.trace
+    gates = [k.astype(np.float32) for k in kept]  # the export of its own kept mask is itself
     if backend == 'torch':
         measured = forward_latencies([plain_copy(model, a) for a in gates], trace.input_size,
                                      trace.num_proposals, repeats=2 * repeats)
@@ -69,7 +76,7 @@ def evaluate(model, cfg, repeats: int, backend: str = 'torch', seed: int = 0) ->
         from gdp_det.runtime_latency import RuntimeTimer
         measured = RuntimeTimer(backend, torch.get_num_threads(), cfg).network_times(
             model, gates, 2 * repeats)[0]
-    return dict(build_s=build_s, predicted=predicted, measured=measured,
+    return dict(build_s=build_s, labels=labels, predicted=predicted, measured=measured,
                 flops=[flops.count(k) / flops.full for k in kept])
 
 
@@ -77,7 +84,7 @@ def rows_for(name: str, size: int, r: dict) -> list:
     pred, meas = r['predicted'], r['measured']
     out = []
     for i, (p, m, f) in enumerate(zip(pred, meas, r['flops'])):
-        label = f'random, keep {KEEP[i - 1]:.1f}' if i else 'unpruned'
+        label = r['labels'][i]
         build = f'{r["build_s"]:.0f}' if i == 0 else ''
         out.append(f'| {name} @{size} | {label} | {f:.2f} | {1e3 * p:.1f} | {1e3 * m:.1f} | '
                    f'{100 * (p / m - 1):+.1f} % | {p / pred[0]:.3f} | {m / meas[0]:.3f} | '
@@ -94,6 +101,9 @@ def main(argv=None):
     p.add_argument('--backend', choices=('torch', 'onnxruntime', 'openvino'), default='torch',
                    help='where the table is measured and the networks timed: torch\'s '
                         'tensor-mode forward, or end-to-end deployments in a runtime')
+    p.add_argument('--channel-divisors', type=int, nargs='+', default=[1],
+                   help='also the random exports with every group\'s width rounded up to a '
+                        'multiple of these')
     p.add_argument('--threads', type=int, default=1,
                    help='torch threads (the deployment setting; 1: CPU time is measured)')
     args = p.parse_args(argv)
@@ -109,7 +119,7 @@ def main(argv=None):
     for name in args.models:
         config, size = MODELS[name]
         rows += rows_for(name, size, evaluate(*gated_model(config, size), repeats,
-                                              args.backend))
+                                              args.backend, args.channel_divisors))
         print('\n'.join(rows), flush=True)
     if args.backend == 'torch':
         clock = 'CPU time' if args.threads == 1 else 'wall time'
@@ -130,7 +140,8 @@ def main(argv=None):
              f'Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores '
              f'(shared), torch {torch.__version__}.', '',
              f'Command: `python tools/benchmark_latency.py --models {" ".join(args.models)} '
-             f'--backend {args.backend} --threads {args.threads}` '
+             f'--backend {args.backend} --threads {args.threads} '
+             f'--channel-divisors {" ".join(map(str, args.channel_divisors))}` '
              f'({time.strftime("%Y-%m-%d")}), {repeats} repeats per table entry.']
     from gdp_det.pipeline.report import update_sections
     update_sections(args.out, [(title, rows)])

@@ -109,7 +109,7 @@ def torch_pruning_export(config: str, size, budget: float, out_dir: str,
         from ..cli import build_randomly_initialised
         from .compare_methods import export_module, prune_torch_pruning
         cfg, _ = _model_cfg(config, size)
-        state = build_randomly_initialised(cfg.model.to_dict(), seed).state_dict()
+        state = build_randomly_initialised(copy.deepcopy(cfg.model), seed).state_dict()
         model, reference, _ = prune_torch_pruning(cfg, state, budget, size, 'l1', False, seed)
         export_module(cfg, model, reference, out_dir, name, size)
     return Variant(f'Torch-Pruning L1 uniform, FLOPs {budget:g}', 'tp_l1_uniform', *paths,
