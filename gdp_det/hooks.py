@@ -12,6 +12,7 @@ Add to a config that builds a ``GDPDetector``::
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os.path as osp
 from typing import Optional
@@ -92,8 +93,10 @@ class GDPHook(Hook):
     (:mod:`gdp_det.shrink`): the rest of the phase trains the pruned network, with the
     same result, at its cost. The kept gates train on as before. Checkpoints stay in
     the traced (full-width) layout, removed channels zero, with the kept channels
-    recorded; a resumed run loads them and shrinks again. Not under DDP (the hook warns
-    and trains full width).
+    recorded; a resumed run loads them and shrinks again. Under DDP every rank shrinks
+    alike (the gates are rank 0's) and the shrunk model is wrapped anew
+    (``runner.wrap_model``); other wrappers (FSDP, DeepSpeed) and several optimizers are
+    not supported (the hook warns and trains at full width).
 
     The budget is counted on what the export keeps (``min_channels`` and
     ``channel_divisor`` applied), so the exported FLOPs ratio lands at the target.
@@ -297,28 +300,36 @@ class GDPHook(Hook):
             self.controller.step(a, None if self.shrink is None else self.shrink.index)
             broadcast(a, src=0)  # every rank holds rank 0's gates, by construction
             self.dead = a == 0
-            if self._cut_is_final():
-                self._shrink(runner, self.controller.kept)
+            kept = self._final_cut(a)
+            if kept is not None:
+                self._shrink(runner, kept)
                 gates = self.gates
         self._sync_ema()
         self._log(runner, gates)
 
-    def _cut_is_final(self) -> bool:
-        """Whether to shrink now: the export of the gates is within budget (its zeroed
-        gates stay at 0, so what it keeps never grows back) and removes something."""
-        kept = self.controller.kept
-        return (self.shrink_after_cut and self.shrink is None and kept is not None
-                and not kept.all() and self.budget.met(kept))
+    def _final_cut(self, a: torch.Tensor) -> Optional[np.ndarray]:
+        """What the export of the gates ``a`` keeps when the model is to shrink now: it
+        is within budget (its zeroed gates stay at 0, so what it keeps never grows back)
+        and removes something; else None. Under DDP it is read from the broadcast gates
+        (one more host read per iteration until the shrink), so that every rank shrinks
+        at the same iteration; alone, it is the controller's."""
+        if not self.shrink_after_cut or self.shrink is not None:
+            return None
+        kept = (self.controller.kept if get_world_size() == 1
+                else self.exported(a.detach().float().cpu().numpy()))
+        met = kept is not None and not kept.all() and self.budget.met(kept)
+        return kept if met else None
 
     @torch.no_grad()
     def _shrink(self, runner, kept: np.ndarray) -> None:
         """Remove the channels ``kept`` leaves out from the model, its optimizer state
         and the EMA copy (:class:`~gdp_det.shrink.ChannelShrink`)."""
         from mmengine.model import is_model_wrapper
+        from torch.nn.parallel import DistributedDataParallel
         optimizer = getattr(runner.optim_wrapper, 'optimizer', None)
-        why = None
-        if is_model_wrapper(runner.model) or get_world_size() > 1:
-            why = 'the model is wrapped (DDP)'
+        wrapped, why = is_model_wrapper(runner.model), None
+        if wrapped and not isinstance(runner.model, DistributedDataParallel):
+            why = f'the model is wrapped in {type(runner.model).__name__}'
         elif not isinstance(optimizer, torch.optim.Optimizer):
             why = 'the optim_wrapper holds no single torch optimizer'
         if why:
@@ -328,6 +339,9 @@ class GDPHook(Hook):
             return
         shrink = ChannelShrink(self.graph, kept)
         shrink_optimizer(optimizer, shrink.apply(unwrap(runner.model)))
+        if wrapped:  # DDP keeps the parameters it was made with: wrap the shrunk model anew
+            runner.model = runner.wrap_model(copy.deepcopy(runner.cfg.get('model_wrapper_cfg')),
+                                             unwrap(runner.model))
         ema = self._ema_hook(runner)
         if ema is not None:
             shrink_averaged(ema.ema_model, shrink)

@@ -31,6 +31,9 @@ def run_rank(rank: int, world: int, cfg_path: str, out_dir: str, port: int) -> N
     runner.register_hook(PerturbGateGradient())
     runner.train()
     gates = runner.model.module.gdp_gates
-    torch.save(dict(a=gates.a.detach().clone(), eps=gates.eps.clone()),
+    hook = next(h for h in runner.hooks if type(h).__name__ == 'GDPHook')
+    assert hook.shrink is not None  # shrunk after the cut, and wrapped in DDP anew
+    assert type(runner.model).__name__ == 'MMDistributedDataParallel'
+    torch.save(dict(a=hook.traced_gates().clone(), eps=gates.eps.clone()),
                os.path.join(out_dir, f'gates_rank{rank}.pt'))
     dist.destroy_process_group()
