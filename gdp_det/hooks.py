@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import os.path as osp
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -32,6 +32,11 @@ from .latency import LatencyModel, export_latencies, measure_table
 from .shrink import ChannelShrink, shrink_averaged, shrink_optimizer
 
 LATENCY_BACKENDS = ('torch', 'onnxruntime', 'openvino')
+# channel_divisor='auto' per latency backend: on the toy RetinaNet ONNX Runtime ran widths
+# rounded up to multiples of 8 faster than the exact widths though they keep more FLOPs
+# (0.56 of them in 35 ms against 0.50 in 40 ms); OpenVINO and torch gained nothing
+# (docs/deploy.md, benchmarks/RESULTS.md (o))
+AUTO_CHANNEL_DIVISOR = dict(torch=1, onnxruntime=8, openvino=1)
 # gate-value histogram bins of the snapshots (non-zero gates; normalized gates reach 1+eps)
 HIST_BINS = [i / 20 for i in range(23)]
 
@@ -100,6 +105,8 @@ class GDPHook(Hook):
 
     The budget is counted on what the export keeps (``min_channels`` and
     ``channel_divisor`` applied), so the exported FLOPs ratio lands at the target.
+    ``channel_divisor='auto'`` takes the divisor measured to pay in the latency backend
+    (:data:`AUTO_CHANNEL_DIVISOR`: 8 for ONNX Runtime, else 1).
     Under DDP every rank takes rank 0's gates after each update (a broadcast), so
     they are equal by construction. With mmengine's ``EMAHook`` the EMA copy's gates
     are the live gates (never averaged) and the export prunes the EMA weights, which
@@ -116,7 +123,7 @@ class GDPHook(Hook):
                  eps_end: float = 1e-6, gdp_iters: Optional[int] = None,
                  gate_lr: float = 0.1, lambda_init: float = 1e-3,
                  lambda_rate: Optional[float] = None,
-                 min_channels: float = 1, channel_divisor: int = 1,
+                 min_channels: float = 1, channel_divisor: Union[int, str] = 1,
                  warmup_iters: int = 0, log_interval: int = 50, export: bool = True,
                  num_snapshots: int = 6, params_target: Optional[float] = None,
                  cost_power: float = 0.0, grad_norm: bool = True,
@@ -149,6 +156,11 @@ class GDPHook(Hook):
         self.gates = None
         self.ema_gates = None
         self.min_channels = min_channels
+        if channel_divisor == 'auto':
+            channel_divisor = AUTO_CHANNEL_DIVISOR[latency_backend]
+        if not isinstance(channel_divisor, int) or channel_divisor < 1:
+            raise ValueError(f"GDPHook: channel_divisor must be an integer >= 1 or 'auto', "
+                             f'got {channel_divisor!r}')
         self.channel_divisor = channel_divisor
         self.warmup_iters = warmup_iters
         self.log_interval = log_interval

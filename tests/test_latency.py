@@ -262,3 +262,17 @@ def test_hook_latency_backend_reaches_the_table_and_the_report(gated_toy_retinan
     assert report['latency_backend'] == 'onnxruntime'
     assert report['latency_measured_ratio'] == pytest.approx(0.5)
     assert report['latency_predicted_ratio'] <= 0.5 + 0.01
+
+
+def test_auto_channel_divisor_follows_the_latency_backend():
+    """channel_divisor='auto' is the divisor measured to pay in the runtime (8 for ONNX
+    Runtime, 1 elsewhere); a divisor that is no positive integer is refused by name."""
+    assert GDPHook(latency_target=0.5, latency_backend='onnxruntime',
+                   channel_divisor='auto').channel_divisor == 8
+    assert GDPHook(latency_target=0.5, latency_backend='openvino',
+                   channel_divisor='auto').channel_divisor == 1
+    assert GDPHook(channel_divisor='auto').channel_divisor == 1
+    assert GDPHook(channel_divisor=16).channel_divisor == 16
+    for bad in (0, 'eight', 8.0):
+        with pytest.raises(ValueError, match="channel_divisor must be an integer >= 1 or 'auto'"):
+            GDPHook(channel_divisor=bad)
