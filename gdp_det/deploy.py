@@ -128,62 +128,62 @@ class OpenVINORuntimeWrapper(torch.nn.Module):
         return [output_dict[name] for name in self._output_names]
 
 
+def ort_session(model, threads: int, profile: bool = False):
+    """An ONNX Runtime CPU session of ``model`` (a path or serialised ONNX bytes) with
+    ``threads`` intra-op threads (0: all cores) and one inter-op thread, mmdeploy's custom
+    ops loaded as its ORTWrapper loads them; ``profile``: ONNX Runtime's profiler on, its
+    file written into the working directory."""
+    import onnxruntime as ort
+    from mmdeploy.backend.onnxruntime.init_plugins import get_ops_path
+    so = ort.SessionOptions()
+    if osp.exists(get_ops_path()):
+        so.register_custom_ops_library(get_ops_path())
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.enable_profiling = profile
+    if profile:
+        so.profile_file_prefix = 'ort_profile'
+    return ort.InferenceSession(model, so, providers=['CPUExecutionProvider'])
+
+
+def openvino_request(path: str, threads: int, perf_count: bool = False):
+    """An OpenVINO CPU infer request of the model file ``path`` (IR or ONNX), in fp32
+    (:data:`OPENVINO_CPU_CONFIG`) with the latency hint and ``threads`` threads (0: all
+    cores); ``perf_count``: per-node performance counters on."""
+    import openvino as ov
+    config = dict(OPENVINO_CPU_CONFIG, PERFORMANCE_HINT='LATENCY', PERF_COUNT=perf_count)
+    if threads:
+        config['INFERENCE_NUM_THREADS'] = threads
+    return ov.Core().compile_model(path, 'CPU', config).create_infer_request()
+
+
 class RuntimeSession:
     """One runtime session on the CPU of a deployed model (an :func:`export_model`
     directory), as the benchmarks time it: ``run()`` is one inference of a fixed random
     input of the deployed input shape, outputs fetched; ``profile()`` the share of time
-    per op type.
+    per op type, from a session of its own (the profilers slow what they time).
     ``threads`` 0: the runtime's default (all cores)."""
 
-    def __init__(self, work_dir: str, threads: int, profile: bool = False):
+    def __init__(self, work_dir: str, threads: int):
         info = load_deployed(work_dir)[2]
         self.backend, self.work_dir, self.threads = info['backend'], work_dir, threads
         self.x = np.random.RandomState(0).randn(*info['input_dims']).astype(np.float32)
         if self.backend == 'onnxruntime':
-            import onnxruntime as ort
-            self.sess = ort.InferenceSession(osp.join(work_dir, ONNX_FILE),
-                                             self._ort_options(threads),
-                                             providers=['CPUExecutionProvider'])
-            self.run = lambda: self.sess.run(None, {'input': self.x})
+            sess = ort_session(osp.join(work_dir, ONNX_FILE), threads)
+            self.run = lambda: sess.run(None, {'input': self.x})
         else:
-            import openvino as ov
-            core = ov.Core()
-            config = dict(OPENVINO_CPU_CONFIG, PERFORMANCE_HINT='LATENCY',
-                          PERF_COUNT=profile)
-            if threads:
-                config['INFERENCE_NUM_THREADS'] = threads
-            self.compiled = core.compile_model(
-                core.read_model(osp.join(work_dir, OPENVINO_FILE)), 'CPU', config)
-            self.request = self.compiled.create_infer_request()
-            self.run = lambda: self.request.infer({0: self.x})
-
-    @staticmethod
-    def _ort_options(threads: int, profile: bool = False):
-        import onnxruntime as ort
-        from mmdeploy.backend.onnxruntime.init_plugins import get_ops_path
-        so = ort.SessionOptions()
-        if osp.exists(get_ops_path()):  # mmdeploy's custom ops, as its ORTWrapper loads them
-            so.register_custom_ops_library(get_ops_path())
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.enable_profiling = profile
-        if profile:
-            so.profile_file_prefix = 'ort_profile'
-        return so
+            request = openvino_request(osp.join(work_dir, OPENVINO_FILE), threads)
+            self.run = lambda: request.infer({0: self.x})
 
     def profile(self, runs: int = 10) -> Dict[str, float]:
         """``{op type: share of the summed op time}`` over ``runs`` inferences (ONNX
-        Runtime's profiler; OpenVINO's per-node performance counters, which need a session
-        made with ``profile=True``), largest first."""
+        Runtime's profiler; OpenVINO's per-node performance counters), largest first."""
         totals: Dict[str, float] = {}
         if self.backend == 'onnxruntime':
-            import onnxruntime as ort
             cwd = os.getcwd()
             os.chdir(self.work_dir)  # the profile file lands in the working directory
             try:
-                sess = ort.InferenceSession(ONNX_FILE,
-                                            self._ort_options(self.threads, True),
-                                            providers=['CPUExecutionProvider'])
+                sess = ort_session(ONNX_FILE, self.threads, profile=True)
                 for _ in range(runs):
                     sess.run(None, {'input': self.x})
                 trace_file = sess.end_profiling()
@@ -196,9 +196,11 @@ class RuntimeSession:
                     op = ev.get('args', {}).get('op_name', '?')
                     totals[op] = totals.get(op, 0) + ev['dur']
         else:
+            request = openvino_request(osp.join(self.work_dir, OPENVINO_FILE), self.threads,
+                                       perf_count=True)
             for _ in range(runs):
-                self.request.infer({0: self.x})
-                for info in self.request.profiling_info:
+                request.infer({0: self.x})
+                for info in request.profiling_info:
                     totals[info.node_type] = (totals.get(info.node_type, 0)
                                               + info.real_time.total_seconds())
         total = sum(totals.values()) or 1

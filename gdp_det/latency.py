@@ -71,8 +71,8 @@ def interleaved_medians(setups: Sequence[Callable[[], Callable[[], object]]], de
                         repeats: int, clock: Optional[Callable[[], float]] = None
                         ) -> List[float]:
     """Median seconds of each timed function over ``repeats`` rounds, read with ``clock``
-    (default: :class:`Clock` of ``device``; a runtime with threads of its own, such as
-    ONNX Runtime, needs the wall clock ``time.perf_counter``).
+    (default: :class:`Clock` of ``device``; the deployment runtimes pass
+    :func:`gdp_det.runtime_latency.runtime_clock`).
 
     ``setups[i]()`` prepares its inputs (not timed) and returns the function to time.
     Every round calls each function once in turn, after a warm-up round, so load

@@ -234,7 +234,8 @@ def sliced_modules(model: nn.Module, graph: ChannelGraph, kept: List[np.ndarray]
         yield name, modules[name], om, im
 
 
-def prune_channels(model: nn.Module, graph: ChannelGraph, kept: List[np.ndarray]) -> Dict[str, dict]:
+def prune_channels(model: nn.Module, graph: ChannelGraph,
+                   kept: List[np.ndarray]) -> Dict[str, dict]:
     """Slice every member module of every group; returns the new shapes per module."""
     shapes: Dict[str, dict] = {}
     for name, m, om, im in sliced_modules(model, graph, kept):

@@ -17,7 +17,7 @@ import copy
 import os.path as osp
 import tempfile
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,6 +38,16 @@ def runtime_clock(threads: int):
     the core (as :class:`gdp_det.latency.Clock` does for torch); with more threads, the
     wall clock."""
     return time.process_time if threads == 1 else time.perf_counter
+
+
+def runtime_medians(runs: Sequence[Callable[[], object]], threads: int,
+                    repeats: int) -> List[float]:
+    """Median seconds of each of ``runs`` (inferences in a runtime with ``threads``
+    threads) over ``repeats`` rounds, interleaved after a warm-up round
+    (:func:`gdp_det.latency.interleaved_medians`), on :func:`runtime_clock`."""
+    from .latency import interleaved_medians
+    return interleaved_medians([lambda r=r: r for r in runs], 'cpu', repeats,
+                               clock=runtime_clock(threads))
 
 
 def _pair(v, n: int = 2) -> List[int]:
@@ -119,28 +129,19 @@ class RuntimeTimer:
 
     def _session(self, model, x: np.ndarray, work_dir: str):
         """A function running the ONNX ``model`` once on ``x`` in the runtime."""
+        from .deploy import openvino_request, ort_session
         if self.backend == 'onnxruntime':
-            import onnxruntime as ort
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
-            sess = ort.InferenceSession(model.SerializeToString(), so,
-                                        providers=['CPUExecutionProvider'])
+            sess = ort_session(model.SerializeToString(), self.threads)
             return lambda: sess.run(None, {'x': x})
-        import openvino as ov
-
-        from .deploy import OPENVINO_CPU_CONFIG
         path = tempfile.mktemp(suffix='.onnx', dir=work_dir)
         with open(path, 'wb') as f:
             f.write(model.SerializeToString())
-        compiled = ov.Core().compile_model(path, 'CPU', dict(
-            OPENVINO_CPU_CONFIG, PERFORMANCE_HINT='LATENCY', INFERENCE_NUM_THREADS=self.threads))
-        request = compiled.create_infer_request()
+        request = openvino_request(path, self.threads)
         return lambda: request.infer({0: x})
 
     def op_times(self, cells: Sequence[Tuple[dict, int, int]], repeats: int) -> List[float]:
         """Median seconds of each cell ``(spec, n_in, n_out)`` (a spec of
         :func:`gdp_det.latency._call_spec`), the cells of one geometry interleaved."""
-        from .latency import interleaved_medians
         times: List[Optional[float]] = [None] * len(cells)
         by_geometry = {}
         for i, (spec, _, _) in enumerate(cells):
@@ -152,8 +153,7 @@ class RuntimeTimer:
                     spec, n_in, n_out = cells[i]
                     runs.append(self._session(*op_model(spec['geometry'], spec['depthwise'],
                                                         n_in, n_out), work_dir))
-                for i, t in zip(idx, interleaved_medians([lambda r=r: r for r in runs], 'cpu',
-                                                         repeats, clock=runtime_clock(self.threads))):
+                for i, t in zip(idx, runtime_medians(runs, self.threads, repeats)):
                     times[i] = t
         return times
 
@@ -165,7 +165,6 @@ class RuntimeTimer:
         linear nodes (its profile's share of them times its median)."""
         from .api import prune_and_export
         from .deploy import RuntimeSession, export_model
-        from .latency import interleaved_medians
         sessions = []
         with tempfile.TemporaryDirectory() as work_dir:
             for k, gates in enumerate(gate_sets):
@@ -181,13 +180,11 @@ class RuntimeTimer:
                 config = next(p for p in paths if p.endswith('.py'))
                 deployed = osp.join(work_dir, f'deployed{k}')
                 export_model(config, config[:-3] + '.pth', self.backend, deployed, force=True)
-                sessions.append((RuntimeSession(deployed, self.threads),
-                                 RuntimeSession(deployed, self.threads, profile=True)))
-            totals = interleaved_medians([lambda s=s: s.run for s, _ in sessions], 'cpu',
-                                         repeats, clock=runtime_clock(self.threads))
+                sessions.append(RuntimeSession(deployed, self.threads))
+            totals = runtime_medians([s.run for s in sessions], self.threads, repeats)
             layers = []
-            for total, (_, profiled) in zip(totals, sessions):
-                shares = profiled.profile(max(3, repeats // 2))
+            for total, session in zip(totals, sessions):
+                shares = session.profile(max(3, repeats // 2))
                 layers.append(total * sum(s for op, s in shares.items()
                                           if op in LAYER_OPS[self.backend]))
         return totals, layers

@@ -104,19 +104,19 @@ def model_variants(name: str, args, skipped: list) -> list:
             continue
         try:
             out.append(dl.torch_pruning_export(config, size, b, osp.join(root, f'tp_l1_{b:g}')))
-        except ImportError as e:
-            skipped.append(dict(variant=f'Torch-Pruning L1 uniform, FLOPs {b:g}',
-                                reason=f'torch_pruning does not import ({e})'))
-        except Exception as e:  # its tracer or pruner fails on this detector
-            skipped.append(dict(variant=f'Torch-Pruning L1 uniform, FLOPs {b:g}',
-                                reason=f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'))
+        except Exception as e:  # not installed, or its tracer or pruner fails on this detector
+            why = (f'torch_pruning does not import ({e})' if isinstance(e, ImportError)
+                   else f'{type(e).__name__}: {str(e).splitlines()[0][:200]}')
+            skipped.append(dict(variant=dl.torch_pruning_label(b), reason=why))
     return out
 
 
 def measure_model(name: str, args) -> dict:
+    import importlib.metadata as md
+
     from gdp_det import deploy
     from gdp_det.benchmark import deploy_latency as dl
-    import importlib.metadata as md
+    from gdp_det.runtime_latency import runtime_medians
     size = MODELS[name][1]
     result = dict(size=list(size), rows=[], profiles={}, skipped=[], rounds=args.rounds,
                   date=time.strftime('%Y-%m-%d'), load_average=round(os.getloadavg()[0], 1),
@@ -132,7 +132,9 @@ def measure_model(name: str, args) -> dict:
                 deploy.export_model(v.config, v.checkpoint, backend, d, force=True)
             dirs.append(d)
         for threads in args.threads:
-            ms = dl.time_runners([deploy.RuntimeSession(d, threads) for d in dirs], args.rounds)
+            sessions = [deploy.RuntimeSession(d, threads) for d in dirs]
+            ms = [1e3 * t for t in runtime_medians([s.run for s in sessions], threads,
+                                                   args.rounds)]
             for v, ratio, t in zip(variants, ratios, ms):
                 result['rows'].append(dict(backend=backend, threads=threads, variant=v.label,
                                            method=v.method, budget=v.budget,
@@ -140,8 +142,7 @@ def measure_model(name: str, args) -> dict:
                 print(name, result['rows'][-1], flush=True)
         for v, d in zip(variants, dirs):
             key = f'{v.label}, {dl.BACKEND_NAMES[backend]}'
-            session = deploy.RuntimeSession(d, 1, profile=True)
-            result['profiles'][key] = session.profile(args.profile_runs)
+            result['profiles'][key] = deploy.RuntimeSession(d, 1).profile(args.profile_runs)
     return result
 
 

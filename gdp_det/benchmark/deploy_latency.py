@@ -8,8 +8,8 @@ GDP export made by training. Each is deployed with the deploy route
 (:func:`gdp_det.deploy.export_model`: mmdeploy, static shape, post-processing and NMS
 in the graph) and timed by a :class:`gdp_det.deploy.RuntimeSession` in ONNX Runtime
 or OpenVINO on the CPU, the image tensor in and detections out, the variants
-interleaved round by round in one process (:func:`gdp_det.latency.interleaved_medians`
-on :func:`gdp_det.runtime_latency.runtime_clock`).
+interleaved round by round in one process
+(:func:`gdp_det.runtime_latency.runtime_medians`).
 :func:`section_rows` and :func:`readme_lines` turn the stored results into Markdown.
 """
 from __future__ import annotations
@@ -19,8 +19,6 @@ import glob
 import os.path as osp
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
-
-from ..deploy import RuntimeSession
 
 BACKEND_NAMES = {'onnxruntime': 'ONNX Runtime', 'openvino': 'OpenVINO'}
 
@@ -112,8 +110,12 @@ def torch_pruning_export(config: str, size, budget: float, out_dir: str,
         state = build_randomly_initialised(copy.deepcopy(cfg.model), seed).state_dict()
         model, reference, _ = prune_torch_pruning(cfg, state, budget, size, 'l1', False, seed)
         export_module(cfg, model, reference, out_dir, name, size)
-    return Variant(f'Torch-Pruning L1 uniform, FLOPs {budget:g}', 'tp_l1_uniform', *paths,
-                   budget=budget)
+    return Variant(torch_pruning_label(budget), 'tp_l1_uniform', *paths, budget=budget)
+
+
+def torch_pruning_label(budget: float) -> str:
+    """The Torch-Pruning variant's label at ``budget`` (also of its row when skipped)."""
+    return f'Torch-Pruning L1 uniform, FLOPs {budget:g}'
 
 
 def flops_ratios(variants: Sequence[Variant], size) -> List[float]:
@@ -125,17 +127,6 @@ def flops_ratios(variants: Sequence[Variant], size) -> List[float]:
     from .compare_methods import counted_flops
     counts = [counted_flops(MODELS.build(load_config(v.config).model), size) for v in variants]
     return [c / counts[0] for c in counts]
-
-
-def time_runners(runners: Sequence[RuntimeSession], rounds: int) -> List[float]:
-    """Median milliseconds of one inference of each runner (sessions of one runtime and
-    thread count) over ``rounds`` interleaved rounds (after a warm-up round), on
-    :func:`gdp_det.runtime_latency.runtime_clock`."""
-    from ..latency import interleaved_medians
-    from ..runtime_latency import runtime_clock
-    clock = runtime_clock(runners[0].threads)
-    return [1e3 * s for s in interleaved_medians([lambda r=r: r.run for r in runners], 'cpu',
-                                                 rounds, clock=clock)]
 
 
 def _threads(n: int) -> str:
@@ -150,8 +141,9 @@ def section_rows(results: dict) -> List[str]:
             'graph, mmdeploy\'s static-shape deploy configs), batch 1; random weights '
             '(latency does not depend on them, except that with random weights few boxes '
             'pass the score threshold, so NMS has little to do; trained detectors spend more '
-            'in post-processing) except GDP\'s exports, which come from training. "same share of every group": random channels, the same share of every '
-            'coupled channel group cut (the widths Torch-Pruning\'s uniform pruning gives, '
+            'in post-processing) except GDP\'s exports, which come from training. "same '
+            'share of every group": random channels, the same share of every coupled channel '
+            'group cut (the widths Torch-Pruning\'s uniform pruning gives, '
             'on our channel groups). Speed-up x FLOPs ratio is 1 when the runtime turns the '
             'FLOPs cut fully into speed, below 1 when it gains less. FLOPs counted by '
             'torch\'s FlopCounterMode on the tensor-mode forward (no post-processing), each '
