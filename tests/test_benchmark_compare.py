@@ -1,5 +1,6 @@
 """tools/benchmark_compare.py and gdp_det.benchmark.compare*: the plan and its resume,
 the tables from fake results, the independent FLOPs counter, and (slow) a tiny run."""
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -176,6 +177,19 @@ def test_markdown_table_from_fake_results():
     assert 'Over their budget by more than 0.01 (FLOPs) or 0.05 (measured latency): gdp at ' \
         '0.3 seed 1 (flops 0.320), random at 0.5 seed 0 (latency 0.560).' in \
         '\n'.join(markdown(data))
+    assert 'training (min)' not in text  # no run recorded its training cost
+    data = _fake_data()
+    for r in data['runs']:  # GDP trains 90 s and 3e14 FLOPs per run, the others 60 s, 1e14
+        gdp = r['method'] == 'gdp'
+        r.update(train_seconds=90.0 if gdp else 60.0, train_flops=3e14 if gdp else 1e14)
+    data['summary'] = summarize(data)
+    text = '\n'.join(markdown(data))
+    assert '| FLOPs ratio | latency (ms) | params (M) | training (min) | training PFLOPs | ' \
+        'mAP before fine-tune |' in text
+    assert '| GDP, FLOPs budget | 0.5 | 3 | 0.500 ± 0.000 | 10.0 ± 0.0 | 1.00 ± 0.00 | ' \
+        '1.5 ± 0.0 | 0.30 ± 0.00 | 0.520 ± 0.020 |' in text
+    assert '| baseline (no extra training) | — | 1 | 1.000 | 20.0 | 2.00 | | | | 0.660 | |' \
+        in text
 
 
 def test_readme_summary_states_where_gdp_wins_and_loses():
@@ -281,6 +295,22 @@ def test_first_within_finds_the_first_crossing_of_the_budget():
 
 
 @pytest.mark.slow
+def test_latency_budget_is_measured_in_the_comparisons_runtime():
+    """In a comparison timed in a deployment runtime, GDP's latency budget is measured
+    there too, with the widths that runtime runs fast; a FLOPs budget is unchanged."""
+    from gdp_det.hooks import AUTO_CHANNEL_DIVISOR, GDPHook
+    import inspect
+    by_name = {m.name: m for m in cm.METHODS}
+    hook = cm.gdp_hook_options(by_name['gdp_latency'], 0.5, 'onnxruntime')
+    assert hook['latency_target'] == 0.5 and hook['flops_target'] is None
+    assert hook['latency_backend'] == 'onnxruntime' and hook['channel_divisor'] == 'auto'
+    assert AUTO_CHANNEL_DIVISOR['onnxruntime'] > 1
+    assert set(hook) <= set(inspect.signature(GDPHook.__init__).parameters)
+    assert 'latency_backend' not in cm.gdp_hook_options(by_name['gdp_latency'], 0.5)
+    assert cm.gdp_hook_options(by_name['gdp'], 0.5, 'onnxruntime') == \
+        cm.gdp_hook_options(by_name['gdp'], 0.5)
+
+
 def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
     from tools.benchmark_compare import SECTION, main
     work, out = tmp_path / 'work', tmp_path / 'compare.json'
@@ -310,6 +340,21 @@ def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0  # everything finished: no run again
     assert '2 of 2 runs finished earlier' in capsys.readouterr().out
+    if importlib.util.find_spec('mmdeploy') and importlib.util.find_spec('onnxruntime'):
+        # the same models timed deployed end to end in ONNX Runtime instead of torch
+        ort_out = tmp_path / 'compare_ort.json'
+        assert main(argv + ['--collect-only', '--latency-backend', 'onnxruntime',
+                            '--out', str(ort_out)]) == 0
+        ort = json.load(open(ort_out))
+        assert ort['settings']['latency_backend'] == 'onnxruntime'
+        assert ort['baseline']['latency_ms'] > 0
+        assert {r['method'] for r in ort['runs']} == {'control', 'random'}
+        for r in ort['runs']:
+            deployed = work / 'deployed' / r['run'] / 'onnxruntime'
+            assert (deployed / 'deploy.json').is_file() and r['latency_ms'] > 0
+            assert json.load(open(deployed / 'deploy.json'))['input_dims'][2:] == \
+                ort['settings']['input_size']
+        assert 'deployed to onnxruntime' in open(tmp_path / 'RESULTS.md').read()
     # a method with no finished run: --collect-only reports what finished, runs nothing
     argv[argv.index('random')] = 'gdp_momentum'
     assert main(argv + ['--collect-only']) == 0

@@ -100,7 +100,11 @@ def main(argv=None):
                    help='of them in the GDP phase (the rest: fine-tune after its export)')
     p.add_argument('--lr-factor', type=float, default=0.1)
     p.add_argument('--latency-repeats', type=int, default=20)
-    p.add_argument('--threads', type=int, default=1, help='torch threads of the latency runs')
+    p.add_argument('--threads', type=int, default=1, help='threads of the latency runs')
+    p.add_argument('--latency-backend', default='torch',
+                   choices=('torch', 'onnxruntime', 'openvino'),
+                   help="where latency is measured: torch's forward, or every model deployed "
+                   "end to end to that runtime (GDP's latency budgets then measured there)")
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'compare.json'))
     p.add_argument('--results', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
     p.add_argument('--plot', default=osp.join(REPO, 'benchmarks', 'compare_pareto.png'))
@@ -122,11 +126,15 @@ def main(argv=None):
         p.error(f'--gdp-epochs must be in [1, --epochs], got {args.gdp_epochs}')
     if args.baseline_checkpoint and not osp.isfile(args.baseline_checkpoint):
         raise UserError(f'baseline checkpoint not found: {args.baseline_checkpoint}')
+    if args.latency_backend != 'torch' and not args.dry_run:
+        from gdp_det.deploy import require
+        require(args.latency_backend)
     from mmdet.utils import register_all_modules
     from gdp_det.benchmark import compare as C
     register_all_modules(init_default_scope=False)
     fields = ('budgets', 'seeds', 'epochs', 'gdp_epochs', 'lr_factor', 'baseline_checkpoint',
-              'patience', 'converge_max_epochs', 'latency_repeats', 'threads')
+              'patience', 'converge_max_epochs', 'latency_repeats', 'threads',
+              'latency_backend')
     settings = C.Settings(**{k: getattr(args, k) for k in fields},
                           extra=dict(config=args.config, val_seed=args.val_seed))
     if args.methods:

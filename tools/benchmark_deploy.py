@@ -116,7 +116,6 @@ def measure_model(name: str, args) -> dict:
 
     from gdp_det import deploy
     from gdp_det.benchmark import deploy_latency as dl
-    from gdp_det.runtime_latency import runtime_medians
     size = MODELS[name][1]
     result = dict(size=list(size), rows=[], profiles={}, skipped=[], rounds=args.rounds,
                   date=time.strftime('%Y-%m-%d'), load_average=round(os.getloadavg()[0], 1),
@@ -125,16 +124,10 @@ def measure_model(name: str, args) -> dict:
     variants = model_variants(name, args, result['skipped'])
     ratios = dl.flops_ratios(variants, size)
     for backend in args.backends:
-        dirs = []
-        for v in variants:
-            d = osp.join(args.work_dir, name, 'deployed', v.slug, backend)
-            if not osp.isfile(osp.join(d, deploy.DEPLOY_INFO)):
-                deploy.export_model(v.config, v.checkpoint, backend, d, force=True)
-            dirs.append(d)
+        dirs = [osp.join(args.work_dir, name, 'deployed', v.slug, backend) for v in variants]
+        dl.deploy_all([(v.config, v.checkpoint) for v in variants], dirs, backend)
         for threads in args.threads:
-            sessions = [deploy.RuntimeSession(d, threads) for d in dirs]
-            ms = [1e3 * t for t in runtime_medians([s.run for s in sessions], threads,
-                                                   args.rounds)]
+            ms = dl.deployed_latencies(dirs, threads, args.rounds)
             for v, ratio, t in zip(variants, ratios, ms):
                 result['rows'].append(dict(backend=backend, threads=threads, variant=v.label,
                                            method=v.method, budget=v.budget,

@@ -17,7 +17,8 @@ from its last checkpoint):
    phase is full width until its shrink, see :func:`training_flops`);
    ``<work_dir>/runs/<run>/result.json`` (atomic) marks it finished;
 3. :func:`collect`: every finished model's CPU latency measured in this process,
-   interleaved, then ``compare.json`` (see :mod:`.compare_summary`).
+   interleaved (in torch, or deployed in ``Settings.latency_backend``), then
+   ``compare.json`` (see :mod:`.compare_summary`).
 """
 from __future__ import annotations
 
@@ -52,7 +53,10 @@ class Settings:
     """What to compare: ``methods`` (names in ``METHODS``) at ``budgets`` (FLOPs
     ratios) with ``seeds`` (of each run's pruning and training), ``epochs`` of training
     after the baseline for every method (GDP: ``gdp_epochs`` of them in its phase), on
-    the phases' schedule at ``lr_factor`` times the config's learning rate."""
+    the phases' schedule at ``lr_factor`` times the config's learning rate. Latency is
+    measured in ``latency_backend``: ``'torch'`` (the tensor-mode forward) or a
+    deployment runtime (``'onnxruntime'``, ``'openvino'``: each model deployed end to
+    end); GDP's latency budgets are then measured in that runtime as well."""
     methods: Sequence[str] = tuple(m.name for m in METHODS)
     budgets: Sequence[float] = (0.5, 0.3)
     seeds: Sequence[int] = (0, 1, 2)
@@ -64,6 +68,7 @@ class Settings:
     converge_max_epochs: int = 30
     latency_repeats: int = 20
     threads: int = 1
+    latency_backend: str = 'torch'
     extra: dict = field(default_factory=dict)  # recorded in compare.json as given
 
 
@@ -309,7 +314,7 @@ class Comparison:
         m, budget, state = run.method, run.budget, load_state_dict(self.baseline()['checkpoint'])
         out = osp.join(d, 'pruned')
         if m.kind == 'gdp':
-            hook = cm.gdp_hook_options(m, budget)
+            hook = cm.gdp_hook_options(m, budget, self.settings.latency_backend)
             epochs = min(m.options.get('gdp_epochs', self.settings.gdp_epochs),
                          self.settings.epochs)
             gcfg = gdp_config(cfg, hook.pop('flops_target'), self.baseline()['checkpoint'],
@@ -348,9 +353,17 @@ def collect(comparison: Comparison, runs: Sequence[Run], skipped: List[dict],
     methods and failed runs."""
     s, base = comparison.settings, dict(comparison.baseline())
     results = load_results(comparison.work_dir, runs)
-    models = [cm.build_model(comparison.base_config, base['checkpoint'])]
-    models += [cm.build_model(r['config'], r['weights']) for r in results]
-    lat = cm.measure_latencies(models, comparison.input_size, s.latency_repeats, s.threads)
+    models = [(comparison.base_config, base['checkpoint'])]
+    models += [(r['config'], r['weights']) for r in results]
+    if s.latency_backend == 'torch':
+        lat = cm.measure_latencies([cm.build_model(*m) for m in models],
+                                   comparison.input_size, s.latency_repeats, s.threads)
+    else:
+        from .deploy_latency import deploy_all, deployed_latencies
+        dirs = [osp.join(comparison.work_dir, 'deployed', name, s.latency_backend)
+                for name in ['baseline'] + [r['run'] for r in results]]
+        deploy_all(models, dirs, s.latency_backend, comparison.input_size)
+        lat = deployed_latencies(dirs, s.threads, s.latency_repeats)
     base['latency_ms'] = lat[0]
     for r, ms in zip(results, lat[1:]):
         r['latency_ms'], r['latency_ratio'] = ms, ms / lat[0]

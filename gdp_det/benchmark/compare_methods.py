@@ -123,11 +123,16 @@ def unavailable(method: Method) -> Optional[str]:
     return None
 
 
-def gdp_hook_options(method: Method, budget: float) -> dict:
+def gdp_hook_options(method: Method, budget: float, latency_backend: str = 'torch') -> dict:
     """The GDPHook arguments of a GDP method at ``budget``: its own, the budget, and
-    ``min_channels`` as ``make demo`` (0.25) and README's 30 % run (0.1) use them."""
-    return dict(min_channels=0.25 if budget >= 0.5 else 0.1,
-                **method.options.get('hook', {}), **{method.options['budget_key']: budget})
+    ``min_channels`` as ``make demo`` (0.25) and README's 30 % run (0.1) use them. A
+    latency budget is measured in ``latency_backend``, with the widths that runtime runs
+    fast (``channel_divisor='auto'``) when it is a deployment runtime."""
+    hook = dict(min_channels=0.25 if budget >= 0.5 else 0.1, **method.options.get('hook', {}),
+                **{method.options['budget_key']: budget})
+    if method.budget_kind == 'latency' and latency_backend != 'torch':
+        hook.update(latency_backend=latency_backend, channel_divisor='auto')
+    return hook
 
 
 # -- measurement --------------------------------------------------------------------

@@ -89,7 +89,8 @@ def summarize(data: dict) -> dict:
     for (method, budget), rs in groups.items():
         row = dict(method=method, label=rs[0]['label'], budget=budget, n=len(rs),
                    seeds=sorted(r['seed'] for r in rs))
-        for key in ('mAP', 'mAP_before_finetune', 'latency_ms', 'flops_ratio', 'params'):
+        for key in ('mAP', 'mAP_before_finetune', 'latency_ms', 'flops_ratio', 'params',
+                    'train_seconds', 'train_flops'):
             xs = [r[key] for r in rs if r.get(key) is not None]
             row[key] = dict(zip(('mean', 'std'), mean_std(xs)), n=len(xs)) if xs else None
         refs = ([groups.get((REFERENCE, b), []) for b in budgets] if budget is None
@@ -142,6 +143,17 @@ def _budget_use(run: dict, base: dict) -> Tuple[dict, str, Optional[float]]:
                        else run['latency_ms'] / base['latency_ms'])
 
 
+def _latency_note(s: dict) -> str:
+    backend = s.get('latency_backend', 'torch')
+    where = ('single-image CPU forwards in one process' if backend == 'torch' else
+             f'single-image inferences on the CPU of each model deployed to {backend} '
+             '(mmdeploy, image tensor in, detections out, NMS included) in one process')
+    clock = ('process CPU time, `gdp_det.latency.forward_latencies`' if backend == 'torch'
+             else 'process CPU time, `gdp_det.runtime_latency.runtime_medians`')
+    return (f'median of {s["latency_repeats"]} interleaved {where}, {s["threads"]} '
+            f'thread(s) (one: {clock})')
+
+
 def markdown(data: dict, command: str = '', tuning: bool = False) -> List[str]:
     """The RESULTS.md section of a comparison (lines); ``tuning``: its test split is
     the one the GDP defaults are chosen on (a run of GDP variants)."""
@@ -155,26 +167,35 @@ def markdown(data: dict, command: str = '', tuning: bool = False) -> List[str]:
              f'{s["epochs"]} training epochs after it (GDP: {s["gdp_epochs"]} in its phase) '
              f'on the same schedule; seeds {", ".join(map(str, s["seeds"]))}. FLOPs ratio: '
              f'`torch.utils.flop_counter.FlopCounterMode` on the tensor-mode forward at '
-             f'{s["input_size"]}; latency: median of {s["latency_repeats"]} interleaved '
-             f'single-image CPU forwards in one process, {s["threads"]} thread(s) (one: '
-             f'process CPU time, `gdp_det.latency.forward_latencies`). '
+             f'{s["input_size"]}; latency: {_latency_note(s)}. '
              f'Δ GDP: the run minus GDP (FLOPs budget) of the same seed, mean ± std over '
              f'seeds. mAP before fine-tune: the pruned model before the training after it '
              f'(GDP: at the end of its phase).' + (f' Command: `{command}`.' if command else ''),
-             '',
-             '| method | budget | runs | FLOPs ratio | latency (ms) | params (M) | '
-             'mAP before fine-tune | mAP | Δ GDP |', '|---|---|---|---|---|---|---|---|---|',
-             f'| baseline (no extra training) | — | 1 | 1.000 | {base["latency_ms"]:.1f} | '
-             f'{base["params"] / 1e6:.2f} | | {base["mAP"]:.3f} | |']
+             '']
+    # the training cost after the baseline, where the runs recorded it
+    cost = any(r.get('train_seconds') for r in data['runs'])
+    if cost:
+        lines[0] += (' Training after the baseline: its wall time and counted FLOPs '
+                     '(forward + backward as three forwards of every training image at '
+                     'the width the model had then; GDP: full width until its shrink).')
+    head = ['method', 'budget', 'runs', 'FLOPs ratio', 'latency (ms)', 'params (M)']
+    head += ['training (min)', 'training PFLOPs'] if cost else []
+    head += ['mAP before fine-tune', 'mAP', 'Δ GDP']
+    lines += ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|',
+              f'| baseline (no extra training) | — | 1 | 1.000 | {base["latency_ms"]:.1f} | '
+              f'{base["params"] / 1e6:.2f} | ' + ('| | ' if cost else '')
+              + f'| {base["mAP"]:.3f} | |']
     for r in summary['rows']:
         diffs = '; '.join((f'{pm(d["values"])} (at {d["budget"]:g})' if r['budget'] is None
                            else pm(d['values'])) for d in r['diff_to_reference']
                           if d['values'])
         diffs = '' if r['method'] == REFERENCE else diffs or '—'
+        costs = (f'{_stat(r.get("train_seconds"), 1, 1 / 60)} | '
+                 f'{_stat(r.get("train_flops"), 2, 1e-15)} | ') if cost else ''
         lines.append(f'| {r["label"]} | {_budget(r["budget"])} | {r["n"]} | '
                      f'{_stat(r["flops_ratio"], 3)} | {_stat(r["latency_ms"], 1)} | '
-                     f'{_stat(r["params"], 2, 1e-6)} | {_stat(r["mAP_before_finetune"], 3)} | '
-                     f'{_stat(r["mAP"], 3)} | {diffs} |')
+                     f'{_stat(r["params"], 2, 1e-6)} | {costs}'
+                     f'{_stat(r["mAP_before_finetune"], 3)} | {_stat(r["mAP"], 3)} | {diffs} |')
     if any(e['mAP'] for e in summary['equal_latency']):
         lines += ['', "At equal latency: each method's mAP per seed, interpolated between its "
                   "budgets at the mean latency of GDP's models (within "

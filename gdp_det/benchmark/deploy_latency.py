@@ -129,6 +129,29 @@ def flops_ratios(variants: Sequence[Variant], size) -> List[float]:
     return [c / counts[0] for c in counts]
 
 
+def deploy_all(models: Sequence[Tuple[str, Optional[str]]], dirs: Sequence[str],
+               backend: str, input_shape: Optional[Tuple[int, int]] = None) -> None:
+    """Deploy each ``(config, checkpoint)`` of ``models`` for ``backend`` into its
+    directory of ``dirs`` by the deploy route (:func:`gdp_det.deploy.export_model`),
+    ``input_shape`` ``(H, W)`` fixing the static input; a finished deployment there is
+    reused, a partial one replaced."""
+    from .. import deploy
+    for (config, checkpoint), d in zip(models, dirs):
+        if not osp.isfile(osp.join(d, deploy.DEPLOY_INFO)):
+            deploy.export_model(config, checkpoint, backend, d, input_shape=input_shape,
+                                force=True)
+
+
+def deployed_latencies(dirs: Sequence[str], threads: int, rounds: int) -> List[float]:
+    """Median milliseconds of one inference of each deployment in ``dirs`` (image tensor
+    in, detections out) with ``threads`` runtime threads (0: all cores), interleaved over
+    ``rounds`` rounds in this process (:func:`gdp_det.runtime_latency.runtime_medians`)."""
+    from ..deploy import RuntimeSession
+    from ..runtime_latency import runtime_medians
+    sessions = [RuntimeSession(d, threads) for d in dirs]
+    return [1e3 * t for t in runtime_medians([s.run for s in sessions], threads, rounds)]
+
+
 def _threads(n: int) -> str:
     return {0: 'all cores', 1: '1 thread'}.get(n, f'{n} threads')
 
