@@ -200,17 +200,68 @@ def export_latencies(gated: nn.Module, min_channels: float = 1, channel_divisor:
     (``backend='torch'``), or their end-to-end deployments in a runtime on the CPU
     (``'onnxruntime'`` / ``'openvino'``, exported from the detector's ``cfg``)."""
     ones = np.ones(gated.gdp_gates.graph.num_channels)
-    if backend == 'torch':
-        trace = gated.gdp_gates.trace
-        unpruned, pruned = forward_latencies(
-            [plain_copy(gated, ones), plain_copy(gated, None, min_channels, channel_divisor)],
-            trace.input_size, trace.num_proposals, repeats)
-        return unpruned, pruned
-    from .runtime_latency import RuntimeTimer
-    timer = RuntimeTimer(backend, torch.get_num_threads(), cfg)
-    unpruned, pruned = timer.network_times(gated, [ones, None], repeats, min_channels,
-                                           channel_divisor)[0]
+    unpruned, pruned = make_timer(backend, gated, cfg).network_times(
+        gated, [ones, None], repeats, min_channels, channel_divisor)
     return unpruned, pruned
+
+
+class TorchTimer:
+    """Times latency-table cells and whole networks with torch's ops on ``device`` and
+    the current torch threads, interleaved (:func:`interleaved_medians`); the interface
+    of :class:`gdp_det.runtime_latency.RuntimeTimer`, which times them in a deployment
+    runtime."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def ident(self) -> dict:
+        """What the table's cache key adds for this timer (torch's version is always in
+        it)."""
+        return {}
+
+    def op_times(self, cells: Sequence[Tuple[dict, int, int]], repeats: int) -> List[float]:
+        """Median seconds of each cell ``(spec, n_in, n_out)`` (a spec of
+        :func:`_call_spec`), all cells interleaved, sliced from one set of random
+        tensors per spec."""
+        setups, full = [], {}
+        for spec, n_in, n_out in cells:
+            geo = spec['geometry']
+            if id(spec) not in full:
+                full[id(spec)] = (torch.randn(geo['input'], device=self.device),
+                                  torch.randn(geo['weight'], device=self.device),
+                                  torch.randn(_out_channels(geo), device=self.device)
+                                  if geo['bias'] else None)
+            setups.append(_timed_op(spec, n_in, n_out, full[id(spec)]))
+        return interleaved_medians(setups, self.device, repeats)
+
+    def network_times(self, gated: nn.Module, gate_sets: Sequence[Optional[np.ndarray]],
+                      repeats: int, min_channels: float = 1, channel_divisor: int = 1,
+                      layers: bool = False):
+        """Median seconds of the tensor-mode forwards of the exports of ``gated`` with
+        each of ``gate_sets`` (None: its own gates), interleaved, each timed right after
+        an untimed one (:func:`forward_latencies`). With ``layers``: ``(totals, layer
+        seconds, per-call seconds)`` of each, the totals from hook-free rounds and the
+        layer times from rounds of their own (:func:`network_times`)."""
+        trace = gated.gdp_gates.trace
+        models = [plain_copy(gated, g, min_channels, channel_divisor) for g in gate_sets]
+        if not layers:
+            return forward_latencies(models, trace.input_size, trace.num_proposals, repeats)
+        from .detector import detector_forward_fn
+        forward = detector_forward_fn(tuple(trace.input_size), trace.num_proposals)
+        totals, timed = network_times(models, forward,
+                                      [c.name for c in gated.gdp_gates.graph.calls],
+                                      self.device, repeats)
+        return totals, [t[0] for t in timed], [t[1] for t in timed]
+
+
+def make_timer(backend: str, model: nn.Module, cfg=None):
+    """The timer of ``backend``: a :class:`TorchTimer` on ``model``'s device, or a
+    :class:`~gdp_det.runtime_latency.RuntimeTimer` of the deployment runtime on the CPU
+    (the detector's ``cfg`` deploys its networks), with the current torch threads."""
+    if backend == 'torch':
+        return TorchTimer(next(model.parameters()).device)
+    from .runtime_latency import RuntimeTimer
+    return RuntimeTimer(backend, torch.get_num_threads(), cfg)
 
 
 def channel_block(device, geometry: dict) -> int:
@@ -292,11 +343,8 @@ def measure_table(model: nn.Module, points: int = 5, repeats: int = 7,
     ``cfg`` exports the calibration networks end to end)."""
     gates = model.gdp_gates
     graph, trace = gates.graph, gates.trace
-    timer = None
-    if backend != 'torch':
-        from .runtime_latency import RuntimeTimer
-        timer = RuntimeTimer(backend, torch.get_num_threads(), cfg)
-    device = next(model.parameters()).device if timer is None else torch.device('cpu')
+    timer = make_timer(backend, model, cfg)
+    device = timer.device
     plain = plain_copy(model, np.ones(graph.num_channels))
     specs = [_call_spec(c, int((i < 0).sum()), int((o < 0).sum()), points, device)
              for c, i, o in zip(graph.calls, graph.call_in, graph.call_out)]
@@ -304,9 +352,8 @@ def measure_table(model: nn.Module, points: int = 5, repeats: int = 7,
     ident = dict(format=FORMAT, model=hashlib.sha1(repr(plain).encode()).hexdigest(),
                  calls=keys, input_size=list(trace.input_size),
                  num_proposals=trace.num_proposals, device=device_name(device),
-                 threads=torch.get_num_threads(), torch=torch.__version__, points=points)
-    if timer is not None:
-        ident['backend'] = timer.version()
+                 threads=torch.get_num_threads(), torch=torch.__version__, points=points,
+                 **timer.ident())
     digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     path = osp.join(CACHE_DIR, f'{digest}.json')
     if cache and osp.isfile(path):
@@ -315,35 +362,16 @@ def measure_table(model: nn.Module, points: int = 5, repeats: int = 7,
     unique = dict(zip(keys, specs))
     cells = [(key, n_in, n_out) for key, spec in unique.items()
              for n_in, n_out in itertools.product(spec['grid_in'], spec['grid_out'])]
-    if timer is None:
-        setups, full = [], {}
-        for key, n_in, n_out in cells:
-            geo = unique[key]['geometry']
-            if key not in full:
-                full[key] = (torch.randn(geo['input'], device=device),
-                             torch.randn(geo['weight'], device=device),
-                             torch.randn(_out_channels(geo), device=device)
-                             if geo['bias'] else None)
-            setups.append(_timed_op(unique[key], n_in, n_out, full[key]))
-        times = interleaved_medians(setups, device, repeats)
-    else:
-        times = timer.op_times([(unique[k], n_in, n_out) for k, n_in, n_out in cells], repeats)
+    times = timer.op_times([(unique[k], n_in, n_out) for k, n_in, n_out in cells], repeats)
     entries: Dict[str, dict] = {}
     for (key, _, _), t in zip(cells, times):
         entries.setdefault(key, dict(unique[key], times=[]))['times'].append(t)
     # the whole networks in rounds of their own (as they are timed when deployed), and
-    # the time spent inside their layers
-    probe_gates = uniform_gates(graph, PROBE_SHARE)
-    if timer is None:
-        from .detector import detector_forward_fn
-        forward = detector_forward_fn(tuple(trace.input_size), trace.num_proposals)
-        (whole, probed), ((whole_layers, whole_calls), (probe_layers, probe_calls)) = \
-            network_times((plain, plain_copy(model, probe_gates)), forward,
-                          [c.name for c in graph.calls], device, repeats)
-    else:  # the runtime's profile times op types, not the calls
-        (whole, probed), (whole_layers, probe_layers) = timer.network_times(
-            model, [np.ones(graph.num_channels), probe_gates], repeats)
-        whole_calls = probe_calls = [None] * len(graph.calls)
+    # the time spent inside their layers (a runtime's profile times op types, not calls:
+    # no per-call times there)
+    (whole, probed), (whole_layers, probe_layers), (whole_calls, probe_calls) = \
+        timer.network_times(model, [np.ones(graph.num_channels),
+                                    uniform_gates(graph, PROBE_SHARE)], repeats, layers=True)
     table = dict(ident, entries={k: {f: e[f] for f in ('grid_in', 'grid_out', 'block', 'times')}
                                  for k, e in entries.items()},
                  whole=whole, whole_layers=whole_layers, whole_calls=whole_calls,

@@ -123,9 +123,14 @@ class RuntimeTimer:
         require(backend)
         self.backend, self.threads, self.cfg = backend, int(threads), cfg
 
-    def version(self) -> str:
+    @property
+    def device(self) -> torch.device:
+        return torch.device('cpu')
+
+    def ident(self) -> dict:
+        """What the table's cache key adds for this timer: the runtime and its version."""
         import importlib.metadata as md
-        return f'{self.backend} {md.version(self.backend)}'
+        return dict(backend=f'{self.backend} {md.version(self.backend)}')
 
     def _session(self, model, x: np.ndarray, work_dir: str):
         """A function running the ONNX ``model`` once on ``x`` in the runtime."""
@@ -158,11 +163,13 @@ class RuntimeTimer:
         return times
 
     def network_times(self, gated: torch.nn.Module, gate_sets: Sequence[Optional[np.ndarray]],
-                      repeats: int, min_channels: float = 1, channel_divisor: int = 1
-                      ) -> Tuple[List[float], List[float]]:
+                      repeats: int, min_channels: float = 1, channel_divisor: int = 1,
+                      layers: bool = False):
         """Median seconds of the deployed exports of ``gated`` with each of ``gate_sets``
-        (None: its own gates), interleaved, and of each the seconds inside its conv /
-        linear nodes (its profile's share of them times its median)."""
+        (None: its own gates), interleaved. With ``layers``: ``(totals, layer seconds,
+        per-call seconds)``, the layer seconds the time inside each export's conv /
+        linear nodes (its profile's share of them times its median); the profile names op
+        types, not calls, so the per-call times are None."""
         from .api import prune_and_export
         from .deploy import RuntimeSession, export_model
         sessions = []
@@ -182,9 +189,11 @@ class RuntimeTimer:
                 export_model(config, config[:-3] + '.pth', self.backend, deployed, force=True)
                 sessions.append(RuntimeSession(deployed, self.threads))
             totals = runtime_medians([s.run for s in sessions], self.threads, repeats)
-            layers = []
+            if not layers:
+                return totals
+            inside = []
             for total, session in zip(totals, sessions):
                 shares = session.profile(max(3, repeats // 2))
-                layers.append(total * sum(s for op, s in shares.items()
+                inside.append(total * sum(s for op, s in shares.items()
                                           if op in LAYER_OPS[self.backend]))
-        return totals, layers
+        return totals, inside, [[None] * len(gated.gdp_gates.graph.calls)] * len(totals)

@@ -159,8 +159,10 @@ def test_calibration_networks_are_the_deployed_exports(gated_toy_retinanet, monk
         return info
     monkeypatch.setattr(deploy, 'export_model', recording_export)
     timer = rt.RuntimeTimer('onnxruntime', 1, cfg)
-    totals, layers = timer.network_times(model, gate_sets, repeats=1)
+    totals, layers, calls = timer.network_times(model, gate_sets, repeats=1, layers=True)
     assert len(totals) == len(layers) == 2 and all(t > 0 for t in totals)
+    assert all(0 < t < total for t, total in zip(layers, totals))
+    assert calls == [[None] * len(graph.calls)] * 2  # a profile times op types, not calls
     expected = [sum(m.out_channels for m in plain_copy(model, g).modules()
                     if isinstance(m, torch.nn.Conv2d)) for g in gate_sets]
     assert widths == expected and expected[1] < 0.6 * expected[0]
