@@ -105,6 +105,11 @@ GDP_VARIANTS: List[Method] = [
                  lambda_span=0.25, **dict(_BEFORE_13, gdp_epochs=3)),
     _gdp_variant('lr0.03', 'gate_lr 0.03', gate_lr=0.03, **_BEFORE_13),
     _gdp_variant('cost0.5', 'cost_power 0.5 (half FLOPs-weighted)', cost_power=0.5, **_BEFORE_13),
+    # the widths ONNX Runtime runs fast (what a latency budget there exports with
+    # channel_divisor='auto'), for a FLOPs budget: tells the latency model's gain from the
+    # divisor's at equal runtime latency
+    _gdp_variant('div8', 'FLOPs budget, widths multiple of 8', gdp_epochs=3, grad_momentum=0.9,
+                 channel_divisor=8),
 ]
 
 
