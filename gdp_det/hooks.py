@@ -12,8 +12,6 @@ Add to a config that builds a ``GDPDetector``::
 """
 from __future__ import annotations
 
-import copy
-import logging
 import os.path as osp
 from typing import Optional, Union
 
@@ -29,7 +27,7 @@ from .flops import Budget, FlopsModel
 from .gate_training import (BudgetController, EpsSchedule, ExportedChannels, GateGradientStep,
                             OptimizerSteps)
 from .latency import LatencyModel, export_latencies, measure_table
-from .shrink import ChannelShrink, shrink_averaged, shrink_optimizer
+from .shrink import ChannelShrink, pad_checkpoint, shrink_runner
 
 LATENCY_BACKENDS = ('torch', 'onnxruntime', 'openvino')
 # channel_divisor='auto' per latency backend: on the toy RetinaNet ONNX Runtime ran widths
@@ -335,28 +333,13 @@ class GDPHook(Hook):
     @torch.no_grad()
     def _shrink(self, runner, kept: np.ndarray) -> None:
         """Remove the channels ``kept`` leaves out from the model, its optimizer state
-        and the EMA copy (:class:`~gdp_det.shrink.ChannelShrink`)."""
-        from mmengine.model import is_model_wrapper
-        from torch.nn.parallel import DistributedDataParallel
-        optimizer = getattr(runner.optim_wrapper, 'optimizer', None)
-        wrapped, why = is_model_wrapper(runner.model), None
-        if wrapped and not isinstance(runner.model, DistributedDataParallel):
-            why = f'the model is wrapped in {type(runner.model).__name__}'
-        elif not isinstance(optimizer, torch.optim.Optimizer):
-            why = 'the optim_wrapper holds no single torch optimizer'
-        if why:
-            print_log(f'GDPHook: shrink_after_cut is not supported when {why}; training '
-                      'on at full width', logger='current', level=logging.WARNING)
+        and the EMA copy (:func:`~gdp_det.shrink.shrink_runner`), and from the hook's
+        per-gate state."""
+        ema = self._ema_hook(runner)
+        shrink = shrink_runner(runner, self.graph, kept, None if ema is None else ema.ema_model)
+        if shrink is None:
             self.shrink_after_cut = False
             return
-        shrink = ChannelShrink(self.graph, kept)
-        shrink_optimizer(optimizer, shrink.apply(unwrap(runner.model)))
-        if wrapped:  # DDP keeps the parameters it was made with: wrap the shrunk model anew
-            runner.model = runner.wrap_model(copy.deepcopy(runner.cfg.get('model_wrapper_cfg')),
-                                             unwrap(runner.model))
-        ema = self._ema_hook(runner)
-        if ema is not None:
-            shrink_averaged(ema.ema_model, shrink)
         index = torch.as_tensor(shrink.index, device=self.gates.a.device)
         if self.dead is not None:
             self.dead = self.dead[index]
@@ -407,7 +390,7 @@ class GDPHook(Hook):
         optimizer's) state in the traced layout, with the kept channels recorded."""
         state = self.gate_step.state_dict()
         if self.shrink is not None:
-            self._pad_checkpoint(runner, checkpoint)
+            pad_checkpoint(self.shrink, runner, checkpoint)
             if state['grad_avg'] is not None:
                 state['grad_avg'] = self.shrink.pad_gates(state['grad_avg'])
         checkpoint['gdp_hook'] = dict(lam=float(self.lam), ratio=float(self.ratio), **state,
@@ -417,15 +400,6 @@ class GDPHook(Hook):
                                       shrunk=None if self.shrink is None
                                       else self.shrink.index.tolist(),
                                       shrunk_at=self.shrunk_at)
-
-    def _pad_checkpoint(self, runner, checkpoint: dict) -> None:
-        self.shrink.pad_state_dict(checkpoint['state_dict'])
-        if 'ema_state_dict' in checkpoint:  # (EMAHook, which runs first, swapped the two)
-            self.shrink.pad_state_dict(checkpoint['ema_state_dict'], prefix='module.')
-        if 'optimizer' in checkpoint:
-            self.shrink.pad_optimizer_state(checkpoint['optimizer'],
-                                            runner.optim_wrapper.optimizer,
-                                            unwrap(runner.model))
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('gdp_hook')

@@ -17,6 +17,7 @@ again with the recorded channels.
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -223,3 +224,52 @@ def shrink_averaged(averaged: nn.Module, shrink: ChannelShrink) -> None:
     shrink.apply(averaged.module)
     averaged.avg_parameters = (averaged.module.state_dict() if averaged.update_buffers
                                else dict(averaged.module.named_parameters()))
+
+
+def _unsupported(runner) -> Optional[str]:
+    """Why the runner's model cannot shrink in place (None: it can)."""
+    from mmengine.model import is_model_wrapper
+    from torch.nn.parallel import DistributedDataParallel
+    if is_model_wrapper(runner.model) and not isinstance(runner.model, DistributedDataParallel):
+        return f'the model is wrapped in {type(runner.model).__name__}'
+    if not isinstance(getattr(runner.optim_wrapper, 'optimizer', None), torch.optim.Optimizer):
+        return 'the optim_wrapper holds no single torch optimizer'
+    return None
+
+
+@torch.no_grad()
+def shrink_runner(runner, graph: ChannelGraph, kept: np.ndarray,
+                  averaged: Optional[nn.Module] = None) -> Optional[ChannelShrink]:
+    """Remove the channels of the traced ``graph`` that ``kept`` leaves out from the
+    runner's model (re-wrapped under DDP, which keeps the parameters it was made with),
+    its optimizer's state and ``averaged`` (an ``EMAHook``'s copy, or None); returns the
+    :class:`ChannelShrink`. Where it cannot (FSDP/DeepSpeed wrappers, several optimizers)
+    it changes nothing, warns and returns None."""
+    from mmengine.logging import print_log
+    from mmengine.model import is_model_wrapper
+    from .detector import unwrap
+    why = _unsupported(runner)
+    if why:
+        print_log(f'GDPHook: shrink_after_cut is not supported when {why}; training on at '
+                  'full width', logger='current', level=logging.WARNING)
+        return None
+    shrink = ChannelShrink(graph, kept)
+    shrink_optimizer(runner.optim_wrapper.optimizer, shrink.apply(unwrap(runner.model)))
+    if is_model_wrapper(runner.model):
+        runner.model = runner.wrap_model(copy.deepcopy(runner.cfg.get('model_wrapper_cfg')),
+                                         unwrap(runner.model))
+    if averaged is not None:
+        shrink_averaged(averaged, shrink)
+    return shrink
+
+
+def pad_checkpoint(shrink: ChannelShrink, runner, checkpoint: dict) -> None:
+    """Put the runner's checkpoint (model, EMA copy, optimizer state) back in the traced
+    layout of ``shrink``'s graph."""
+    from .detector import unwrap
+    shrink.pad_state_dict(checkpoint['state_dict'])
+    if 'ema_state_dict' in checkpoint:  # (EMAHook, which runs first, swapped the two)
+        shrink.pad_state_dict(checkpoint['ema_state_dict'], prefix='module.')
+    if 'optimizer' in checkpoint:
+        shrink.pad_optimizer_state(checkpoint['optimizer'], runner.optim_wrapper.optimizer,
+                                   unwrap(runner.model))
