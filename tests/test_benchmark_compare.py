@@ -222,6 +222,19 @@ def test_readme_summary_states_where_gdp_wins_and_loses():
         '0.440 ± 0.040; GDP with a FLOPs budget at the same latencies: 0.570 ± 0.020.' in text
 
 
+def test_each_comparison_json_has_its_readme_block_and_says_where_latency_is_timed():
+    from tools.benchmark_compare import README_BLOCK, readme_block
+    assert readme_block(osp.join(REPO, 'benchmarks', 'compare.json')) == README_BLOCK
+    assert readme_block(osp.join(REPO, 'benchmarks', 'compare_ort.json')) == \
+        'generated from benchmarks/compare_ort.json'
+    data = _fake_data()
+    assert 'measured CPU latency of GDP' in '\n'.join(readme_lines(data))
+    data['settings'].update(latency_backend='onnxruntime', threads=1, patience=0)
+    text = '\n'.join(readme_lines(data))
+    assert 'measured latency deployed to onnxruntime (CPU, 1 thread(s), end to end)' in text
+    assert 'converged' not in text  # patience 0: the start as it is
+
+
 def test_readme_block_is_replaced_between_its_markers(tmp_path):
     from gdp_det.pipeline.report import replace_marked
     readme = tmp_path / 'README.md'

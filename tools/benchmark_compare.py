@@ -66,6 +66,14 @@ def ensure_data(root: str, num_train: int, num_val: int, seed: int, log=print) -
     make_toy_voc(root, num_train=num_train, num_val=num_val, seed=seed, coco=True)
 
 
+def readme_block(out: str) -> str:
+    """The README block of the comparison written to ``out`` (each JSON has its own:
+    ``README_BLOCK`` for the default ``benchmarks/compare.json``)."""
+    path = osp.abspath(out)
+    inside = path.startswith(osp.join(REPO, ''))
+    return f'generated from {osp.relpath(path, REPO) if inside else osp.basename(path)}'
+
+
 def _count(root: str, split: str, default: int) -> int:
     path = osp.join(root, TEST_LIST.format(split))
     return sum(1 for line in open(path) if line.strip()) if osp.isfile(path) else default
@@ -108,7 +116,7 @@ def main(argv=None):
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'compare.json'))
     p.add_argument('--results', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
     p.add_argument('--plot', default=osp.join(REPO, 'benchmarks', 'compare_pareto.png'))
-    add_readme_argument(p, README_BLOCK)
+    add_readme_argument(p, README_BLOCK)  # (the block named after --out)
     p.add_argument('--section', default=SECTION, help='the section of --results it writes '
                    '(e.g. a tuning run of GDP variants beside the comparison)')
     p.add_argument('--note', help='a paragraph added under the table')
@@ -148,7 +156,7 @@ def main(argv=None):
     cfg = load_config(args.config, args.cfg_options)
     for path in (args.out, args.results, args.plot):
         check_writable_dir(osp.dirname(osp.abspath(path)), f'directory of {path}')
-    check_readme(args.readme, README_BLOCK)
+    check_readme(args.readme, readme_block(args.out))
     if not args.config_data:
         if osp.abspath(args.data) == osp.abspath(args.val_data):
             print('[compare] warning: --val-data is --data: the report split is the tuning split')
@@ -220,7 +228,7 @@ def write_outputs(data: dict, args, argv) -> None:
     if data['runs']:
         plot_pareto(data, args.plot)
     if args.readme:
-        replace_marked(args.readme, README_BLOCK, readme_lines(data))
+        replace_marked(args.readme, readme_block(args.out), readme_lines(data))
     print(f'[compare] wrote {args.out}, {args.results} ({args.section[:3]}), {args.plot}')
 
 

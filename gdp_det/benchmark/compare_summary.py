@@ -270,13 +270,16 @@ def readme_lines(data: dict) -> List[str]:
 
     head = ([f'budget {b:g}' for b in budgets]
             + [f'at {ref_ms[b]:.1f} ms (GDP at {b:g})' for b in budgets if b in ref_ms])
+    backend = s.get('latency_backend', 'torch')
+    where = ('CPU latency' if backend == 'torch' else
+             f'latency deployed to {backend} (CPU, {s["threads"]} thread(s), end to end)')
     lines = [f'Mean ± std mAP@0.5 over seeds {", ".join(map(str, s["seeds"]))} on the '
-             f'held-out split `{s["test_split"]}`; every method from the same converged '
+             f'held-out split `{s["test_split"]}`; every method from the same '
+             f'{"converged " if s.get("patience", 1) > 0 else ""}'
              f'baseline ({base["mAP"]:.3f}) with {s["epochs"]} training epochs after it. '
              'Budgets are FLOPs ratios (GDP, latency budget: ratios of the measured '
              "latency); the latency columns interpolate each method's per-seed mAP at the "
-             "measured CPU latency of GDP's models (baseline "
-             f'{base["latency_ms"]:.1f} ms).', '',
+             f"measured {where} of GDP's models (baseline {base['latency_ms']:.1f} ms).", '',
              '| method | ' + ' | '.join(head) + ' |', '|---' * (len(head) + 1) + '|']
     lines += [f'| {labels[m]} | ' + ' | '.join(cells(m)) + ' |' for m in methods]
     lines.append('')
