@@ -104,7 +104,9 @@ def test_dry_run_prints_the_plan_and_what_finished(tmp_path, capsys):
     assert not osp.exists(tmp_path / 'none')  # a dry run generates no data
 
 
-def _fake_data():
+def _fake_data(edit=None):
+    """Three seeds of GDP and random channels at 0.5 and 0.3, the control, summarized
+    after ``edit(runs)`` (if given) changed the runs."""
     runs = []
     gdp = {0.5: ([0.60, 0.62, 0.64], 10.0), 0.3: ([0.50, 0.52, 0.54], 6.0)}
     rnd = {0.5: ([0.50, 0.54, 0.58], 12.0), 0.3: ([0.40, 0.44, 0.48], 8.0)}
@@ -124,6 +126,8 @@ def _fake_data():
                                                            params=2e6),
                 skipped=[dict(method='tp_l1_uniform', label='Torch-Pruning L1, uniform',
                               reason='Torch-Pruning is not installed')])
+    if edit is not None:
+        edit(runs)
     data['summary'] = summarize(data)
     return data
 
@@ -178,12 +182,11 @@ def test_markdown_table_from_fake_results():
         '0.3 seed 1 (flops 0.320), random at 0.5 seed 0 (latency 0.560).' in \
         '\n'.join(markdown(data))
     assert 'training (min)' not in text  # no run recorded its training cost
-    data = _fake_data()
-    for r in data['runs']:  # GDP trains 90 s and 3e14 FLOPs per run, the others 60 s, 1e14
-        gdp = r['method'] == 'gdp'
-        r.update(train_seconds=90.0 if gdp else 60.0, train_flops=3e14 if gdp else 1e14)
-    data['summary'] = summarize(data)
-    text = '\n'.join(markdown(data))
+    def costs(runs):  # GDP trains 90 s and 3e14 FLOPs per run, the others 60 s, 1e14
+        for r in runs:
+            gdp = r['method'] == 'gdp'
+            r.update(train_seconds=90.0 if gdp else 60.0, train_flops=3e14 if gdp else 1e14)
+    text = '\n'.join(markdown(_fake_data(costs)))
     assert '| FLOPs ratio | latency (ms) | params (M) | training (min) | training PFLOPs | ' \
         'mAP before fine-tune |' in text
     assert '| GDP, FLOPs budget | 0.5 | 3 | 0.500 ± 0.000 | 10.0 ± 0.0 | 1.00 ± 0.00 | ' \
@@ -208,13 +211,12 @@ def test_readme_summary_states_where_gdp_wins_and_loses():
     assert '- No pruning, trained the same 3 epochs (control): 0.700 ± 0.000.' in text
     assert '- GDP at 0.3 before any fine-tune: 0.420 ± 0.020, -0.240 against the baseline.' \
         in text
-    data = _fake_data()
-    for r, a in zip(data['runs'][6:9], (0.63, 0.61, 0.65)):  # random at 0.5: above GDP
-        r['mAP'] = a
-    for r in data['runs'][9:12]:  # random at 0.3 as a latency budget, measured at 8 ms
-        r['budget_kind'] = 'latency'
-    data['summary'] = summarize(data)
-    text = '\n'.join(readme_lines(data))
+    def edit(runs):
+        for r, a in zip(runs[6:9], (0.63, 0.61, 0.65)):  # random at 0.5: above GDP
+            r['mAP'] = a
+        for r in runs[9:12]:  # random at 0.3 as a latency budget, measured at 8 ms
+            r['budget_kind'] = 'latency'
+    text = '\n'.join(readme_lines(_fake_data(edit)))
     assert 'GDP 0.620 ± 0.020 loses by 0.010 against random channels, uniform 0.630 ± ' \
         '0.020; paired by seed -0.010 ± 0.020, within the seed spread' in text
     # GDP's (6 ms, 10 ms) points of each seed interpolated at 8 ms: 0.55, 0.57, 0.59
