@@ -285,7 +285,8 @@ class Comparison:
         torch.save(dict(state_dict=model.state_dict()), weights)
         flops = cm.counted_flops(model, self.input_size)
         gdp = pruned.get('gdp_phase', dict(images_full=0, images_pruned=0, train_seconds=0.0))
-        result = dict(run=run.name, method=run.method.name, label=run.method.label,
+        result = dict(run=run.name, method=run.method.name,
+                      label=pruned.get('label', run.method.label),
                       seed=run.seed, budget=run.budget, budget_kind=run.method.budget_kind,
                       config=pruned['config'],
                       weights=weights, flops=flops, flops_ratio=flops / base['flops'],
@@ -296,6 +297,8 @@ class Comparison:
                           gdp['images_full'], base['flops'], gdp['images_pruned']
                           + tuned['train_iters'] * tuned['batch_size'], flops),
                       seconds=time.time() - t0)
+        if pruned.get('note'):  # why the method could not run as it does elsewhere
+            result['note'] = pruned['note']
         atomic_write(result_path(self.work_dir, run), json.dumps(result, indent=2))
         for path in glob.glob(osp.join(d, '**', '*.pth'), recursive=True):
             if path not in (weights, pruned['checkpoint']):  # training checkpoints
@@ -310,7 +313,6 @@ class Comparison:
     def _prune(self, run: Run, cfg: Config, d: str) -> dict:
         """The pruned model of ``run`` as config + checkpoint, and the epochs it
         trained after the baseline."""
-        from mmdet.registry import MODELS
         m, budget, state = run.method, run.budget, load_state_dict(self.baseline()['checkpoint'])
         out = osp.join(d, 'pruned')
         if m.kind == 'gdp':
@@ -332,18 +334,49 @@ class Comparison:
                                        images_full=full * images,
                                        images_pruned=(phase['train_iters'] - full) * images))
         if m.kind == 'random':
-            mcfg = copy.deepcopy(cfg)
-            mcfg.model = gdp_model_cfg(cfg, self.input_size)
-            gated = MODELS.build(mcfg.model)
-            gated.load_state_dict(state, strict=False)
+            mcfg, gated = self._gated(cfg, state)
             cm.prune_random(gated, budget, run.seed)
-            paths = prune_and_export(mcfg, gated, out, name=m.name, force=True)[2]
-            return dict(config=paths[0], checkpoint=paths[1], epochs=0)
-        model, reference, _ = cm.prune_torch_pruning(cfg, state, budget, self.input_size,
-                                                     seed=run.seed, **m.options)
+            return self._export_gated(mcfg, gated, out, m.name)
+        try:
+            model, reference, _ = cm.prune_torch_pruning(cfg, state, budget, self.input_size,
+                                                         seed=run.seed, **m.options)
+        except Exception as e:  # noqa: BLE001 - its DependencyGraph cannot trace this one
+            why = f'{type(e).__name__}: {str(e).splitlines()[0][:160]}' if str(e) else \
+                type(e).__name__
+            self.log(f'[compare] {run.name}: Torch-Pruning cannot prune this detector ({why}); '
+                     'its criterion on our channel groups instead')
+            return self._prune_on_groups(run, cfg, state, out, why)
         config, checkpoint = cm.export_module(cfg, model, reference, out, m.name,
                                               self.input_size)
         return dict(config=config, checkpoint=checkpoint, epochs=0)
+
+    def _prune_on_groups(self, run: Run, cfg: Config, state: dict, out: str, why: str) -> dict:
+        """Torch-Pruning's criterion of ``run``'s method applied to our channel groups
+        (:mod:`.group_importance`), exported as the GDP export is; the label says so."""
+        from .group_importance import prune_groups
+        m = run.method
+        mcfg, gated = self._gated(cfg, state)
+        grads = (cm.taylor_gradients(mcfg, gated, 8, run.seed)
+                 if m.options['importance'] == 'taylor' else None)
+        prune_groups(gated, run.budget, m.options['importance'], m.options['global_pruning'],
+                     grads)
+        return dict(self._export_gated(mcfg, gated, out, m.name),
+                    label=f'{m.label} (its criterion on our channel groups)', note=why)
+
+    def _gated(self, cfg: Config, state: dict):
+        """``(config, model)``: the GDP model of the baseline, every gate open."""
+        from mmdet.registry import MODELS
+        mcfg = copy.deepcopy(cfg)
+        mcfg.model = gdp_model_cfg(cfg, self.input_size)
+        gated = MODELS.build(mcfg.model)
+        gated.load_state_dict(state, strict=False)
+        return mcfg, gated
+
+    @staticmethod
+    def _export_gated(mcfg: Config, gated, out: str, name: str) -> dict:
+        """The export of ``gated``'s gates into ``out``, as a pruned model of no epochs."""
+        paths = prune_and_export(mcfg, gated, out, name=name, force=True)[2]
+        return dict(config=paths[0], checkpoint=paths[1], epochs=0)
 
 
 def collect(comparison: Comparison, runs: Sequence[Run], skipped: List[dict],
