@@ -59,10 +59,13 @@ demo: setup
 # 0.5 and 0.3 of the FLOPs, 3 seeds each, 3 epochs after the baseline, reported on a separately
 # generated 1000-image split -> benchmarks/compare.json, section (e) of benchmarks/RESULTS.md,
 # benchmarks/compare_pareto.png. Many CPU hours; rerunning it skips the finished runs
-# (`tools/benchmark_compare.py --dry-run` prints the plan and the time left).
+# (`tools/benchmark_compare.py --dry-run` prints the plan and the time left). COMPARE_JOBS
+# runs at a time, one thread each (2 for a 2-core machine).
+COMPARE_JOBS ?= 2
 compare: setup
 	@$(PY) -c "import torch_pruning" 2>/dev/null || $(PY) -m pip install -q torch-pruning==1.6.1 \
 	  || echo "make compare: no Torch-Pruning; its rows are reported as skipped" >&2
 	$(PY) tools/benchmark_compare.py --work-dir $(COMPARE_DIR) --data $(DATA) \
 	  --val-data data/toyvoc_val1000 --num-val 1000 --val-seed 1 --budgets 0.5 0.3 \
-	  --seeds 0 1 2 --epochs 3 --gdp-epochs 3 --readme README.md $(COMPARE_ARGS)
+	  --seeds 0 1 2 --epochs 3 --gdp-epochs 3 --jobs $(COMPARE_JOBS) --readme README.md \
+	  $(COMPARE_ARGS)

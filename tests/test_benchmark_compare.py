@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import os.path as osp
+import re
 
 import pytest
 
@@ -95,6 +96,17 @@ def test_dry_run_prints_the_plan_and_what_finished(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert '[compare] random_b0.5_s0' in out and '2 runs, 0 finished' in out
+    assert main(argv + ['--jobs', '2']) == 0  # two streams: the longer run sets the time
+    streams_out = capsys.readouterr().out
+
+    def seconds(text, key):  # the first hms after ``key`` in ``text``
+        h, m, s = re.search(re.escape(key) + r'\s+~?(\d+)h(\d+)m(\d+)s', text).groups()
+        return 3600 * int(h) + 60 * int(m) + int(s)
+    # one stream: the baseline, then both runs; two: the longer run beside the other
+    left = 'estimated time left'
+    assert abs(seconds(out, left) - seconds(streams_out, left)
+               - seconds(out, 'control_s0')) <= 1
+    assert seconds(out, 'control_s0') < seconds(out, 'random_b0.5_s0')
     runs, _ = C.make_plan(C.Settings(methods=['random'], budgets=[0.5], seeds=[0]))
     _finish(str(tmp_path), runs[0], seconds=60.0)
     assert main(argv) == 0
@@ -337,7 +349,10 @@ def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
             '--cfg-options', 'train_cfg.max_epochs=1', 'train_dataloader.num_workers=0',
             'train_dataloader.persistent_workers=False', 'val_dataloader.num_workers=0',
             'val_dataloader.persistent_workers=False']
-    assert main(argv) == 0
+    assert main(argv + ['--jobs', '2']) == 0  # the two runs side by side, one thread each
+    for i in range(2):  # each stream ran one of them, in its own process
+        log = (work / 'streams' / f'stream{i}.log').read_text()
+        assert '1 of 1 runs finished earlier' not in log and 'run 1/1' in log
     data = json.load(open(out))
     runs = {r['method']: r for r in data['runs']}
     assert set(runs) == {'control', 'random'}

@@ -14,6 +14,8 @@ the same converged baseline and trains --epochs epochs after it on the same sche
 --out (compare.json, every run), section (e) of --results, the Pareto plot --plot and,
 with --readme, the README's summary and verdicts generated from the same data.
 """
+import argparse
+import os
 import os.path as osp
 import sys
 
@@ -120,6 +122,10 @@ def main(argv=None):
     p.add_argument('--section', default=SECTION, help='the section of --results it writes '
                    '(e.g. a tuning run of GDP variants beside the comparison)')
     p.add_argument('--note', help='a paragraph added under the table')
+    p.add_argument('--jobs', type=int, default=1,
+                   help='runs at a time, each stream of runs in a process of its own with one '
+                   'thread (a 2-core machine: 2); the baseline and the collection run here')
+    p.add_argument('--only', nargs='+', metavar='RUN', help=argparse.SUPPRESS)  # one stream
     p.add_argument('--dry-run', action='store_true', help='print the plan and the time')
     p.add_argument('--collect-only', action='store_true',
                    help='run nothing: write the outputs from the runs finished so far')
@@ -127,7 +133,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if any(not 0 < b < 1 for b in args.budgets):
         p.error(f'--budgets must be in (0, 1), got {args.budgets}')
-    for name in ('epochs', 'num_val', 'latency_repeats', 'threads', 'converge_max_epochs'):
+    for name in ('epochs', 'num_val', 'latency_repeats', 'threads', 'converge_max_epochs',
+                 'jobs'):
         if getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be at least 1, got {getattr(args, name)}')
     if not 1 <= args.gdp_epochs <= args.epochs:
@@ -165,11 +172,46 @@ def main(argv=None):
         cfg = point_data(cfg, args.data, args.val_data)
     comparison = C.Comparison(cfg, args.work_dir, settings)
     n_train, n_test = _count(args.data, 'trainval', 480), _count(args.val_data, 'test', 1000)
-    failed = [] if args.collect_only else C.execute(
-        runs, comparison.work_dir, comparison.run,
-        lambda r, done: C.estimate_seconds(r, settings, n_train, n_test, done))
+
+    def estimate(run, done):
+        return C.estimate_seconds(run, settings, n_train, n_test, done)
+    if args.only:  # one stream of --jobs: its runs, no collection
+        runs = [r for r in runs if r.name in args.only]
+        return 1 if C.execute(runs, comparison.work_dir, comparison.run, estimate) else 0
+    if args.collect_only:
+        failed = []
+    elif args.jobs > 1:
+        comparison.baseline()  # once, before the streams share it
+        failed = run_streams(comparison, runs, args.jobs, argv)
+    else:
+        failed = C.execute(runs, comparison.work_dir, comparison.run, estimate)
     write_outputs(C.collect(comparison, runs, skipped, failed), args, argv)
     return 1 if failed else 0
+
+
+def run_streams(comparison, runs, jobs: int, argv) -> list:
+    """The unfinished ``runs`` in ``jobs`` streams (:func:`gdp_det.benchmark.compare.streams`),
+    each this command again with ``--only`` its runs, one thread, its log in
+    ``<work_dir>/streams/``; returns the runs that did not finish."""
+    import subprocess
+    from gdp_det.benchmark import compare as C
+    todo = [r for r in runs if not osp.isfile(C.result_path(comparison.work_dir, r))]
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    log_dir = osp.join(comparison.work_dir, 'streams')
+    os.makedirs(log_dir, exist_ok=True)
+    base_argv = list(sys.argv[1:] if argv is None else argv) + ['--jobs', '1']
+    procs = []
+    for i, stream in enumerate(C.streams(todo, jobs)):
+        log = osp.join(log_dir, f'stream{i}.log')
+        print(f'[compare] stream {i}: {len(stream)} runs, log {log}', flush=True)
+        with open(log, 'a') as f:
+            procs.append(subprocess.Popen(
+                [sys.executable, osp.abspath(__file__)] + base_argv
+                + ['--only'] + [r.name for r in stream], env=env, stdout=f,
+                stderr=subprocess.STDOUT))
+    for proc in procs:
+        proc.wait()
+    return [r.name for r in todo if not osp.isfile(C.result_path(comparison.work_dir, r))]
 
 
 def dry_run(args, settings, runs, skipped) -> int:
@@ -181,16 +223,20 @@ def dry_run(args, settings, runs, skipped) -> int:
     base += settings.converge_max_epochs * n_train * C.TRAIN_S_PER_IMAGE
     marker = osp.join(args.work_dir, 'baseline_eval', 'stage_done.json')
     base = 0 if osp.isfile(marker) else base
-    total = base
     print(f'[compare] baseline: {"done" if not base else f"up to {C.hms(base)}"}')
+    seconds = {}
     for r in runs:
         t = 0 if r.name in finished else C.estimate_seconds(r, settings, n_train, n_test, done)
-        total += t
+        seconds[r.name] = t
         print(f'[compare] {r.name:32s} {"done" if not t else "~" + C.hms(t)}')
     for s in skipped:
         print(f'[compare] skipped {s["method"]}: {s["reason"]}')
+    todo = [r for r in runs if r.name not in finished]
+    # the streams run side by side (one thread each): the longest one sets the time
+    total = base + max([sum(seconds[r.name] for r in st) for st in C.streams(todo, args.jobs)],
+                       default=0)
     print(f'[compare] {len(runs)} runs, {len(finished)} finished; estimated time left '
-          f'{C.hms(total)} (the baseline at its longest)')
+          f'{C.hms(total)} with {args.jobs} stream(s) (the baseline at its longest)')
     return 0
 
 

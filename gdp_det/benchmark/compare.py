@@ -109,6 +109,12 @@ def make_plan(settings: Settings) -> Tuple[List[Run], List[dict]]:
     return runs, skipped
 
 
+def streams(runs: Sequence[Run], jobs: int) -> List[List[Run]]:
+    """``runs`` dealt in turn into at most ``jobs`` non-empty streams, each in the plan's
+    order (seed by seed), so that every stream finishes its seeds in turn."""
+    return [list(runs[i::jobs]) for i in range(min(jobs, len(runs)))]
+
+
 def result_path(work_dir: str, run: Run) -> str:
     return osp.join(work_dir, 'runs', run.name, 'result.json')
 
