@@ -3,7 +3,8 @@ import os
 import sys
 
 
-def run_rank(rank: int, world: int, cfg_path: str, out_dir: str, port: int) -> None:
+def run_rank(rank: int, world: int, cfg_path: str, out_dir: str, port: int,
+             tag: str = '') -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,8 +24,10 @@ def run_rank(rank: int, world: int, cfg_path: str, out_dir: str, port: int) -> N
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             a = runner.model.module.gdp_gates.a
-            if rank == 1 and a.grad is not None:
-                a.grad.add_(torch.randn_like(a.grad) * a.grad.abs().mean())
+            if rank == 1 and a.grad is not None:  # (seeded by the iteration: a resumed
+                gen = torch.Generator().manual_seed(runner.iter)  # run adds the same)
+                noise = torch.randn(a.grad.shape, generator=gen)
+                a.grad.add_(noise * a.grad.abs().mean())
 
     cfg = Config.fromfile(cfg_path)
     runner = Runner.from_cfg(cfg)
@@ -34,6 +37,8 @@ def run_rank(rank: int, world: int, cfg_path: str, out_dir: str, port: int) -> N
     hook = next(h for h in runner.hooks if type(h).__name__ == 'GDPHook')
     assert hook.shrink is not None  # shrunk after the cut, and wrapped in DDP anew
     assert type(runner.model).__name__ == 'MMDistributedDataParallel'
-    torch.save(dict(a=hook.traced_gates().clone(), eps=gates.eps.clone()),
-               os.path.join(out_dir, f'gates_rank{rank}.pt'))
+    torch.save(dict(a=hook.traced_gates().clone(), eps=gates.eps.clone(),
+                    shrunk_at=hook.shrunk_at,
+                    state=hook.shrink.padded_copy(runner.model.module).state_dict()),
+               os.path.join(out_dir, f'gates{tag}_rank{rank}.pt'))
     dist.destroy_process_group()

@@ -1,7 +1,8 @@
 """GDP under torch DDP: 2 CPU processes (gloo), each loading its own data with a
 worker process (num_workers > 0), keep bitwise identical gates by construction
 (rank 0's gates are broadcast after every update), even when one rank's gate
-gradient is perturbed."""
+gradient is perturbed; a run resumed after the shrink ends where the uninterrupted one
+did."""
 import socket
 
 import pytest
@@ -20,7 +21,9 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_process_gdp_keeps_gates_equal(make_toy_cfg, tmp_path):
-    cfg = gdp_cfg(make_toy_cfg, tmp_path / 'ddp', epochs=6, flops_target=0.6, export=False)
+    # (the cut in the first quarter: checkpoints after the shrink to resume from)
+    cfg = gdp_cfg(make_toy_cfg, tmp_path / 'ddp', epochs=10, flops_target=0.6, export=False,
+                  lambda_span=0.25)
     cfg.launcher = 'pytorch'
     cfg.batch_size = 2
     cfg.train_dataloader.batch_size = 2
@@ -37,3 +40,23 @@ def test_two_process_gdp_keeps_gates_equal(make_toy_cfg, tmp_path):
     assert (g0['a'] == 0).any()  # the proximal step did prune
     assert torch.equal(g0['a'], g1['a'])
     assert torch.equal(g0['eps'], g1['eps'])
+
+    # resumed after the shrink from a full-width checkpoint: every rank shrinks again
+    # with the recorded channels, and the run ends where the uninterrupted one did
+    ckpts = sorted((tmp_path / 'ddp').glob('epoch_*.pth'), key=lambda p: int(p.stem[6:]))
+    after = [c for c in ckpts[:-1]
+             if torch.load(c, weights_only=False)['gdp_hook']['shrunk'] is not None]
+    assert after, 'no checkpoint after the shrink to resume from'
+    cfg.resume, cfg.load_from = True, str(after[0])
+    cfg.work_dir = str(tmp_path / 'ddp_resumed')
+    cfg.dump(str(path))
+    mp.spawn(run_rank, args=(2, str(path), str(tmp_path), free_port(), '_resumed'), nprocs=2,
+             join=True)
+    for rank in range(2):
+        r = torch.load(tmp_path / f'gates_resumed_rank{rank}.pt')
+        assert r['shrunk_at'] == g0['shrunk_at']
+        assert torch.equal(r['a'], g0['a'])
+        for k, v in g0['state'].items():
+            if rank == 1 and ('running_' in k or 'num_batches' in k):
+                continue  # (BN statistics are per rank; the checkpoint holds rank 0's)
+            torch.testing.assert_close(r['state'][k], v, rtol=1e-5, atol=1e-6, msg=k)
