@@ -434,3 +434,24 @@ def test_stored_results_name_no_machine_paths():
     for name in ('compare.json', 'tuning.json'):
         text = open(osp.join(REPO, 'benchmarks', name)).read()
         assert '"/' not in text, name  # no absolute path in the committed results
+
+
+def test_distillation_is_every_trainings_and_the_work_dirs(make_toy_cfg, tmp_path):
+    """--distill adds the DistillHook (the baseline its teacher) to the trainings; a work
+    directory keeps the settings its runs trained with and refuses others."""
+    from gdp_det.cli import UserError
+    cfg = make_toy_cfg()
+    work = str(tmp_path / 'work')
+    comparison = C.Comparison(cfg, work, C.Settings(distill_weight=0.5))
+    comparison._base = dict(checkpoint='base.pth')
+    hooks = comparison._distilled(cfg.copy()).custom_hooks
+    assert dict(type='DistillHook', teacher_config=comparison.base_config,
+                teacher_checkpoint='base.pth', weight=0.5) in hooks
+    assert C.Comparison(cfg, work, C.Settings(distill_weight=0.5))  # the same: accepted
+    with pytest.raises(UserError, match=r'distill_weight 0.5 \(asked 0.0\).*another --work-dir'):
+        C.Comparison(cfg, work, C.Settings())
+    plain = C.Comparison(cfg, str(tmp_path / 'plain'), C.Settings())
+    assert plain._distilled(cfg.copy()).get('custom_hooks', []) == cfg.get('custom_hooks', [])
+    data = _fake_data()
+    data['settings']['distill_weight'] = 0.5
+    assert '(`DistillHook`, weight 0.5)' in '\n'.join(markdown(data))

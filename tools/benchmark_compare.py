@@ -115,6 +115,9 @@ def main(argv=None):
                    choices=('torch', 'onnxruntime', 'openvino'),
                    help="where latency is measured: torch's forward, or every model deployed "
                    "end to end to that runtime (GDP's latency budgets then measured there)")
+    p.add_argument('--distill', type=float, default=0.0, metavar='WEIGHT',
+                   help='every training after the baseline (every method) distils from the '
+                   'baseline with this weight (gdp_det.distill.DistillHook; 0: none)')
     p.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'compare.json'))
     p.add_argument('--results', default=osp.join(REPO, 'benchmarks', 'RESULTS.md'))
     p.add_argument('--plot', default=osp.join(REPO, 'benchmarks', 'compare_pareto.png'))
@@ -150,7 +153,9 @@ def main(argv=None):
     fields = ('budgets', 'seeds', 'epochs', 'gdp_epochs', 'lr_factor', 'baseline_checkpoint',
               'patience', 'converge_max_epochs', 'latency_repeats', 'threads',
               'latency_backend')
-    settings = C.Settings(**{k: getattr(args, k) for k in fields},
+    if args.distill < 0:
+        p.error(f'--distill must be >= 0, got {args.distill}')
+    settings = C.Settings(**{k: getattr(args, k) for k in fields}, distill_weight=args.distill,
                           extra=dict(config=args.config, val_seed=args.val_seed))
     if args.methods:
         settings.methods = args.methods

@@ -56,7 +56,10 @@ class Settings:
     the phases' schedule at ``lr_factor`` times the config's learning rate. Latency is
     measured in ``latency_backend``: ``'torch'`` (the tensor-mode forward) or a
     deployment runtime (``'onnxruntime'``, ``'openvino'``: each model deployed end to
-    end); GDP's latency budgets are then measured in that runtime as well."""
+    end); GDP's latency budgets are then measured in that runtime as well. With
+    ``distill_weight`` > 0 every training after the baseline (GDP's phase, every
+    fine-tune, the control's) adds :class:`~gdp_det.distill.DistillHook` with that
+    weight, the baseline its teacher."""
     methods: Sequence[str] = tuple(m.name for m in METHODS)
     budgets: Sequence[float] = (0.5, 0.3)
     seeds: Sequence[int] = (0, 1, 2)
@@ -69,6 +72,7 @@ class Settings:
     latency_repeats: int = 20
     threads: int = 1
     latency_backend: str = 'torch'
+    distill_weight: float = 0.0
     extra: dict = field(default_factory=dict)  # recorded in compare.json as given
 
 
@@ -213,7 +217,28 @@ class Comparison:
         self.base_config = osp.join(self.work_dir, 'base_config.py')
         if not osp.isfile(self.base_config):
             cfg.dump(self.base_config)
+        self._check_training_settings()
         self._base: Optional[dict] = None
+
+    def _check_training_settings(self) -> None:
+        """The settings that change what a run trains are the work directory's: a
+        different value would mix runs trained two ways under one name."""
+        s = self.settings
+        want = dict(epochs=s.epochs, gdp_epochs=s.gdp_epochs, lr_factor=s.lr_factor,
+                    distill_weight=s.distill_weight)
+        path = osp.join(self.work_dir, 'training_settings.json')
+        if not osp.isfile(path):
+            atomic_write(path, json.dumps(want, indent=2))
+            return
+        with open(path) as f:
+            have = json.load(f)
+        have = {**want, **{k: v for k, v in have.items() if k in want}}
+        if have != want:
+            from ..cli import UserError
+            diff = ', '.join(f'{k} {have[k]} (asked {want[k]})' for k in want
+                             if have[k] != want[k])
+            raise UserError(f'{self.work_dir} holds runs trained with {diff}; give another '
+                            '--work-dir for these settings')
 
     def seeded(self, seed: int) -> Config:
         cfg = copy.deepcopy(self.cfg)
@@ -281,6 +306,7 @@ class Comparison:
         if left > 0:
             fcfg = phase_schedule(copy.deepcopy(pcfg), cfg, left, s.lr_factor)
             fcfg.load_from = ckpt
+            self._distilled(fcfg)
             tuned = stage(d, 'finetune', lambda: _timed_train(fcfg, osp.join(d, 'finetune')),
                           self.log)
             ckpt = tuned['checkpoint']
@@ -311,6 +337,15 @@ class Comparison:
                 os.remove(path)
         return result
 
+    def _distilled(self, cfg: Config) -> Config:
+        """``cfg`` with the comparison's distillation from the baseline, if any."""
+        if self.settings.distill_weight > 0:
+            cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(
+                type='DistillHook', teacher_config=self.base_config,
+                teacher_checkpoint=self.baseline()['checkpoint'],
+                weight=self.settings.distill_weight)]
+        return cfg
+
     def _file_cfg(self, path: str, seed: int) -> Config:
         cfg = Config.fromfile(path)
         cfg.randomness = dict(seed=seed)
@@ -325,8 +360,9 @@ class Comparison:
             hook = cm.gdp_hook_options(m, budget, self.settings.latency_backend)
             epochs = min(m.options.get('gdp_epochs', self.settings.gdp_epochs),
                          self.settings.epochs)
-            gcfg = gdp_config(cfg, hook.pop('flops_target'), self.baseline()['checkpoint'],
-                              epochs, self.input_size, self.settings.lr_factor, **hook)
+            gcfg = self._distilled(gdp_config(
+                cfg, hook.pop('flops_target'), self.baseline()['checkpoint'], epochs,
+                self.input_size, self.settings.lr_factor, **hook))
             phase = _timed_train(gcfg, osp.join(d, 'gdp'))
             config = glob.glob(osp.join(d, 'gdp', 'pruned', '*_pruned.py'))[0]
             with open(osp.join(d, 'gdp', 'pruned', 'prune_report.json')) as f:

@@ -168,6 +168,8 @@ def markdown(data: dict, command: str = '', tuning: bool = False) -> List[str]:
              f'on the same schedule; seeds {", ".join(map(str, s["seeds"]))}. FLOPs ratio: '
              f'`torch.utils.flop_counter.FlopCounterMode` on the tensor-mode forward at '
              f'{s["input_size"]}; latency: {_latency_note(s)}. '
+             + (f'Every training after the baseline distils from it (`DistillHook`, weight '
+                f'{s["distill_weight"]:g}). ' if s.get('distill_weight') else '') +
              f'Δ GDP: the run minus GDP (FLOPs budget) of the same seed, mean ± std over '
              f'seeds. mAP before fine-tune: the pruned model before the training after it '
              f'(GDP: at the end of its phase).' + (f' Command: `{command}`.' if command else ''),
