@@ -124,6 +124,9 @@ def main(argv=None):
     add_readme_argument(p, README_BLOCK)  # (the block named after --out)
     p.add_argument('--section', default=SECTION, help='the section of --results it writes '
                    '(e.g. a tuning run of GDP variants beside the comparison)')
+    p.add_argument('--tuning', action='store_true',
+                   help='the report split is one the GDP defaults are chosen on (a run of GDP '
+                   'variants): the section says so')
     p.add_argument('--note', help='a paragraph added under the table')
     p.add_argument('--jobs', type=int, default=1,
                    help='runs at a time, each stream of runs in a process of its own with one '
@@ -273,7 +276,7 @@ def write_outputs(data: dict, args, argv) -> None:
         atomic_write(args.results, text)
     command = 'python tools/benchmark_compare.py ' + shlex.join(
         sys.argv[1:] if argv is None else argv)
-    lines = markdown(data, command.strip(), tuning=args.section != SECTION)
+    lines = markdown(data, command.strip(), tuning=args.tuning)
     note = ['', args.note] if args.note else []
     update_sections(args.results, [(args.section, lines + note)])
     if data['runs']:

@@ -181,7 +181,7 @@ def markdown(data: dict, command: str = '', tuning: bool = False) -> List[str]:
                      '(forward + backward as three forwards of every training image at '
                      'the width the model had then; GDP: full width until its shrink).')
     head = ['method', 'budget', 'runs', 'FLOPs ratio', 'latency (ms)', 'params (M)']
-    head += ['training (min)', 'training PFLOPs'] if cost else []
+    head += ['training (min)', 'training TFLOPs'] if cost else []
     head += ['mAP before fine-tune', 'mAP', 'Δ GDP']
     lines += ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|',
               f'| baseline (no extra training) | — | 1 | 1.000 | {base["latency_ms"]:.1f} | '
@@ -193,7 +193,7 @@ def markdown(data: dict, command: str = '', tuning: bool = False) -> List[str]:
                           if d['values'])
         diffs = '' if r['method'] == REFERENCE else diffs or '—'
         costs = (f'{_stat(r.get("train_seconds"), 1, 1 / 60)} | '
-                 f'{_stat(r.get("train_flops"), 2, 1e-15)} | ') if cost else ''
+                 f'{_stat(r.get("train_flops"), 1, 1e-12)} | ') if cost else ''
         lines.append(f'| {r["label"]} | {_budget(r["budget"])} | {r["n"]} | '
                      f'{_stat(r["flops_ratio"], 3)} | {_stat(r["latency_ms"], 1)} | '
                      f'{_stat(r["params"], 2, 1e-6)} | {costs}'
