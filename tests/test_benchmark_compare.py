@@ -199,10 +199,10 @@ def test_markdown_table_from_fake_results():
             gdp = r['method'] == 'gdp'
             r.update(train_seconds=90.0 if gdp else 60.0, train_flops=3e14 if gdp else 1e14)
     text = '\n'.join(markdown(_fake_data(costs)))
-    assert '| FLOPs ratio | latency (ms) | params (M) | training (min) | training PFLOPs | ' \
+    assert '| FLOPs ratio | latency (ms) | params (M) | training (min) | training TFLOPs | ' \
         'mAP before fine-tune |' in text
     assert '| GDP, FLOPs budget | 0.5 | 3 | 0.500 ± 0.000 | 10.0 ± 0.0 | 1.00 ± 0.00 | ' \
-        '1.5 ± 0.0 | 0.30 ± 0.00 | 0.520 ± 0.020 |' in text
+        '1.5 ± 0.0 | 300.0 ± 0.0 | 0.520 ± 0.020 |' in text
     assert '| baseline (no extra training) | — | 1 | 1.000 | 20.0 | 2.00 | | | | 0.660 | |' \
         in text
 
@@ -267,7 +267,7 @@ def test_outputs_written_from_fake_results(tmp_path):
     args = argparse.Namespace(out=str(tmp_path / 'compare.json'),
                               results=str(tmp_path / 'RESULTS.md'),
                               plot=str(tmp_path / 'pareto.png'), section=SECTION,
-                              note=None, readme=None)
+                              note=None, readme=None, tuning=False)
     from tools.benchmark_compare import OLD_SECTIONS
     (tmp_path / 'RESULTS.md').write_text(f'# benchmarks\n\n## (a) other\n\nkept\n\n'
                                          f'## {OLD_SECTIONS[0]}\n\nold table\n\n## (f) x\n\ny\n')
@@ -280,12 +280,15 @@ def test_outputs_written_from_fake_results(tmp_path):
     assert 'Command: `python tools/benchmark_compare.py --seeds 0 1 2`' in md
     assert open(args.plot, 'rb').read(4) == b'\x89PNG'
     assert 'no default was tuned on it' in md
-    args.section = '(m) GDP variants'  # a tuning run writes its own section, removes none
+    args.section = '(q) timed in a runtime'  # another section on the report split
+    write_outputs(_fake_data(), args, [])
+    assert 'no default was tuned on it' in open(args.results).read().split('## (q)')[1]
+    args.section, args.tuning = '(m) GDP variants', True  # a tuning run: its own section
     args.note = 'Rows labelled GDP: the defaults before.'
     write_outputs(_fake_data(), args, [])
     md = open(args.results).read()
     assert f'## {SECTION}' in md and '## (m) GDP variants' in md
-    tuned = md.split('## (m) GDP variants')[1]
+    tuned = md.split('## (m) GDP variants')[1].split('\n## ')[0]
     assert 'the split the GDP defaults were chosen on' in tuned
     assert tuned.rstrip().endswith('Rows labelled GDP: the defaults before.')
 
@@ -423,6 +426,22 @@ def test_readme_comparison_is_the_one_generated_from_compare_json():
                for k in runs), 'every method and budget has its 3 seeds'
 
 
+def test_readme_onnxruntime_comparison_is_the_one_generated_from_its_json():
+    """README's comparison timed in ONNX Runtime says what benchmarks/compare_ort.json
+    holds, and that comparison timed its latency there."""
+    from tools.benchmark_compare import readme_block
+    path = osp.join(REPO, 'benchmarks', 'compare_ort.json')
+    data = json.load(open(path))
+    assert data['settings']['latency_backend'] == 'onnxruntime'
+    block_name = readme_block(path)
+    readme = open(osp.join(REPO, 'README.md')).read()
+    block = readme.split(f'<!-- begin: {block_name} -->\n')[1].split(
+        f'<!-- end: {block_name} -->')[0]
+    assert block == '\n'.join(readme_lines(data)) + '\n'
+    assert {(r['method'], r['budget']) for r in data['runs']} >= {
+        ('gdp', 0.5), ('gdp', 0.3), ('gdp_latency', 0.5), ('gdp_latency', 0.3)}
+
+
 def test_stored_results_name_no_machine_paths():
     """Paths under the repository are stored relative to it (the committed results
     named the machine they ran on); other strings and paths elsewhere stay as they are."""
@@ -431,7 +450,7 @@ def test_stored_results_name_no_machine_paths():
                 baseline=dict(checkpoint='/elsewhere/b.pth'))
     assert repo_relative(data) == dict(runs=[dict(config='work_dirs/c/base.py', method='gdp')],
                                        baseline=dict(checkpoint='/elsewhere/b.pth'))
-    for name in ('compare.json', 'tuning.json'):
+    for name in ('compare.json', 'tuning.json', 'compare_ort.json'):
         text = open(osp.join(REPO, 'benchmarks', name)).read()
         assert '"/' not in text, name  # no absolute path in the committed results
 
