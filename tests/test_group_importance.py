@@ -9,7 +9,6 @@ import torch
 
 from gdp_det.benchmark.group_importance import alive_for, group_scores, prune_groups
 
-tp = pytest.importorskip('torch_pruning')
 
 
 def _randomized(gated):
@@ -31,6 +30,7 @@ def test_scores_equal_torch_pruning_on_the_groups_both_find(gated_toy_retinanet,
     """A plain block's group (conv1 -> bn1 -> conv2) and the stem's residual group (five
     producers, their BNs and every consumer of layer1's stream): our scores are
     Torch-Pruning 1.6's normalized group importance of the same channels."""
+    tp = pytest.importorskip('torch_pruning')
     from mmdet.registry import MODELS
     from gdp_det.benchmark.compare_methods import TensorMode, _bn_scale_or_l1
     gated = _randomized(gated_toy_retinanet[0])
@@ -77,7 +77,7 @@ def test_faster_rcnn_gets_torch_pruning_criteria_on_our_groups(make_toy_cfg, tmp
     cfg = make_toy_cfg(FASTER_RCNN_CFG)
     torch.manual_seed(0)
     state = MODELS.build(copy.deepcopy(cfg.model)).state_dict()
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # (ImportError where Torch-Pruning is not installed)
         cm.prune_torch_pruning(cfg, state, 0.5, (224, 224), 'l1', False, 0)
     ckpt = tmp_path / 'baseline.pth'
     torch.save(dict(state_dict=state), ckpt)
