@@ -249,13 +249,30 @@ def first_within(prune: Callable[[float], Tuple[object, float]], budget: float,
     return best
 
 
+def gate_within_budget(gated: nn.Module, alive_for: Callable[[float], object], budget: float,
+                       **search) -> float:
+    """Set the gates of GDP model ``gated`` to ``alive_for(x)`` (which channels survive
+    cutting by ``x``; 0/1 per global channel id) at the ``x`` that :func:`first_within`
+    (``search``: its options) finds for ``budget`` of the FLOPs (``gdp_det.flops``).
+    Returns that FLOPs ratio."""
+    from ..flops import FlopsModel
+    fm = FlopsModel(gated.gdp_gates.graph)
+
+    def prune(x):
+        alive = alive_for(x)
+        return alive, fm.count(alive) / fm.full
+
+    alive, ratio = first_within(prune, budget, **search)
+    with torch.no_grad():
+        gated.gdp_gates.a.copy_(torch.as_tensor(alive, dtype=torch.float32))
+    return ratio
+
+
 def prune_random(gated: nn.Module, budget: float, seed: int) -> float:
     """Zero the gates of random channels of the GDP model ``gated``: the same share
-    of every coupled group, the share searched so that FLOPs (``gdp_det.flops``) are
-    at most ``budget``. Returns that FLOPs ratio."""
-    from ..flops import FlopsModel
+    of every coupled group, the share searched so that FLOPs (``gdp_det.flops``) are at
+    most ``budget``. Returns that FLOPs ratio."""
     graph = gated.gdp_gates.graph
-    fm = FlopsModel(graph)
     gen = torch.Generator().manual_seed(seed)
     orders = [torch.randperm(g.size, generator=gen) for g in graph.groups]
 
@@ -265,14 +282,7 @@ def prune_random(gated: nn.Module, budget: float, seed: int) -> float:
             alive[off + order[:max(1, int(round((1 - share) * g.size)))]] = True
         return alive
 
-    def prune(share):
-        alive = alive_for(share)
-        return alive, fm.count(alive) / fm.full
-
-    alive, ratio = first_within(prune, budget, hi=1.0, steps=30)
-    with torch.no_grad():
-        gated.gdp_gates.a.copy_(alive.float())
-    return ratio
+    return gate_within_budget(gated, alive_for, budget, hi=1.0, steps=30)
 
 
 class TensorMode(nn.Module):

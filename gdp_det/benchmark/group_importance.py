@@ -82,18 +82,17 @@ def group_scores(gated: nn.Module, criterion: str) -> List[np.ndarray]:
     for grp in graph.groups:
         use_norms = criterion == 'bn' and bool(grp.norms)
         kind = 'l1' if criterion == 'bn' else criterion
-        members = ([('norm', n, p) for n, p in grp.norms.items()] if use_norms else
-                   [('out', n, p) for n, p in grp.producers.items()]
-                   + [('out', n, p) for n, p in grp.norms.items()]
-                   + [('out', n, p) for n, p in grp.carriers.items()]
-                   + [('in', n, p) for n, p in grp.consumers.items()])
+        outs = (grp.norms if use_norms else
+                {**grp.producers, **grp.norms, **grp.carriers})
+        members = ([('out', n, p) for n, p in outs.items()]
+                   + ([] if use_norms else [('in', n, p) for n, p in grp.consumers.items()]))
         total, count = np.zeros(grp.size), 0
         for side, name, pos in members:
             m = modules[name]
             w = _weight(m, kind)
             if w is None:
                 continue
-            scores = _side_scores(m, w, 'in' if side == 'in' else 'out')
+            scores = _side_scores(m, w, side)
             sel = pos >= 0
             np.add.at(total, pos[sel], scores[:len(pos)][sel])
             count += 1
@@ -135,20 +134,12 @@ def prune_groups(gated: nn.Module, budget: float, criterion: str, global_pruning
     the ratio searched so that its FLOPs (:class:`~gdp_det.flops.FlopsModel`) are at
     most ``budget``; ``grads`` (parameter name -> gradient) feed ``'taylor'``. Returns
     the FLOPs ratio."""
-    from ..flops import FlopsModel
-    from .compare_methods import first_within
+    from .compare_methods import gate_within_budget
     for n, p in gated.named_parameters():
         if grads and n in grads:
             p.grad = grads[n]
     scores = group_scores(gated, criterion)
-    fm = FlopsModel(gated.gdp_gates.graph)
-
-    def prune(ratio):
-        alive = alive_for(scores, ratio, global_pruning)
-        return alive, fm.count(alive) / fm.full
-
-    alive, ratio = first_within(prune, budget, grid=10, steps=8)
-    with torch.no_grad():
-        gated.gdp_gates.a.copy_(torch.as_tensor(alive, dtype=torch.float32))
+    ratio = gate_within_budget(gated, lambda r: alive_for(scores, r, global_pruning), budget,
+                               grid=10, steps=8)
     gated.zero_grad(set_to_none=True)
     return ratio
