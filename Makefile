@@ -5,7 +5,7 @@ DATA ?= data/toyvoc
 DEMO_DIR ?= work_dirs/demo
 COMPARE_DIR ?= work_dirs/compare
 
-.PHONY: setup test test-fast test-portability demo compare
+.PHONY: setup test test-fast test-portability demo compare compare-frcnn compare-rtmdet
 
 setup:
 	bash tools/setup_env.sh
@@ -69,3 +69,17 @@ compare: setup
 	  --val-data data/toyvoc_val1000 --num-val 1000 --val-seed 1 --budgets 0.5 0.3 \
 	  --seeds 0 1 2 --epochs 3 --gdp-epochs 3 --jobs $(COMPARE_JOBS) --readme README.md \
 	  $(COMPARE_ARGS)
+
+# The same protocol on the toy Faster R-CNN R18-FPN and the toy RTMDet-tiny (issue 22): each
+# has its JSON, RESULTS section and Pareto plot; README's table across detectors is
+# regenerated from all of them.
+compare-frcnn:
+	$(MAKE) compare COMPARE_DIR=work_dirs/compare_frcnn COMPARE_ARGS="\
+	  configs/toy/faster-rcnn_r18_fpn_toyvoc.py --out benchmarks/compare_frcnn.json \
+	  --plot benchmarks/compare_frcnn_pareto.png --section '$(FRCNN_SECTION)' $(COMPARE_ARGS)"
+compare-rtmdet:
+	$(MAKE) compare COMPARE_DIR=work_dirs/compare_rtmdet COMPARE_ARGS="\
+	  configs/toy/rtmdet_tiny_toyvoc.py --out benchmarks/compare_rtmdet.json \
+	  --plot benchmarks/compare_rtmdet_pareto.png --section '$(RTMDET_SECTION)' $(COMPARE_ARGS)"
+FRCNN_SECTION = (r) Accuracy at equal FLOPs and equal latency on the toy Faster R-CNN R18-FPN
+RTMDET_SECTION = (s) Accuracy at equal FLOPs and equal latency on the toy RTMDet-tiny

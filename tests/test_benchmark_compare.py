@@ -236,6 +236,51 @@ def test_readme_summary_states_where_gdp_wins_and_loses():
         '0.440 ± 0.040; GDP with a FLOPs budget at the same latencies: 0.570 ± 0.020.' in text
 
 
+def test_overview_across_detectors_states_where_gdp_is_behind():
+    from gdp_det.benchmark.compare_summary import detector_name, overview_lines
+    ahead = _fake_data()
+    ahead['settings']['extra'] = dict(config='configs/toy/retinanet_r18_fpn_toyvoc.py')
+
+    def behind_at_half(runs):  # random at 0.5: 0.63 / 0.60 / 0.66, spread 0.03 (GDP 0.02)
+        for r, a in zip(runs[6:9], (0.63, 0.60, 0.66)):
+            r['mAP'] = a
+    behind = _fake_data(behind_at_half)
+    behind['settings']['extra'] = dict(config='configs/toy/faster-rcnn_r18_fpn_toyvoc.py')
+    assert detector_name(behind) == 'faster-rcnn_r18_fpn_toyvoc'
+    text = '\n'.join(overview_lines([ahead, behind]))
+    # GDP minus random, paired by seed: +0.10 / +0.08 / +0.06 at 0.5 in the first
+    assert '| retinanet_r18_fpn_toyvoc | 0.5 | 3 | 0.620 ± 0.020 | random channels, uniform ' \
+        '0.540 ± 0.040 | +0.080 ± 0.020 | random channels, uniform 0.490 ± 0.040 | ' \
+        '+0.130 ± 0.020 |' in text
+    assert '| retinanet_r18_fpn_toyvoc | 0.3 | 3 | 0.520 ± 0.020 | random channels, uniform ' \
+        '0.440 ± 0.040 | +0.080 ± 0.020 | — | — |' in text
+    assert '| faster-rcnn_r18_fpn_toyvoc | 0.5 | 3 | 0.620 ± 0.020 | random channels, ' \
+        'uniform 0.630 ± 0.030 | -0.010 ± 0.026 |' in text
+    assert '- faster-rcnn_r18_fpn_toyvoc at 0.5 of the FLOPs: GDP is 0.010 below random ' \
+        'channels, uniform (paired by seed over 3 seed(s)).' in text
+    assert text.count(' below ') == 1 and 'spread' not in text  # GDP's spreads are narrower
+    behind['runs'][1]['mAP'] = 0.70  # GDP at 0.5, seed 1: ahead, spread 0.050 against 0.030
+    text = '\n'.join(overview_lines([ahead, behind]))
+    assert ' below ' not in text
+    assert "faster-rcnn_r18_fpn_toyvoc at 0.5 of the FLOPs: the seed spread of GDP (0.050) " \
+        "is wider than random channels, uniform's (0.030)." in text
+    assert overview_lines([ahead])[-1] == '- GDP (FLOPs budget) is at or above the best ' \
+        'other pruner at every budget above, paired by seed, with a seed spread no wider.'
+
+
+def test_readme_overview_is_the_one_generated_from_the_detector_comparisons():
+    """README's table across detectors says what the comparison JSONs hold: rerun
+    `tools/benchmark_compare.py --collect-only --readme README.md` (or the make targets)."""
+    from gdp_det.benchmark.compare_summary import overview_lines
+    from tools.benchmark_compare import OVERVIEW_BLOCK, in_overview, overview_data
+    assert in_overview(osp.join(REPO, 'benchmarks', 'compare_frcnn.json'))
+    assert not in_overview(osp.join(REPO, 'benchmarks', 'compare_ort.json'))
+    readme = open(osp.join(REPO, 'README.md')).read()
+    block = readme.split(f'<!-- begin: {OVERVIEW_BLOCK} -->\n')[1].split(
+        f'<!-- end: {OVERVIEW_BLOCK} -->')[0]
+    assert block == '\n'.join(overview_lines(overview_data())) + '\n'
+
+
 def test_each_comparison_json_has_its_readme_block_and_says_where_latency_is_timed():
     from tools.benchmark_compare import README_BLOCK, readme_block
     assert readme_block(osp.join(REPO, 'benchmarks', 'compare.json')) == README_BLOCK

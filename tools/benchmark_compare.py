@@ -31,6 +31,10 @@ SECTION = '(e) Accuracy at equal FLOPs and equal latency: GDP vs other pruners'
 # the sections this one replaces (the one-run comparison before issue 13)
 OLD_SECTIONS = ('(e) Accuracy at equal FLOPs: GDP vs magnitude and BN-scale pruning',)
 README_BLOCK = 'generated from benchmarks/compare.json'
+# the comparison on each detector (issue 22), summed up in one README table (its block)
+DETECTOR_COMPARISONS = ('benchmarks/compare.json', 'benchmarks/compare_frcnn.json',
+                        'benchmarks/compare_rtmdet.json')
+OVERVIEW_BLOCK = 'generated from the comparison on each detector'
 TEST_LIST = osp.join('VOC2007', 'ImageSets', 'Main', '{}.txt')
 
 
@@ -74,6 +78,18 @@ def readme_block(out: str) -> str:
     path = osp.abspath(out)
     inside = path.startswith(osp.join(REPO, ''))
     return f'generated from {osp.relpath(path, REPO) if inside else osp.basename(path)}'
+
+
+def in_overview(out: str) -> bool:
+    """Whether the comparison written to ``out`` is one of README's overview table."""
+    return osp.abspath(out) in {osp.join(REPO, p) for p in DETECTOR_COMPARISONS}
+
+
+def overview_data(repo: str = REPO) -> list:
+    """The content of each of ``DETECTOR_COMPARISONS`` that exists, in that order."""
+    import json
+    paths = [osp.join(repo, p) for p in DETECTOR_COMPARISONS]
+    return [json.load(open(p)) for p in paths if osp.isfile(p)]
 
 
 def _count(root: str, split: str, default: int) -> int:
@@ -172,6 +188,8 @@ def main(argv=None):
     for path in (args.out, args.results, args.plot):
         check_writable_dir(osp.dirname(osp.abspath(path)), f'directory of {path}')
     check_readme(args.readme, readme_block(args.out))
+    if in_overview(args.out):
+        check_readme(args.readme, OVERVIEW_BLOCK)
     if not args.config_data:
         if osp.abspath(args.data) == osp.abspath(args.val_data):
             print('[compare] warning: --val-data is --data: the report split is the tuning split')
@@ -264,7 +282,8 @@ def write_outputs(data: dict, args, argv) -> None:
     import json
     import re
     import shlex
-    from gdp_det.benchmark.compare_summary import markdown, plot_pareto, readme_lines
+    from gdp_det.benchmark.compare_summary import (markdown, overview_lines, plot_pareto,
+                                                   readme_lines)
     from gdp_det.files import atomic_write
     from gdp_det.pipeline.report import replace_marked, update_sections
     data = repo_relative(data)
@@ -283,6 +302,8 @@ def write_outputs(data: dict, args, argv) -> None:
         plot_pareto(data, args.plot)
     if args.readme:
         replace_marked(args.readme, readme_block(args.out), readme_lines(data))
+        if in_overview(args.out):
+            replace_marked(args.readme, OVERVIEW_BLOCK, overview_lines(overview_data()))
     print(f'[compare] wrote {args.out}, {args.results} ({args.section[:3]}), {args.plot}')
 
 

@@ -31,13 +31,15 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float]:
     return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0
 
 
-def pm(values: Sequence[Optional[float]], digits: int = 3) -> str:
-    """``mean ± std`` of the values that are not None (one value: itself; none: —)."""
+def pm(values: Sequence[Optional[float]], digits: int = 3, signed: bool = False) -> str:
+    """``mean ± std`` of the values that are not None (one value: itself; none: —); the
+    mean with its sign when ``signed``."""
     xs = [v for v in values if v is not None]
     if not xs:
         return '—'
     m, s = mean_std(xs)
-    return f'{m:.{digits}f}' if len(xs) == 1 else f'{m:.{digits}f} ± {s:.{digits}f}'
+    mean = f'{m:+.{digits}f}' if signed else f'{m:.{digits}f}'
+    return mean if len(xs) == 1 else f'{mean} ± {s:.{digits}f}'
 
 
 def _by_seed(runs: Sequence[dict], key: str = 'mAP') -> Dict[int, float]:
@@ -244,6 +246,85 @@ def _verdict(name: str, ours: Sequence[float], best: Tuple[str, List[float]],
            f'{spread}{stds}.'
 
 
+def _best_at_budget(by, others: Sequence[str], budget: float) -> Optional[str]:
+    """The method of ``others`` with the highest mean mAP at ``budget`` (None: no runs)."""
+    have = [m for m in others if by.get((m, budget))]
+    return max(have, key=lambda m: mean_std([r['mAP'] for r in by[(m, budget)]])[0],
+               default=None)
+
+
+def _best_at_latency(eq: dict, others: Sequence[str], budget: float) -> Optional[str]:
+    """The method of ``others`` with the highest mean mAP interpolated at the latency of
+    GDP's models at ``budget`` (``eq``: the equal-latency rows by (method, budget))."""
+    have = [m for m in others if eq.get((m, budget), {}).get('mAP')]
+    return max(have, key=lambda m: mean_std(eq[(m, budget)]['mAP'])[0], default=None)
+
+
+def detector_name(data: dict) -> str:
+    """The detector a comparison ran on: its config's file name without ``.py``."""
+    config = data['settings'].get('extra', {}).get('config') or 'unknown config'
+    return config.replace('\\', '/').rsplit('/', 1)[-1].rsplit('.py', 1)[0]
+
+
+def _shortfalls(where: str, ours: Sequence[float], best: Tuple[str, List[float]],
+                diffs: Sequence[float]) -> List[str]:
+    """Where GDP's mean mAP is below the best other's or its seed spread is wider."""
+    label, theirs = best
+    out = []
+    if diffs and mean_std(diffs)[0] < 0:
+        out.append(f'{where}: GDP is {-mean_std(diffs)[0]:.3f} below {label} (paired by '
+                   f'seed over {len(diffs)} seed(s)).')
+    if len(ours) > 1 and len(theirs) > 1 and mean_std(ours)[1] > mean_std(theirs)[1]:
+        out.append(f'{where}: the seed spread of GDP ({mean_std(ours)[1]:.3f}) is wider than '
+                   f"{label}'s ({mean_std(theirs)[1]:.3f}).")
+    return out
+
+
+def overview_lines(comparisons: Sequence[dict]) -> List[str]:
+    """README's table across detectors (lines of markdown), one row per comparison (the
+    content of its JSON) and budget: GDP's (FLOPs budget) mean ± std mAP, the
+    best other pruner's at the same FLOPs and at the measured latency of GDP's models, the
+    difference paired by seed; then a line for each budget where GDP's mean is below the
+    best other's (by how much) or its seed spread is wider."""
+    lines = ['| detector (config) | budget | seeds | GDP, FLOPs budget | best other pruner, same FLOPs '
+             '| Δ paired | best other pruner, same latency | Δ paired |',
+             '|---|---|---|---|---|---|---|---|']
+    behind = []
+    for data in comparisons:
+        by = _groups(data['runs'])
+        labels = {r['method']: r['label'] for r in data['runs']}
+        others = [m for m in labels if not _ours(m) and m != 'control']
+        eq = {(e['method'], e['reference_budget']): e
+              for e in data['summary']['equal_latency']}
+        name = detector_name(data)
+        for b in sorted({r['budget'] for r in data['runs'] if r['budget'] is not None},
+                        reverse=True):
+            ours = by.get((REFERENCE, b), [])
+            cells = []
+            best = _best_at_budget(by, others, b)
+            if best is None:
+                cells += ['—', '—']
+            else:
+                theirs = [r['mAP'] for r in by[(best, b)]]
+                d = paired_differences(ours, by[(best, b)])
+                cells += [f'{labels[best]} {pm(theirs)}', pm(d, signed=True)]
+                behind += _shortfalls(f'{name} at {b:g} of the FLOPs', [r['mAP'] for r in ours],
+                                      (labels[best], theirs), d)
+            m = _best_at_latency(eq, others, b)
+            if m is None:
+                cells += ['—', '—']
+            else:
+                cells += [f"{labels[m]} {pm(eq[(m, b)]['mAP'])}",
+                          pm([-x for x in eq[(m, b)]['diff_to_reference']], signed=True)]
+            lines.append(f'| {name} | {b:g} | {len({r["seed"] for r in ours})} | '
+                         f"{pm([r['mAP'] for r in ours])} | " + ' | '.join(cells) + ' |')
+    lines.append('')
+    lines += ([f'- {x}' for x in behind] if behind else
+              ['- GDP (FLOPs budget) is at or above the best other pruner at every budget '
+               'above, paired by seed, with a seed spread no wider.'])
+    return lines
+
+
 def readme_lines(data: dict) -> List[str]:
     """README's summary of a comparison (lines of markdown): mean ± std mAP of every method
     at each budget and at the latencies of GDP's models, and for each column whether GDP's
@@ -288,20 +369,17 @@ def readme_lines(data: dict) -> List[str]:
     others = [m for m in methods if not _ours(m)]
     ours = {b: maps(REFERENCE, b) for b in budgets}
     for b in budgets:
-        best = max(others, key=lambda m: mean_std(maps(m, b))[0] if maps(m, b) else -1,
-                   default=None)
+        best = _best_at_budget(by, others, b)
         if best is not None:
             lines.append('- ' + _verdict(f'At budget {b:g}', ours[b],
                                          (labels[best], maps(best, b)),
                                          paired_differences(by.get((REFERENCE, b), []),
                                                             by[(best, b)])))
-        if b in ref_ms:
-            cand = [m for m in others if eq.get((m, b), {}).get('mAP')]
-            if cand:
-                m = max(cand, key=lambda m: mean_std(eq[(m, b)]['mAP'])[0])
-                lines.append('- ' + _verdict(
-                    f"At GDP's {ref_ms[b]:.1f} ms", ours[b], (labels[m], eq[(m, b)]['mAP']),
-                    [-d for d in eq[(m, b)]['diff_to_reference']]))
+        m = _best_at_latency(eq, others, b)
+        if m is not None:
+            lines.append('- ' + _verdict(
+                f"At GDP's {ref_ms[b]:.1f} ms", ours[b], (labels[m], eq[(m, b)]['mAP']),
+                [-d for d in eq[(m, b)]['diff_to_reference']]))
     control = maps('control', None)
     if control:
         lines.append(f'- No pruning, trained the same {s["epochs"]} epochs (control): '
