@@ -84,7 +84,8 @@ def _gdp_variant(name: str, label: str, gdp_epochs: Optional[int] = None, **hook
 # benchmarks/RESULTS.md (m)); not in the default comparison. Each states the gate momentum
 # and the GDP phase length (``gdp_epochs`` of the same total epochs after the baseline)
 # it was measured with, so it keeps its meaning when the defaults change.
-_BEFORE_13 = dict(grad_momentum=0.0, gdp_epochs=2)  # the defaults before issue 13
+_HALF = dict(lambda_span=0.5)  # the cut in the first half of the phase: default before issue 22
+_BEFORE_13 = dict(grad_momentum=0.0, gdp_epochs=2, **_HALF)  # the defaults before issue 13
 GDP_VARIANTS: List[Method] = [
     _gdp_variant('before13', 'defaults before issue 13 (no gate momentum, 2 GDP epochs)',
                  **_BEFORE_13),
@@ -98,24 +99,25 @@ GDP_VARIANTS: List[Method] = [
                  eps_end=1e-4, **dict(_BEFORE_13, grad_momentum=0.9)),
     _gdp_variant('phase3', 'GDP phase = all epochs', **dict(_BEFORE_13, gdp_epochs=3)),
     _gdp_variant('momentum_phase3', 'momentum 0.9, GDP phase = all epochs',
-                 gdp_epochs=3, grad_momentum=0.9),
+                 gdp_epochs=3, grad_momentum=0.9, **_HALF),
     _gdp_variant('momentum_phase3_early', 'momentum 0.9, GDP phase = all epochs, cut in its '
                  'first quarter', gdp_epochs=3, grad_momentum=0.9, lambda_span=0.25),
     _gdp_variant('phase3_early', 'GDP phase = all epochs, cut in its first quarter',
-                 lambda_span=0.25, **dict(_BEFORE_13, gdp_epochs=3)),
+                 **dict(_BEFORE_13, gdp_epochs=3, lambda_span=0.25)),
     _gdp_variant('lr0.03', 'gate_lr 0.03', gate_lr=0.03, **_BEFORE_13),
     _gdp_variant('cost0.5', 'cost_power 0.5 (half FLOPs-weighted)', cost_power=0.5, **_BEFORE_13),
     # the widths ONNX Runtime runs fast (what a latency budget there exports with
     # channel_divisor='auto'), for a FLOPs budget: tells the latency model's gain from the
     # divisor's at equal runtime latency
     _gdp_variant('div8', 'FLOPs budget, widths multiple of 8', gdp_epochs=3, grad_momentum=0.9,
-                 channel_divisor=8),
+                 channel_divisor=8, **_HALF),
     # the defaults with the full-width model trained to the end of the phase (before
     # issue 22): the shrink after the cut must leave the mAP where it was
     _gdp_variant('noshrink', 'no shrink after the cut', gdp_epochs=3, grad_momentum=0.9,
-                 shrink_after_cut=False),
+                 shrink_after_cut=False, **_HALF),
     # an earlier cut, so that more of the phase trains the shrunk model (issue 22 part 3:
-    # training cost): lambda may grow 1e4-fold over the first quarter of the phase
+    # training cost): lambda may grow 1e4-fold over the first quarter of the phase (the
+    # default since; `gdp_momentum_phase3` is the same with the cut in the first half)
     _gdp_variant('cut_quarter', 'cut in the first quarter of the phase (lambda_span 0.25)',
                  gdp_epochs=3, grad_momentum=0.9, lambda_span=0.25),
 ]
