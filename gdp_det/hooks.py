@@ -126,7 +126,7 @@ class GDPHook(Hook):
                  num_snapshots: int = 6, params_target: Optional[float] = None,
                  cost_power: float = 0.0, grad_norm: bool = True,
                  latency_target: Optional[float] = None, grad_momentum: float = 0.9,
-                 lambda_span: float = 0.25, shrink_after_cut: bool = True,
+                 lambda_span: float = 0.5, shrink_after_cut: bool = True,
                  latency_backend: str = 'torch'):
         if flops_target is None and params_target is None and latency_target is None:
             flops_target = 0.5

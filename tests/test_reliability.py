@@ -238,8 +238,8 @@ def test_gate_gradient_momentum_averages_out_batch_noise():
     better than chance; the running mean (the default momentum 0.9) picks much better,
     and soft gates while they are cut (large eps) better still on this toy loss
     (benchmarks/RESULTS.md (n); on a detector they cost more than they give, (m)). With
-    the cut in the first half of the run (lambda_span 0.5, as (n)'s first rows): the
-    default cut in the first quarter leaves the gates fewer noisy steps to mislead them."""
+    the cut in the first half of the run (lambda_span 0.5, the default, as (n)'s first
+    rows; a cut in the first quarter leaves the gates fewer noisy steps to mislead them)."""
     half = dict(lambda_span=0.5)
     plain, _, _ = _selection(grad_momentum=0, **half)
     momentum, _, hook = _selection(**half)  # the default: 0.9

@@ -84,7 +84,7 @@ def _gdp_variant(name: str, label: str, gdp_epochs: Optional[int] = None, **hook
 # benchmarks/RESULTS.md (m)); not in the default comparison. Each states the gate momentum
 # and the GDP phase length (``gdp_epochs`` of the same total epochs after the baseline)
 # it was measured with, so it keeps its meaning when the defaults change.
-_HALF = dict(lambda_span=0.5)  # the cut in the first half of the phase: default before issue 22
+_HALF = dict(lambda_span=0.5)  # the cut in the first half of the phase (the default)
 _BEFORE_13 = dict(grad_momentum=0.0, gdp_epochs=2, **_HALF)  # the defaults before issue 13
 GDP_VARIANTS: List[Method] = [
     _gdp_variant('before13', 'defaults before issue 13 (no gate momentum, 2 GDP epochs)',
@@ -116,8 +116,8 @@ GDP_VARIANTS: List[Method] = [
     _gdp_variant('noshrink', 'no shrink after the cut', gdp_epochs=3, grad_momentum=0.9,
                  shrink_after_cut=False, **_HALF),
     # an earlier cut, so that more of the phase trains the shrunk model (issue 22 part 3:
-    # training cost): lambda may grow 1e4-fold over the first quarter of the phase (the
-    # default since; `gdp_momentum_phase3` is the same with the cut in the first half)
+    # training cost): lambda may grow 1e4-fold over the first quarter of the phase
+    # (`gdp_momentum_phase3` is the same with the cut in the first half, the default)
     _gdp_variant('cut_quarter', 'cut in the first quarter of the phase (lambda_span 0.25)',
                  gdp_epochs=3, grad_momentum=0.9, lambda_span=0.25),
 ]
