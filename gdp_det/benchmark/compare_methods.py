@@ -86,6 +86,9 @@ def _gdp_variant(name: str, label: str, gdp_epochs: Optional[int] = None, **hook
 # it was measured with, so it keeps its meaning when the defaults change.
 _HALF = dict(lambda_span=0.5)  # the cut in the first half of the phase (the default)
 _BEFORE_13 = dict(grad_momentum=0.0, gdp_epochs=2, **_HALF)  # the defaults before issue 13
+# momentum and a GDP phase of all the epochs, lambda free to grow 1e4-fold over the first
+# quarter of the phase (the cut within it)
+_EARLY_CUT = dict(gdp_epochs=3, grad_momentum=0.9, lambda_span=0.25)
 GDP_VARIANTS: List[Method] = [
     _gdp_variant('before13', 'defaults before issue 13 (no gate momentum, 2 GDP epochs)',
                  **_BEFORE_13),
@@ -101,7 +104,7 @@ GDP_VARIANTS: List[Method] = [
     _gdp_variant('momentum_phase3', 'momentum 0.9, GDP phase = all epochs',
                  gdp_epochs=3, grad_momentum=0.9, **_HALF),
     _gdp_variant('momentum_phase3_early', 'momentum 0.9, GDP phase = all epochs, cut in its '
-                 'first quarter', gdp_epochs=3, grad_momentum=0.9, lambda_span=0.25),
+                 'first quarter', **_EARLY_CUT),
     _gdp_variant('phase3_early', 'GDP phase = all epochs, cut in its first quarter',
                  **dict(_BEFORE_13, gdp_epochs=3, lambda_span=0.25)),
     _gdp_variant('lr0.03', 'gate_lr 0.03', gate_lr=0.03, **_BEFORE_13),
@@ -116,10 +119,11 @@ GDP_VARIANTS: List[Method] = [
     _gdp_variant('noshrink', 'no shrink after the cut', gdp_epochs=3, grad_momentum=0.9,
                  shrink_after_cut=False, **_HALF),
     # an earlier cut, so that more of the phase trains the shrunk model (issue 22 part 3:
-    # training cost): lambda may grow 1e4-fold over the first quarter of the phase
-    # (`gdp_momentum_phase3` is the same with the cut in the first half, the default)
+    # training cost): the settings of `gdp_momentum_phase3_early` (RESULTS (m)), under the
+    # name RESULTS (q)'s runs are stored with (`gdp_momentum_phase3`: the cut in the first
+    # half, the default)
     _gdp_variant('cut_quarter', 'cut in the first quarter of the phase (lambda_span 0.25)',
-                 gdp_epochs=3, grad_momentum=0.9, lambda_span=0.25),
+                 **_EARLY_CUT),
 ]
 
 

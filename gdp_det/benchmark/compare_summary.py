@@ -286,8 +286,9 @@ def overview_lines(comparisons: Sequence[dict]) -> List[str]:
     best other pruner's at the same FLOPs and at the measured latency of GDP's models, the
     difference paired by seed; then a line for each budget where GDP's mean is below the
     best other's (by how much) or its seed spread is wider."""
-    lines = ['| detector (config) | budget | seeds | GDP, FLOPs budget | best other pruner, same FLOPs '
-             '| Δ paired | best other pruner, same latency | Δ paired |',
+    lines = ['| detector (config) | budget | seeds | GDP, FLOPs budget '
+             '| best other pruner, same FLOPs | Δ paired '
+             '| best other pruner, same latency | Δ paired |',
              '|---|---|---|---|---|---|---|---|']
     behind = []
     for data in comparisons:
