@@ -88,6 +88,29 @@ def test_estimate_uses_finished_runs_of_the_method():
     assert C.estimate_seconds(run, s, 100, 1000, done[2:]) == 99.0
 
 
+def test_estimate_scales_by_the_measured_baseline(tmp_path):
+    """Before any run finished, a detector costlier than the toy RetinaNet is estimated
+    by its baseline's measured per-image times (Faster R-CNN's runs took about twice
+    the toy RetinaNet's rough costs)."""
+    def mark(name, **result):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / 'stage_done.json').write_text(json.dumps(result))
+    work = str(tmp_path)
+    assert C.cost_scale(work, 1000) == (1.0, 1.0)  # nothing measured yet
+    mark('baseline_eval', checkpoint='b.pth', mAP=0.5,
+         eval_seconds=3 * 1000 * C.BASELINE_EVAL_S_PER_IMAGE)
+    assert C.cost_scale(work, 1000) == pytest.approx((3.0, 3.0))  # given baseline: eval's
+    mark('baseline', checkpoint='b.pth', train_iters=100, batch_size=8,
+         train_seconds=2 * 800 * C.BASELINE_TRAIN_S_PER_IMAGE)
+    assert C.cost_scale(work, 1000) == pytest.approx((2.0, 3.0))
+    run = C.make_plan(C.Settings(methods=['random'], budgets=[0.5], seeds=[0]))[0][0]
+    s = C.Settings(epochs=3)
+    assert C.estimate_seconds(run, s, 100, 1000, [], C.cost_scale(work, 1000)) == \
+        pytest.approx(3 * 100 * C.TRAIN_S_PER_IMAGE * 2 + 2 * 1000 * C.EVAL_S_PER_IMAGE * 3)
+    done = [dict(method='random', seconds=10.0)]  # a finished run's time wins
+    assert C.estimate_seconds(run, s, 100, 1000, done, (2.0, 3.0)) == 10.0
+
+
 def test_dry_run_prints_the_plan_and_what_finished(tmp_path, capsys):
     from tools.benchmark_compare import main
     argv = ['--dry-run', '--work-dir', str(tmp_path), '--methods', 'control', 'random',

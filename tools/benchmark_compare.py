@@ -148,7 +148,9 @@ def main(argv=None):
                    help='runs at a time, each stream of runs in a process of its own with one '
                    'thread (a 2-core machine: 2); the baseline and the collection run here')
     p.add_argument('--only', nargs='+', metavar='RUN', help=argparse.SUPPRESS)  # one stream
-    p.add_argument('--dry-run', action='store_true', help='print the plan and the time')
+    p.add_argument('--dry-run', action='store_true', help='print the plan and the time left: '
+                   "finished runs' mean times, else rough per-image costs scaled by this "
+                   "detector's measured baseline")
     p.add_argument('--collect-only', action='store_true',
                    help='run nothing: write the outputs from the runs finished so far')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
@@ -200,7 +202,8 @@ def main(argv=None):
     n_train, n_test = _count(args.data, 'trainval', 480), _count(args.val_data, 'test', 1000)
 
     def estimate(run, done):
-        return C.estimate_seconds(run, settings, n_train, n_test, done)
+        return C.estimate_seconds(run, settings, n_train, n_test, done,
+                                  C.cost_scale(comparison.work_dir, n_test))
     if args.only:  # one stream of --jobs: its runs, no collection
         runs = [r for r in runs if r.name in args.only]
         return 1 if C.execute(runs, comparison.work_dir, comparison.run, estimate) else 0
@@ -243,16 +246,25 @@ def run_streams(comparison, runs, jobs: int, argv) -> list:
 def dry_run(args, settings, runs, skipped) -> int:
     from gdp_det.benchmark import compare as C
     n_train, n_test = _count(args.data, 'trainval', 480), _count(args.val_data, 'test', 1000)
-    done = C.load_results(osp.abspath(args.work_dir), runs)
+    work_dir = osp.abspath(args.work_dir)
+    done = C.load_results(work_dir, runs)
     finished = {r['run'] for r in done}
-    base = 0 if args.baseline_checkpoint else 16 * n_train * C.TRAIN_S_PER_IMAGE
-    base += settings.converge_max_epochs * n_train * C.TRAIN_S_PER_IMAGE
-    marker = osp.join(args.work_dir, 'baseline_eval', 'stage_done.json')
+    scale = C.cost_scale(work_dir, n_test)
+    per_image = C.BASELINE_TRAIN_S_PER_IMAGE * scale[0]
+    base = 0 if args.baseline_checkpoint else 16 * n_train * per_image
+    base += settings.converge_max_epochs * n_train * per_image
+    marker = osp.join(work_dir, 'baseline_eval', 'stage_done.json')
     base = 0 if osp.isfile(marker) else base
     print(f'[compare] baseline: {"done" if not base else f"up to {C.hms(base)}"}')
+    if not done:
+        print('[compare] per-image costs: ' + (
+            "the toy RetinaNet's" if scale == (1.0, 1.0) else
+            f"the toy RetinaNet's x {scale[0]:.2f} (training), x {scale[1]:.2f} "
+            "(evaluation), measured on this comparison's baseline"))
     seconds = {}
     for r in runs:
-        t = 0 if r.name in finished else C.estimate_seconds(r, settings, n_train, n_test, done)
+        t = 0 if r.name in finished else C.estimate_seconds(r, settings, n_train, n_test,
+                                                             done, scale)
         seconds[r.name] = t
         print(f'[compare] {r.name:32s} {"done" if not t else "~" + C.hms(t)}')
     for s in skipped:

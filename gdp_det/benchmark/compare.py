@@ -43,9 +43,14 @@ from . import compare_methods as cm
 from .compare_methods import GDP_VARIANTS, METHODS, Method, unavailable
 from .compare_summary import summarize
 
-# rough costs for --dry-run before any run has finished (2 CPU cores, toy RetinaNet)
+# rough costs for --dry-run before any run has finished: seconds per image in one stream
+# (one thread, another stream beside it, 2 CPU cores) on the toy RetinaNet ...
 TRAIN_S_PER_IMAGE = 0.07
 EVAL_S_PER_IMAGE = 0.05
+# ... and in its baseline (all threads, alone), as the comparison measures a baseline: a
+# detector's measured baseline scales the costs above by its ratio to these
+BASELINE_TRAIN_S_PER_IMAGE = 0.05
+BASELINE_EVAL_S_PER_IMAGE = 0.03
 
 
 @dataclass
@@ -133,16 +138,39 @@ def load_results(work_dir: str, runs: Sequence[Run]) -> List[dict]:
 
 
 def estimate_seconds(run: Run, settings: Settings, num_train: int, num_test: int,
-                     finished: Sequence[dict]) -> float:
+                     finished: Sequence[dict], scale: Tuple[float, float] = (1.0, 1.0)
+                     ) -> float:
     """Expected wall time of ``run``: the mean of the finished runs of its method (of
-    any method when none), else the rough per-image costs."""
+    any method when none), else the rough per-image costs times ``scale`` (training,
+    evaluation: see :func:`cost_scale`)."""
     for pool in ([r for r in finished if r['method'] == run.method.name], finished):
         times = [r['seconds'] for r in pool if r.get('seconds')]
         if times:
             return sum(times) / len(times)
     evals = 1 if run.budget is None else 2
-    return (settings.epochs * num_train * TRAIN_S_PER_IMAGE
-            + evals * num_test * EVAL_S_PER_IMAGE)
+    return (settings.epochs * num_train * TRAIN_S_PER_IMAGE * scale[0]
+            + evals * num_test * EVAL_S_PER_IMAGE * scale[1])
+
+
+def cost_scale(work_dir: str, num_test: int) -> Tuple[float, float]:
+    """How much costlier per image this comparison's detector is than the toy RetinaNet
+    the rough costs were measured on, (training, evaluation): its baseline's measured
+    seconds per training image (``baseline`` stage) and per test image (``baseline_eval``,
+    over ``num_test`` images) over the toy RetinaNet's. The evaluation's ratio stands in
+    for training's when the baseline was given (``baseline_checkpoint``), and 1 for what
+    is not measured yet."""
+    def marker(name):
+        path = osp.join(work_dir, name, 'stage_done.json')
+        if not osp.isfile(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+    trained, evaluated = marker('baseline'), marker('baseline_eval')
+    ev = (evaluated['eval_seconds'] / num_test / BASELINE_EVAL_S_PER_IMAGE
+          if evaluated.get('eval_seconds') and num_test else None)
+    tr = (trained['train_seconds'] / (trained['train_iters'] * trained['batch_size'])
+          / BASELINE_TRAIN_S_PER_IMAGE if trained.get('train_seconds') else ev)
+    return (tr or 1.0, ev or tr or 1.0)
 
 
 def training_flops(images_full: int, flops_full: float, images_pruned: int,
@@ -253,17 +281,19 @@ class Comparison:
         s, w = self.settings, self.work_dir
         start = s.baseline_checkpoint and osp.abspath(s.baseline_checkpoint)
         if not start:
-            start = stage(w, 'baseline', lambda: dict(
-                checkpoint=train(self.cfg, osp.join(w, 'baseline'))), self.log)['checkpoint']
+            start = stage(w, 'baseline', lambda: _timed_train(
+                self.cfg, osp.join(w, 'baseline')), self.log)['checkpoint']
         ckpt = start
         if s.patience > 0:
             ckpt = stage(w, 'converge', lambda: self._converge(start), self.log)['checkpoint']
 
         def measure():
             model = cm.build_model(self.base_config, ckpt)
+            t0 = time.time()
             ev = evaluate(self.cfg, ckpt, osp.join(w, 'eval_baseline'))
             return dict(checkpoint=ckpt, mAP=ev['mAP'], params=cm.count_params(model),
-                        flops=cm.counted_flops(model, self.input_size))
+                        flops=cm.counted_flops(model, self.input_size),
+                        eval_seconds=time.time() - t0)
 
         self._base = stage(w, 'baseline_eval', measure, self.log)
         return self._base
