@@ -184,8 +184,10 @@ def main(argv=None):
         runs, skipped = C.make_plan(settings)
     except ValueError as e:
         raise UserError(str(e))
+    for s in skipped:  # said before hours of runs, not only in the collected results
+        print(f'[compare] skipped {s["method"]}: {s["reason"]}')
     if args.dry_run:
-        return dry_run(args, settings, runs, skipped)
+        return dry_run(args, settings, runs)
     cfg = load_config(args.config, args.cfg_options)
     for path in (args.out, args.results, args.plot):
         check_writable_dir(osp.dirname(osp.abspath(path)), f'directory of {path}')
@@ -243,7 +245,7 @@ def run_streams(comparison, runs, jobs: int, argv) -> list:
     return [r.name for r in todo if not osp.isfile(C.result_path(comparison.work_dir, r))]
 
 
-def dry_run(args, settings, runs, skipped) -> int:
+def dry_run(args, settings, runs) -> int:
     from gdp_det.benchmark import compare as C
     n_train, n_test = _count(args.data, 'trainval', 480), _count(args.val_data, 'test', 1000)
     work_dir = osp.abspath(args.work_dir)
@@ -267,8 +269,6 @@ def dry_run(args, settings, runs, skipped) -> int:
                                                              done, scale)
         seconds[r.name] = t
         print(f'[compare] {r.name:32s} {"done" if not t else "~" + C.hms(t)}')
-    for s in skipped:
-        print(f'[compare] skipped {s["method"]}: {s["reason"]}')
     todo = [r for r in runs if r.name not in finished]
     # the streams run side by side (one thread each): the longest one sets the time
     total = base + max([sum(seconds[r.name] for r in st) for st in C.streams(todo, args.jobs)],
