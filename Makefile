@@ -32,7 +32,8 @@ test-fast: setup
 # kernels are built for, oneDNN on or off. Every variant runs; the failed ones are named.
 PORTABILITY_TESTS ?= tests/test_zoo_selections.py tests/test_zoo_cascade_rounding.py \
   tests/test_decisions.py tests/test_gates.py tests/test_prune_coverage.py \
-  tests/test_random_networks.py tests/test_reliability.py tests/test_gdp_training.py
+  tests/test_random_networks.py tests/test_reliability.py tests/test_gdp_training.py \
+  tests/test_shrink.py
 PORTABILITY_VARIANTS ?= OMP_NUM_THREADS=1 OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=default \
   ATEN_CPU_CAPABILITY=avx2 GDP_TEST_MKLDNN=0
 test-portability: setup
