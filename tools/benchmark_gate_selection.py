@@ -84,9 +84,13 @@ def main(argv=None):
         p.error('--seeds must be at least 2, --iters at least 10, --noise >= 0')
     check_writable_dir(osp.dirname(osp.abspath(args.out)), 'directory of --out')
     import torch
-    torch.set_num_threads(1)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # (restored: a caller in the same process keeps its own)
     t0 = time.time()
-    rows = run(SETTINGS, args.noise, args.seeds, args.iters)
+    try:
+        rows = run(SETTINGS, args.noise, args.seeds, args.iters)
+    finally:
+        torch.set_num_threads(saved)
     from gdp_det.pipeline.report import update_sections
     command = 'python tools/benchmark_gate_selection.py ' + ' '.join(
         sys.argv[1:] if argv is None else argv)
