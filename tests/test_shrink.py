@@ -291,7 +291,7 @@ def test_shrunk_run_trains_what_the_full_width_run_trains(uninterrupted, toy_dat
     same weights, float rounding apart: the shrunk convs sum fewer zero terms, in another
     order, and the kept gates' normalised steps (``gate_lr`` 0.1 times a gradient of RMS
     1) carry those last-digit differences on for the 12 iterations after the cut: 8.8e-5
-    on one gate of 0.105 with one thread, under 1e-6 with two (so the bound is 1e-3, 1 %
+    on one gate of 0.105 with one thread, within 1e-4 relative with two (the bound: 1e-3, 1 %
     of a step, far below a different run's moves)."""
     shrunk, shrunk_dir = uninterrupted
     wide = Runner.from_cfg(run_cfg(toy_data, tmp_path / 'wide', shrink_after_cut=False))
