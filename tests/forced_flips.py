@@ -13,6 +13,7 @@ first one it kept; a mask has the element at its largest input negated.
 It sits *below* the verification's :class:`gdp_det.decisions.DecisionLog` (enter it
 first): the log sees the flipped result as the op's own, exactly as for a real flip.
 """
+import sys
 from contextlib import contextmanager
 from typing import List
 
@@ -79,23 +80,26 @@ class _Flipper(TorchFunctionMode):
         return leaves[0] if spec is None else tree_unflatten(leaves, spec)
 
 
+def _called_by(own) -> bool:
+    """Whether a method of one of the modules whose ids are ``own`` is on the stack."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if id(frame.f_locals.get('self')) in own:
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
 def forced_flip(model: nn.Module, op: str):
     """Inside, every decision named ``op`` (a torch function such as ``'topk'``,
     ``'sort'``, ``'__eq__'``, or an ``autograd.Function`` such as ``'NMSop'``) made
-    while one of ``model``'s modules runs returns another selection, as a near-tie
-    broken the other way would; other models' decisions are untouched. Yields the list
-    of flipped ops, one entry per flip made."""
+    by the code of ``model`` or one of its modules (a method of theirs is on the
+    stack) returns another selection, as a near-tie broken the other way would; other
+    models' decisions, and the comparisons a check makes of the outputs after the
+    forward, are untouched. Yields the list of flipped ops, one entry per flip made."""
     own = {id(m) for m in model.modules()}
-    current = [False]
-
-    def track(module, args):
-        current[0] = id(module) in own
     flips: List[str] = []
-    flipper = _Flipper(op, lambda: current[0], flips)
-    handle = nn.modules.module.register_module_forward_pre_hook(track)
-    try:
-        with flipper, watch_autograd_functions(flipper.function_forward):
-            yield flips
-    finally:
-        handle.remove()
+    flipper = _Flipper(op, lambda: _called_by(own), flips)
+    with flipper, watch_autograd_functions(flipper.function_forward):
+        yield flips

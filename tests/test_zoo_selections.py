@@ -48,6 +48,28 @@ def without_replay(monkeypatch, check):
         return check()
 
 
+class PointNMS(torch.nn.Module):
+    """SOLO's point NMS: keeps the scores that are their 2x2 neighbourhood's maximum."""
+
+    def forward(self, score):
+        local_max = torch.nn.functional.max_pool2d(score, 2, stride=1, padding=1)
+        return score * (local_max[:, :, :-1, :-1] == score)
+
+
+def test_forced_flip_touches_only_the_models_own_decisions():
+    """The flip is made in the model's forward, never in a comparison its caller makes
+    of the outputs afterwards (there it cancelled the model's flip: on another CPU the
+    flipped SOLO output was compared as equal at the one element that differed)."""
+    model, other = PointNMS(), PointNMS()
+    score = torch.arange(16.0).view(1, 1, 4, 4)
+    with forced_flip(model, '__eq__') as flips:
+        same, flipped = other(score), model(score)
+        assert len(flips) == 1
+        mask = flipped == same
+        assert len(flips) == 1 and int((~mask).sum()) == 1
+    assert torch.equal(same, PointNMS()(score)) and float(flipped.max()) < 15
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('folder, seed, op', [
     ('solo', 0, '__eq__'), ('dino', 1, 'topk'), ('ddq', 2, 'NMSop'),
