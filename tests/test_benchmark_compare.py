@@ -317,6 +317,16 @@ def test_each_comparison_json_has_its_readme_block_and_says_where_latency_is_tim
     assert 'converged' not in text  # patience 0: the start as it is
 
 
+def test_readme_has_a_block_for_each_detector_comparison():
+    """`make compare-frcnn` / `make compare-rtmdet` pass `--readme README.md`, which
+    refuses to start without the comparison's markers (they were missing: the targets
+    failed at once)."""
+    from gdp_det.pipeline.report import check_readme
+    from tools.benchmark_compare import DETECTOR_COMPARISONS, readme_block
+    for out in DETECTOR_COMPARISONS:
+        check_readme(osp.join(REPO, 'README.md'), readme_block(osp.join(REPO, out)))
+
+
 def test_readme_block_is_replaced_between_its_markers(tmp_path):
     from gdp_det.pipeline.report import replace_marked
     readme = tmp_path / 'README.md'
