@@ -247,6 +247,7 @@ def run_streams(comparison, runs, jobs: int, argv) -> list:
 
 def dry_run(args, settings, runs) -> int:
     from gdp_det.benchmark import compare as C
+    from gdp_det.pipeline import stage_result
     n_train, n_test = _count(args.data, 'trainval', 480), _count(args.val_data, 'test', 1000)
     work_dir = osp.abspath(args.work_dir)
     done = C.load_results(work_dir, runs)
@@ -255,8 +256,7 @@ def dry_run(args, settings, runs) -> int:
     per_image = C.BASELINE_TRAIN_S_PER_IMAGE * scale[0]
     base = 0 if args.baseline_checkpoint else 16 * n_train * per_image
     base += settings.converge_max_epochs * n_train * per_image
-    marker = osp.join(work_dir, 'baseline_eval', 'stage_done.json')
-    base = 0 if osp.isfile(marker) else base
+    base = 0 if stage_result(work_dir, 'baseline_eval') else base
     print(f'[compare] baseline: {"done" if not base else f"up to {C.hms(base)}"}')
     if not done:
         print('[compare] per-image costs: ' + (

@@ -38,7 +38,7 @@ from mmengine.config import Config
 from ..api import prune_and_export
 from ..cli import gdp_model_cfg, load_state_dict
 from ..files import atomic_write
-from ..pipeline import evaluate, gdp_config, phase_schedule, stage, train
+from ..pipeline import evaluate, gdp_config, phase_schedule, stage, stage_result, train
 from . import compare_methods as cm
 from .compare_methods import GDP_VARIANTS, METHODS, Method, unavailable
 from .compare_summary import summarize
@@ -160,13 +160,8 @@ def cost_scale(work_dir: str, num_test: int) -> Tuple[float, float]:
     over ``num_test`` images) over the toy RetinaNet's. The evaluation's ratio stands in
     for training's when the baseline was given (``baseline_checkpoint``), and 1 for what
     is not measured yet."""
-    def marker(name):
-        path = osp.join(work_dir, name, 'stage_done.json')
-        if not osp.isfile(path):
-            return {}
-        with open(path) as f:
-            return json.load(f)
-    trained, evaluated = marker('baseline'), marker('baseline_eval')
+    trained, evaluated = (stage_result(work_dir, name) or {}
+                          for name in ('baseline', 'baseline_eval'))
     ev = (evaluated['eval_seconds'] / num_test / BASELINE_EVAL_S_PER_IMAGE
           if evaluated.get('eval_seconds') and num_test else None)
     tr = (trained['train_seconds'] / (trained['train_iters'] * trained['batch_size'])

@@ -12,6 +12,7 @@ export) works without it, and matplotlib is imported only when a figure is drawn
 """
 from .job import run_pipeline
 from .schedule import gdp_config, phase_schedule
-from .stages import evaluate, stage, train
+from .stages import evaluate, stage, stage_result, train
 
-__all__ = ['evaluate', 'gdp_config', 'phase_schedule', 'run_pipeline', 'stage', 'train']
+__all__ = ['evaluate', 'gdp_config', 'phase_schedule', 'run_pipeline', 'stage', 'stage_result',
+           'train']

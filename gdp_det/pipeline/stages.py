@@ -126,18 +126,28 @@ def _on_rank0(value):
     return box[0]
 
 
+def _marker_path(work_dir: str, name: str) -> str:
+    """Where stage ``name`` stores its result."""
+    return osp.join(work_dir, name, 'stage_done.json')
+
+
+def stage_result(work_dir: str, name: str) -> Optional[Dict]:
+    """The result stage ``name`` stored, ``None`` while it has not finished."""
+    marker = _marker_path(work_dir, name)
+    if not osp.isfile(marker):
+        return None
+    with open(marker) as f:
+        return json.load(f)
+
+
 def stage(work_dir: str, name: str, fn: Callable[[], Dict], log=print) -> Dict:
     """Run ``fn`` once: its result is stored in ``<work_dir>/<name>/stage_done.json``.
 
     Under several processes ``fn`` runs on every rank (training and evaluation are
     collective); rank 0 reads and writes the marker, and every rank gets its result.
     """
-    marker = osp.join(work_dir, name, 'stage_done.json')
-    done = None
-    if is_main_process() and osp.isfile(marker):
-        with open(marker) as f:
-            done = json.load(f)
-    done = _on_rank0(done)
+    marker = _marker_path(work_dir, name)
+    done = _on_rank0(stage_result(work_dir, name) if is_main_process() else None)
     if done is not None:
         log(f'[gdp pipeline] {name}: done earlier, skipped ({marker})')
         return done
