@@ -132,27 +132,50 @@ class BudgetController:
         self.budget, self.exported, self.flops = budget, exported, flops
         self.group_slices, self.latency = group_slices, latency
 
+    def _traced(self, a: torch.Tensor, index: Optional[np.ndarray]) -> np.ndarray:
+        """The gates ``a`` on the host, in the traced graph's layout."""
+        values = a.detach().float().cpu().numpy()
+        if index is None:
+            return values
+        old = np.zeros(self.flops.num_channels, values.dtype)
+        old[index] = values
+        return old
+
+    def _costs(self, kept: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """``w_c``: the channels' budget cost raised to ``cost_power``, normalised so
+        that lambda is a threshold per unit of average live channel cost."""
+        w = self.budget.weights(kept) ** self.cost_power
+        return w / max(w[alive].mean(), 1e-12) if alive.any() else w
+
     def step(self, a: torch.Tensor, index: Optional[np.ndarray] = None) -> None:
-        old = a.detach().float().cpu().numpy()
-        if index is not None:
-            old = np.zeros(self.flops.num_channels, old.dtype)
-            old[index] = a.detach().float().cpu().numpy()
+        old = self._traced(a, index)
         kept = self.exported(old)
         if self.budget.met(kept):
             self._set_ratios(kept)
             self.lam = max(self.lam * (1 - self.lambda_rate), 0.0)
             return
-        alive = old != 0
-        w = self.budget.weights(kept) ** self.cost_power
-        # normalised so that lambda is a threshold per unit of average channel cost
-        w = w / max(w[alive].mean(), 1e-12) if alive.any() else w
-        thresh = (self.lr * self.lam * w).astype(np.float32)
+        thresh = (self.lr * self.lam * self._costs(kept, old != 0)).astype(np.float32)
         new = np.sign(old) * np.maximum(np.abs(old) - thresh, 0)
         new = self._keep_min_channels(old, new)
         new = self._stop_at_target(old, new, thresh)
         a.copy_(torch.from_numpy(new if index is None else new[index]).to(a))
         self._set_ratios(self.exported(new))
         self.lam *= 1 + self.lambda_rate
+
+    def cut_now(self, a: torch.Tensor, index: Optional[np.ndarray] = None) -> np.ndarray:
+        """The mask of the channels an export would keep if the cut were made at once
+        from the gates ``a`` (``index`` as in :meth:`step`), changing neither ``a`` nor
+        lambda: the live channels go in the order a growing lambda reaches them
+        (``|a_c| / w_c`` upwards), as many as the budget needs, ``min_channels`` per
+        group kept."""
+        old = self._traced(a, index)
+        kept = self.exported(old)
+        if self.budget.met(kept):
+            return kept
+        reach = np.abs(old) / np.maximum(self._costs(kept, old != 0), 1e-12)
+        new = self._keep_min_channels(old, np.zeros_like(old))
+        # _stop_at_target zeroes in the order of |old| - thresh: here, of reach
+        return self.exported(self._stop_at_target(old, new, np.abs(old) - reach))
 
     def _set_ratios(self, kept: np.ndarray) -> None:
         self.kept = kept
