@@ -105,7 +105,8 @@ class BudgetController:
     ``cost_power`` and normalised to mean 1 over the live channels; keeps
     ``min_channels`` per group (of ``group_slices``); zeroes no more of the channels
     this step would cut than the budget needs (taken in order of how far the
-    threshold overshoots them); then multiplies lambda by ``1 + lambda_rate``. When the
+    threshold overshoots them); then multiplies lambda by ``1 + lambda_rate`` (by
+    ``1 + lambda_rate * cut_rate_factor`` once a gate has reached 0: a gentler cut). When the
     export is within budget it leaves ``a`` alone and lambda shrinks by
     ``1 - lambda_rate``. ``ratio`` (and ``latency_ratio`` with a latency model) is the
     export's, after the step, and ``kept`` the mask of the channels that export keeps.
@@ -115,10 +116,14 @@ class BudgetController:
     """
 
     def __init__(self, lr: float, lam: float, lambda_rate: Optional[float] = None,
-                 cost_power: float = 0.0, min_channels: float = 1):
+                 cost_power: float = 0.0, min_channels: float = 1,
+                 cut_rate_factor: float = 1.0):
         if cost_power < 0:
             raise ValueError(f'GDPHook: cost_power must be >= 0, got {cost_power}')
+        if not 0 < cut_rate_factor <= 1:
+            raise ValueError(f'GDPHook: cut_rate_factor must be in (0, 1], got {cut_rate_factor}')
         self.lr, self.lam, self.lambda_rate = lr, lam, lambda_rate
+        self.cut_rate_factor = cut_rate_factor
         self.cost_power, self.min_channels = cost_power, min_channels
         self.ratio, self.latency_ratio = 1.0, 1.0
         self.kept: Optional[np.ndarray] = None
@@ -160,7 +165,8 @@ class BudgetController:
         new = self._stop_at_target(old, new, thresh)
         a.copy_(torch.from_numpy(new if index is None else new[index]).to(a))
         self._set_ratios(self.exported(new))
-        self.lam *= 1 + self.lambda_rate
+        cutting = not (old != 0).all()  # some gate has reached 0: the cut has begun
+        self.lam *= 1 + self.lambda_rate * (self.cut_rate_factor if cutting else 1.0)
 
     def cut_now(self, a: torch.Tensor, index: Optional[np.ndarray] = None) -> np.ndarray:
         """The mask of the channels an export would keep if the cut were made at once

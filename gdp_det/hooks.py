@@ -79,7 +79,9 @@ class GDPHook(Hook):
     ``1 - lambda_rate`` below it, once per optimizer step (default rate: lambda may
     grow 1e4-fold over the first ``lambda_span`` of the phase, whatever the
     ``accumulative_counts``, so the gates first learn which channels matter and the
-    cut comes within it), and no step removes more
+    cut comes within it; ``cut_rate_factor`` < 1 slows lambda's growth by that factor once
+    a gate has reached 0, so the cut, which comes as a burst, is spread over more
+    iterations: benchmarks/RESULTS.md (v)), and no step removes more
     channels than the budget needs. ``min_channels`` channels per group always
     survive (a count, or a share of each group when in (0, 1), e.g. 0.25 against
     layer collapse). Logs ``gdp/flops_ratio``, ``gdp/lambda``, ``gdp/eps``,
@@ -127,7 +129,7 @@ class GDPHook(Hook):
                  cost_power: float = 0.0, grad_norm: bool = True,
                  latency_target: Optional[float] = None, grad_momentum: float = 0.9,
                  lambda_span: float = 0.5, shrink_after_cut: bool = True,
-                 latency_backend: str = 'torch'):
+                 latency_backend: str = 'torch', cut_rate_factor: float = 1.0):
         if flops_target is None and params_target is None and latency_target is None:
             flops_target = 0.5
         given = dict(flops_target=flops_target, params_target=params_target,
@@ -143,7 +145,7 @@ class GDPHook(Hook):
         self.eps_schedule = EpsSchedule(eps_start, eps_end, warmup_iters)
         self.gate_step = GateGradientStep(gate_lr, grad_norm, grad_momentum)
         self.controller = BudgetController(gate_lr, lambda_init, lambda_rate, cost_power,
-                                           min_channels)
+                                           min_channels, cut_rate_factor)
         self.steps = OptimizerSteps()
         self.flops_target = flops_target
         self.params_target = params_target

@@ -61,13 +61,13 @@ def test_exported_channels_are_reused_while_the_zeros_stay():
     assert exported(b) is not first and not exported(b)[50]
 
 
-def controller_on_toy(target: float, min_channels: float = 1):
+def controller_on_toy(target: float, min_channels: float = 1, **kw):
     net = toy_gated_net()
     graph = net.gdp_gates.graph
     flops = FlopsModel(graph)
     budget = Budget([(flops, target)])
     exported = ExportedChannels(graph, min_channels)
-    ctl = BudgetController(lr=0.1, lam=1.0, lambda_rate=0.5, min_channels=min_channels)
+    ctl = BudgetController(lr=0.1, lam=1.0, lambda_rate=0.5, min_channels=min_channels, **kw)
     ctl.attach(budget, exported, flops, net.gdp_gates.group_slices)
     return net, ctl, exported
 
@@ -88,6 +88,18 @@ def test_controller_cuts_only_what_the_budget_needs_then_eases():
     ctl.step(a)  # within budget: nothing moves, lambda shrinks
     assert torch.equal(a, after) and ctl.lam == pytest.approx(75.0)
     assert kept.sum() < len(kept)
+
+
+def test_controller_grows_lambda_slower_once_the_cut_has_begun():
+    net, ctl, _ = controller_on_toy(0.5, min_channels=0, cut_rate_factor=0.2)
+    a = torch.ones(net.gdp_gates.a.numel())  # the threshold (0.1) below every gate
+    ctl.step(a)
+    assert ctl.lam == pytest.approx(1.5) and bool((a == 0.9).all())
+    a[0] = 0  # a gate has reached 0: lambda grows at a fifth of its rate
+    ctl.step(a)
+    assert ctl.lam == pytest.approx(1.5 * 1.1)
+    with pytest.raises(ValueError, match='cut_rate_factor must be in'):
+        BudgetController(lr=0.1, lam=1.0, cut_rate_factor=0)
 
 
 def test_controller_keeps_min_channels_per_group():
