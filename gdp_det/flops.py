@@ -88,19 +88,28 @@ class FlopsModel:
 class Budget:
     """One or more resource constraints ``model.count(alive) / model.full <= target``.
 
-    Contract: ``met(alive)`` when every constraint holds; ``weights(alive)`` sums,
-    over the violated constraints, each channel's cost relative to that model's
-    full count (the per-channel strength of the proximal step).
+    Contract: ``met(alive)`` when every constraint holds (``final=True``: at the
+    targets given, whatever :meth:`ease` set); ``weights(alive)`` sums, over the
+    violated constraints, each channel's cost relative to that model's full count (the
+    per-channel strength of the proximal step). ``ease(share)`` sets the targets
+    ``1 - (1 - target) * share`` (share 1: the targets given) for a budget that falls
+    gradually.
     """
 
     def __init__(self, constraints):
-        self.constraints = [(m, float(t)) for m, t in constraints if t is not None]
+        self.final = [(m, float(t)) for m, t in constraints if t is not None]
+        self.constraints = list(self.final)
+
+    def ease(self, share: float) -> None:
+        share = min(max(share, 0.0), 1.0)
+        self.constraints = [(m, 1.0 - (1.0 - t) * share) for m, t in self.final]
 
     def ratios(self, alive):
         return [m.count(alive) / m.full for m, _ in self.constraints]
 
-    def met(self, alive) -> bool:
-        return all(r <= t for r, (_, t) in zip(self.ratios(alive), self.constraints))
+    def met(self, alive, final: bool = False) -> bool:
+        targets = self.final if final else self.constraints
+        return all(r <= t for r, (_, t) in zip(self.ratios(alive), targets))
 
     def weights(self, alive) -> np.ndarray:
         w = np.zeros(self.constraints[0][0].num_channels, dtype=np.float64)

@@ -103,6 +103,13 @@ class GDPHook(Hook):
     (``runner.wrap_model``); other wrappers (FSDP, DeepSpeed) and several optimizers are
     not supported (the hook warns and trains at full width).
 
+    A gradual cut (``budget_ramp`` > 0): the targets fall linearly from 1 to their
+    values over the first ``budget_ramp`` of the phase (:meth:`~gdp_det.flops.Budget.ease`),
+    the controller following them, and with ``shrink_after_cut`` the live model shrinks
+    each time its export has lost another ``shrink_step`` of the FLOPs (and when the cut
+    is final), so the channels cut early stop costing early. Set ``lambda_span`` well
+    below ``budget_ramp`` so that lambda reaches the gates while the targets fall.
+
     The budget is counted on what the export keeps (``min_channels`` and
     ``channel_divisor`` applied), so the exported FLOPs ratio lands at the target.
     ``channel_divisor='auto'`` takes the divisor measured to pay in the latency backend
@@ -129,7 +136,8 @@ class GDPHook(Hook):
                  cost_power: float = 0.0, grad_norm: bool = True,
                  latency_target: Optional[float] = None, grad_momentum: float = 0.9,
                  lambda_span: float = 0.5, shrink_after_cut: bool = True,
-                 latency_backend: str = 'torch', cut_rate_factor: float = 1.0):
+                 latency_backend: str = 'torch', cut_rate_factor: float = 1.0,
+                 budget_ramp: float = 0.0, shrink_step: float = 0.1):
         if flops_target is None and params_target is None and latency_target is None:
             flops_target = 0.5
         given = dict(flops_target=flops_target, params_target=params_target,
@@ -139,6 +147,9 @@ class GDPHook(Hook):
                 raise ValueError(f'GDPHook: {name} must be in (0, 1], got {t}')
         if not 0 < lambda_span <= 1:
             raise ValueError(f'GDPHook: lambda_span must be in (0, 1], got {lambda_span}')
+        if not 0 <= budget_ramp <= 1 or not 0 < shrink_step < 1:
+            raise ValueError(f'GDPHook: budget_ramp must be in [0, 1] and shrink_step in '
+                             f'(0, 1), got {budget_ramp} and {shrink_step}')
         if latency_backend not in LATENCY_BACKENDS:
             raise ValueError(f'GDPHook: latency_backend must be one of '
                              f'{", ".join(LATENCY_BACKENDS)}, got {latency_backend!r}')
@@ -152,6 +163,7 @@ class GDPHook(Hook):
         self.latency_target = latency_target
         self.latency_backend = latency_backend
         self.lambda_span = lambda_span
+        self.budget_ramp, self.shrink_step = budget_ramp, shrink_step
         self.gdp_iters = gdp_iters
         self.gates = None
         self.ema_gates = None
@@ -179,6 +191,7 @@ class GDPHook(Hook):
         self.shrink: Optional[ChannelShrink] = None  # the model's shrink, once made
         self._resumed_kept = None  # traced ids of the kept gates, from a checkpoint
         self.shrunk_at: Optional[int] = None  # iterations trained at full width
+        self.shrinks = []  # [iterations done, the live model's FLOPs ratio] per shrink
 
     # -- the parts' state, as the hook exposes it ------------------------------------
     lam = property(lambda self: self.controller.lam,
@@ -270,7 +283,7 @@ class GDPHook(Hook):
 
     def _check_reachable(self) -> None:
         floor_mask = self.exported(np.zeros(self.graph.num_channels))
-        for (_, target), floor, name in zip(self.budget.constraints,
+        for (_, target), floor, name in zip(self.budget.final,
                                             self.budget.ratios(floor_mask), self.targets):
             if floor > target:
                 raise ValueError(f'GDPHook: {name}={target} is unreachable with '
@@ -309,28 +322,54 @@ class GDPHook(Hook):
         if self.warmup_iters <= runner.iter < self.gdp_iters:
             if grad is not None and stepped:
                 self.gate_step.step(a, grad, ~self.dead, loss_scale)
+            if self.budget_ramp:
+                span = (self.gdp_iters - self.warmup_iters) * self.budget_ramp
+                self.budget.ease((runner.iter + 1 - self.warmup_iters) / max(span, 1))
             self.controller.step(a, None if self.shrink is None else self.shrink.index)
             broadcast(a, src=0)  # every rank holds rank 0's gates, by construction
             self.dead = a == 0
-            kept = self._final_cut(a)
+            kept = self._shrink_due(a)
             if kept is not None:
                 self._shrink(runner, kept)
                 gates = self.gates
         self._sync_ema()
         self._log(runner, gates)
 
-    def _final_cut(self, a: torch.Tensor) -> Optional[np.ndarray]:
+    def _shrink_due(self, a: torch.Tensor) -> Optional[np.ndarray]:
         """What the export of the gates ``a`` keeps when the model is to shrink now: it
-        is within budget (its zeroed gates stay at 0, so what it keeps never grows back)
-        and removes something; else None. Under DDP it is read from the broadcast gates
-        (one more host read per iteration until the shrink), so that every rank shrinks
-        at the same iteration; alone, it is the controller's."""
-        if not self.shrink_after_cut or self.shrink is not None:
+        removes channels the live model still has, and it is within the final budget
+        (the cut is final: its zeroed gates stay at 0, so what it keeps never grows
+        back) or, in a gradual cut, its FLOPs ratio is ``shrink_step`` below the live
+        model's; else None. Under DDP it is read from the broadcast gates (one more host
+        read per iteration until the final shrink), so that every rank shrinks at the
+        same iteration; alone, it is the controller's."""
+        final = self.shrink is not None and self.budget.met(self._live_mask(), final=True)
+        if not self.shrink_after_cut or final:
             return None
         kept = (self.controller.kept if get_world_size() == 1
                 else self.exported(a.detach().float().cpu().numpy()))
-        met = kept is not None and not kept.all() and self.budget.met(kept)
-        return kept if met else None
+        if kept is None:
+            return None
+        live = self.graph.num_channels if self.shrink is None else len(self.shrink.index)
+        if (kept if self.shrink is None else self.shrink.narrow(kept)).sum() == live:
+            return None  # it removes nothing the live model has
+        if self.budget.met(kept, final=True):
+            return kept
+        if not self.budget_ramp:
+            return None
+        ratio = self.flops.count(kept) / self.flops.full
+        return kept if ratio <= self._live_ratio() - self.shrink_step else None
+
+    def _live_mask(self) -> np.ndarray:
+        """The mask of the traced channels the live model has."""
+        kept = np.zeros(self.graph.num_channels, bool)
+        kept[self.shrink.index] = True
+        return kept
+
+    def _live_ratio(self) -> float:
+        if self.shrink is None:
+            return 1.0
+        return self.flops.count(self._live_mask()) / self.flops.full
 
     @torch.no_grad()
     def _shrink(self, runner, kept: np.ndarray) -> None:
@@ -338,11 +377,12 @@ class GDPHook(Hook):
         and the EMA copy (:func:`~gdp_det.shrink.shrink_runner`), and from the hook's
         per-gate state."""
         ema = self._ema_hook(runner)
-        shrink = shrink_runner(runner, self.graph, kept, None if ema is None else ema.ema_model)
+        shrink = shrink_runner(runner, self.graph, kept, None if ema is None else ema.ema_model,
+                               self.shrink)
         if shrink is None:
             self.shrink_after_cut = False
             return
-        index = torch.as_tensor(shrink.index, device=self.gates.a.device)
+        index = torch.as_tensor(shrink.local_index, device=self.gates.a.device)
         if self.dead is not None:
             self.dead = self.dead[index]
         if self.gate_step.grad_avg is not None:
@@ -351,11 +391,17 @@ class GDPHook(Hook):
         self.gates = self._gates(runner)
         self.ema_gates = None if ema is None else find_gates(ema.ema_model.module)
         self.shrink = shrink
-        if self.shrunk_at is None:  # (a resumed run knows it from its checkpoint)
+        if self._resumed_kept is not None:  # (a resumed run knows its shrinks)
+            self._resumed_kept = None
+            return
+        if self.shrunk_at is None:
             self.shrunk_at = runner.iter + 1
-        print_log(f'GDPHook: the cut is final at iteration {runner.iter}: {shrink.removed} of '
-                  f'{self.graph.num_channels} gated channels removed from the live model '
-                  f'(FLOPs ratio {self.ratio:.4f}); training on the pruned network',
+        self.shrinks.append([runner.iter + 1, self._live_ratio()])
+        final = self.budget.met(kept, final=True)
+        print_log(f'GDPHook: {"the cut is final" if final else "a gradual cut"} at iteration '
+                  f'{runner.iter}: {shrink.removed} of {self.graph.num_channels} gated channels '
+                  f'removed from the live model (FLOPs ratio {self._live_ratio():.4f}); '
+                  f'training on the {"pruned" if final else "narrowed"} network',
                   logger='current')
 
     def _log(self, runner, gates) -> None:
@@ -401,7 +447,7 @@ class GDPHook(Hook):
                                       snapshots=[list(map(float, h)) for h in self.snapshots],
                                       shrunk=None if self.shrink is None
                                       else self.shrink.index.tolist(),
-                                      shrunk_at=self.shrunk_at)
+                                      shrunk_at=self.shrunk_at, shrinks=self.shrinks)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         state = checkpoint.get('gdp_hook')
@@ -414,6 +460,7 @@ class GDPHook(Hook):
             self.snapshots = [list(h) for h in state.get('snapshots', [])]
             self._resumed_kept = state.get('shrunk')  # shrunk again in before_train
             self.shrunk_at = state.get('shrunk_at')
+            self.shrinks = [list(s) for s in state.get('shrinks', [])]
 
     def after_train(self, runner) -> None:
         if not self.export or runner.rank != 0:
@@ -427,7 +474,7 @@ class GDPHook(Hook):
             model = self.shrink.padded_copy(model)
         extra = dict(history=self.history, snapshots=self.snapshots, hist_bins=HIST_BINS,
                      flops_target=self.flops_target, train_iters=runner.max_iters,
-                     shrunk_after_iters=self.shrunk_at)
+                     shrunk_after_iters=self.shrunk_at, shrinks=self.shrinks)
         if self.latency is not None:
             extra.update(self.latency_report(model, runner.cfg))
         prune_and_export(runner.cfg, model, osp.join(runner.work_dir, 'pruned'),

@@ -90,43 +90,72 @@ class ChannelShrink:
     a shrunk model's state back into the traced layout (zeros in the removed channels,
     the traced graph's fingerprint); :meth:`padded_copy` is a gated model in the traced
     layout that computes what the shrunk one computes.
+
+    A model shrinks again with :meth:`then` (a gradual cut): the next shrink cuts the
+    narrowed graph and pads back through this one, so :attr:`traced`, :attr:`index`,
+    :attr:`removed` and the padding always refer to the traced graph, and the chain
+    leaves the model as one shrink by the last ``kept`` would. :attr:`local_index` is
+    the position of each kept gate among the gates the shrink was applied to.
     """
 
-    def __init__(self, graph: ChannelGraph, kept: np.ndarray):
+    def __init__(self, graph: ChannelGraph, kept: np.ndarray,
+                 outer: Optional['ChannelShrink'] = None):
         kept = np.asarray(kept, bool)
-        self.traced = graph
+        self.base, self.outer = graph, outer  # the graph it cuts; the shrink before it
+        self.traced = graph if outer is None else outer.traced
         self.kept = [np.flatnonzero(kept[graph.offsets[i]:graph.offsets[i + 1]])
                      for i in range(len(graph.groups))]
-        self.index = np.flatnonzero(kept)
-        self.removed = int(graph.num_channels - len(self.index))
+        self.local_index = np.flatnonzero(kept)
+        self.index = self.local_index if outer is None else outer.index[self.local_index]
+        self.removed = int(self.traced.num_channels - len(self.index))
         self.graph = restrict_graph(graph, self.kept)
         self.cuts: Dict[str, Cut] = {}  # state-dict key -> cut (aliases of shared modules too)
         self.widths: Dict[str, dict] = {}  # module -> its widths before the shrink
-        self.fingerprint: Optional[torch.Tensor] = None  # of the traced gate set
+        self.fingerprint: Optional[torch.Tensor] = None  # of the cut graph's gate set
+
+    def then(self, kept: np.ndarray) -> 'ChannelShrink':
+        """The shrink of the model this one narrowed to ``kept`` (a mask over the traced
+        graph's channels), taken as :meth:`narrow` takes it."""
+        return ChannelShrink(self.graph, self.narrow(kept)[self.index], outer=self)
+
+    def narrow(self, kept: np.ndarray) -> np.ndarray:
+        """The traced channels of ``kept`` that the narrowed model still has. An export
+        keeps a removed channel only as a zero-gated top-up (``min_channels``, or
+        rounding to ``channel_divisor``, taken in index order), which computes nothing;
+        a group left with none keeps as many of its live channels, first first (their
+        gates are 0 too: the group has no live gate left)."""
+        out = np.zeros(self.traced.num_channels, bool)
+        out[self.index] = np.asarray(kept, bool)[self.index]
+        for i in range(len(self.traced.groups)):
+            lo, hi = self.traced.offsets[i], self.traced.offsets[i + 1]
+            if not out[lo:hi].any():
+                live = self.index[(self.index >= lo) & (self.index < hi)]
+                out[live[:max(min(int(kept[lo:hi].sum()), len(live)), 1)]] = True
+        return out
 
     # -- the live model ------------------------------------------------------------
     @torch.no_grad()
     def apply(self, model: nn.Module) -> Replaced:
         gates: GDPGateSet = model.gdp_gates
-        if gates.a.numel() != self.traced.num_channels:
-            raise ValueError('ChannelShrink: the model is not in the traced layout '
+        if gates.a.numel() != self.base.num_channels:
+            raise ValueError('ChannelShrink: the model is not in the layout it cuts '
                              f'({gates.a.numel()} gates, the graph has '
-                             f'{self.traced.num_channels} channels)')
+                             f'{self.base.num_channels} channels)')
         replaced: Replaced = []
-        for name, m, om, im in sliced_modules(model, self.traced, self.kept):
+        for name, m, om, im in sliced_modules(model, self.base, self.kept):
             old = dict(m.named_parameters(recurse=False))
             old.update(m.named_buffers(recurse=False))
             self.widths.setdefault(name, module_shape(m))
             for attr, cut in slice_module(name, m, om, im).items():
                 replaced.append((old[attr], getattr(m, attr), cut))
-        fix_width_attributes(model, self.traced, self.kept)
+        fix_width_attributes(model, self.base, self.kept)
         a, eps = gates.a.detach(), gates.eps_value
         self.fingerprint = gates.fingerprint.detach().cpu().clone()
         gates.detach_hooks()
         del model.gdp_gates
         new = add_gates(model, self.graph, gates.normalize, eps, gates.trace).gdp_gates
         new.to(a.device)
-        new.a.copy_(a[torch.as_tensor(self.index, device=a.device)])
+        new.a.copy_(a[torch.as_tensor(self.local_index, device=a.device)])
         self._record_keys(model, replaced)
         return replaced
 
@@ -140,24 +169,34 @@ class ChannelShrink:
         self.cuts['gdp_gates.a'] = [(0, self._kept_mask())]
 
     def _kept_mask(self) -> np.ndarray:
-        mask = np.zeros(self.traced.num_channels, bool)
-        mask[self.index] = True
+        mask = np.zeros(self.base.num_channels, bool)
+        mask[self.local_index] = True
         return mask
 
     # -- back to the traced layout ------------------------------------------------------
+    def pad(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        """The tensor ``t`` of the shrunk model's state-dict entry ``key`` (or one
+        shaped like it) in the traced layout."""
+        cut = self.cuts.get(key)
+        t = t if cut is None else pad_tensor(t, cut)
+        return t if self.outer is None else self.outer.pad(key, t)
+
     def pad_gates(self, values: torch.Tensor) -> torch.Tensor:
         """A vector over the kept gates as one over the traced gates (0 elsewhere)."""
-        return pad_tensor(values, [(0, self._kept_mask())])
+        return self.pad('gdp_gates.a', values)
 
     def pad_state_dict(self, state: dict, prefix: str = '') -> None:
         """``state`` (a shrunk model's state dict, its keys under ``prefix``) in the
         traced layout, in place."""
-        for key, cut in self.cuts.items():
-            if prefix + key in state:
-                state[prefix + key] = pad_tensor(state[prefix + key], cut)
+        for key in list(state):
+            if key.startswith(prefix):
+                state[key] = self.pad(key[len(prefix):], state[key])
         if prefix + 'gdp_gates.fingerprint' in state:
-            state[prefix + 'gdp_gates.fingerprint'] = self.fingerprint.to(
+            state[prefix + 'gdp_gates.fingerprint'] = self._first().fingerprint.to(
                 state[prefix + 'gdp_gates.fingerprint'].device)
+
+    def _first(self) -> 'ChannelShrink':
+        return self if self.outer is None else self.outer._first()
 
     def pad_optimizer_state(self, state: dict, optimizer: torch.optim.Optimizer,
                             model: nn.Module) -> None:
@@ -167,18 +206,22 @@ class ChannelShrink:
         params = [p for g in optimizer.param_groups for p in g['params']]
         for i, entry in state['state'].items():
             p = params[i]
-            cut = self.cuts.get(names.get(id(p), ''))
-            if cut is None:
+            if id(p) not in names:
                 continue
             for k, v in entry.items():
                 if torch.is_tensor(v) and v.shape == p.shape:
-                    entry[k] = pad_tensor(v, cut)
+                    entry[k] = self.pad(names[id(p)], v)
 
     @torch.no_grad()
     def padded_copy(self, model: nn.Module) -> nn.Module:
         """A copy of the shrunk ``model`` in the traced layout: the removed channels
         back, with zero weights and zero gates (so the copy computes what ``model``
         computes), and a gate set of the traced graph. What the export prunes."""
+        full = self._padded_once(model)
+        return full if self.outer is None else self.outer.padded_copy(full)
+
+    def _padded_once(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` in the layout this shrink cut (:attr:`base`)."""
         full = copy.deepcopy(model)
         modules = dict(full.named_modules())
         for name, widths in self.widths.items():
@@ -192,14 +235,14 @@ class ChannelShrink:
                             if isinstance(t, nn.Parameter) else new)
             for k, v in widths.items():
                 setattr(m, k, v)
-        fix_width_attributes(full, self.traced, [np.arange(g.size) for g in self.traced.groups])
+        fix_width_attributes(full, self.base, [np.arange(g.size) for g in self.base.groups])
         gates = full.gdp_gates
         gates.detach_hooks()
         del full.gdp_gates
-        new = add_gates(full, self.traced, gates.normalize, gates.eps_value,
+        new = add_gates(full, self.base, gates.normalize, gates.eps_value,
                         gates.trace).gdp_gates
         new.to(gates.a.device)
-        new.a.copy_(self.pad_gates(gates.a.detach()))
+        new.a.copy_(pad_tensor(gates.a.detach(), [(0, self._kept_mask())]))
         return full
 
 
@@ -239,11 +282,13 @@ def _unsupported(runner) -> Optional[str]:
 
 @torch.no_grad()
 def shrink_runner(runner, graph: ChannelGraph, kept: np.ndarray,
-                  averaged: Optional[nn.Module] = None) -> Optional[ChannelShrink]:
+                  averaged: Optional[nn.Module] = None,
+                  previous: Optional[ChannelShrink] = None) -> Optional[ChannelShrink]:
     """Remove the channels of the traced ``graph`` that ``kept`` leaves out from the
     runner's model (re-wrapped under DDP, which keeps the parameters it was made with),
     its optimizer's state and ``averaged`` (an ``EMAHook``'s copy, or None); returns the
-    :class:`ChannelShrink`. Where it cannot (FSDP/DeepSpeed wrappers, several optimizers)
+    :class:`ChannelShrink` (``previous.then(kept)`` when the model was shrunk by
+    ``previous`` before). Where it cannot (FSDP/DeepSpeed wrappers, several optimizers)
     it changes nothing, warns and returns None."""
     from mmengine.logging import print_log
     from mmengine.model import is_model_wrapper
@@ -253,7 +298,7 @@ def shrink_runner(runner, graph: ChannelGraph, kept: np.ndarray,
         print_log(f'GDPHook: shrink_after_cut is not supported when {why}; training on at '
                   'full width', logger='current', level=logging.WARNING)
         return None
-    shrink = ChannelShrink(graph, kept)
+    shrink = ChannelShrink(graph, kept) if previous is None else previous.then(kept)
     shrink_optimizer(runner.optim_wrapper.optimizer, shrink.apply(unwrap(runner.model)))
     if is_model_wrapper(runner.model):
         runner.model = runner.wrap_model(copy.deepcopy(runner.cfg.get('model_wrapper_cfg')),

@@ -167,6 +167,23 @@ def _fake_data(edit=None):
     return data
 
 
+def test_training_cost_counts_each_width_a_gdp_phase_trained_at():
+    """180 iterations of 8 images: full width until the first shrink, a gradual cut's
+    narrowed widths (FLOPs ratios 0.85, 0.72) until the next, the pruned one after."""
+    from gdp_det.benchmark.compare import phase_images, training_flops
+    gradual = phase_images(dict(shrinks=[[20, 0.85], [30, 0.72], [60, 0.5]],
+                                shrunk_after_iters=20), 180, 8)
+    assert gradual == dict(images_full=160, images_narrowed=[[80, 0.85], [240, 0.72]],
+                           images_pruned=960)
+    assert training_flops(flops_full=10.0, flops_pruned=5.0, **gradual) == pytest.approx(
+        3 * (160 * 10 + 80 * 8.5 + 240 * 7.2 + 960 * 5))
+    # one shrink (a report from before gradual cuts), and none
+    assert phase_images(dict(shrunk_after_iters=69), 180, 8) == dict(
+        images_full=552, images_narrowed=[], images_pruned=888)
+    assert phase_images(dict(shrunk_after_iters=None), 180, 8) == dict(
+        images_full=1440, images_narrowed=[], images_pruned=0)
+
+
 def test_statistics_helpers():
     assert mean_std([0.6, 0.62, 0.64]) == pytest.approx((0.62, 0.02))
     assert mean_std([0.5]) == (0.5, 0.0)

@@ -90,6 +90,27 @@ def test_controller_cuts_only_what_the_budget_needs_then_eases():
     assert kept.sum() < len(kept)
 
 
+def test_eased_budget_is_cut_to_first_then_the_final_one():
+    """A gradual cut: the controller follows the eased target (1 - 0.5 x 0.4 = 0.8 at
+    share 0.4), the final target stays what was given, and the next cut takes the
+    export on down once the budget is eased to its end."""
+    net, ctl, exported = controller_on_toy(0.5, min_channels=0)
+    a = torch.linspace(0.01, 1.0, net.gdp_gates.a.numel())
+    ctl.budget.ease(0.4)
+    assert ctl.budget.constraints[0][1] == pytest.approx(0.8) and ctl.budget.final[0][1] == 0.5
+    ctl.lam = 100.0  # a threshold past every gate
+    ctl.step(a)
+    first, zeroed = exported(a.numpy()), a == 0
+    assert ctl.ratio <= 0.8 and ctl.ratio == pytest.approx(0.8, abs=0.05)
+    assert ctl.budget.met(first) and not ctl.budget.met(first, final=True)
+    ctl.budget.ease(1.5)  # past the ramp: the targets given
+    assert ctl.budget.constraints == ctl.budget.final
+    ctl.lam = 100.0
+    ctl.step(a)
+    assert ctl.ratio <= 0.5 and ctl.budget.met(exported(a.numpy()), final=True)
+    assert not a[zeroed].any() and (a == 0).sum() > zeroed.sum()  # more cut, none back
+
+
 def test_controller_grows_lambda_slower_once_the_cut_has_begun():
     net, ctl, _ = controller_on_toy(0.5, min_channels=0, cut_rate_factor=0.2)
     a = torch.ones(net.gdp_gates.a.numel())  # the threshold (0.1) below every gate

@@ -93,6 +93,64 @@ def test_shrunk_net_computes_the_same_and_counts_its_flops():
     assert torch.allclose(full(x), ref, rtol=1e-5, atol=1e-6)
 
 
+def test_a_second_shrink_leaves_the_model_as_one_shrink_would():
+    """A gradual cut shrinks twice: the chain (the second shrink cutting the first's
+    narrowed model) gives the model, optimizer state, padded checkpoint and padded copy
+    that one shrink by the second mask gives, and computes what the gated net computes."""
+    net, x = gated_net()
+    traced = net.gdp_gates.graph
+    params = lambda m: [p for n, p in m.named_parameters()  # noqa: E731
+                        if not n.startswith('gdp_gates')]
+    opt = torch.optim.SGD(params(net), lr=0.1, momentum=0.9)
+    net(x).square().mean().backward()
+    opt.step()
+    first = shrink_of(net)
+    with torch.no_grad():  # more gates to 0: half of each group's live ones, one kept
+        for sl in net.gdp_gates.group_slices:
+            live = np.flatnonzero(net.gdp_gates.a[sl].numpy()) + sl.start
+            net.gdp_gates.a[live[1::2]] = 0
+    ref = net(x)
+    one, one_opt = copy.deepcopy((net, opt))
+    single = shrink_of(one)
+    assert 0 < len(single.index) < len(first.index)
+    shrink_optimizer(one_opt, single.apply(one))
+    two, two_opt = copy.deepcopy((net, opt))
+    shrink_optimizer(two_opt, first.apply(two))  # (made before those gates were cut)
+    kept = np.zeros(traced.num_channels, bool)
+    kept[single.index] = True
+    second = first.then(kept)
+    shrink_optimizer(two_opt, second.apply(two))
+    assert np.array_equal(second.index, single.index) and second.removed == single.removed
+    assert second.traced is traced and second.graph.num_channels == single.graph.num_channels
+    mine, theirs = two.state_dict(), one.state_dict()
+    assert set(mine) == set(theirs)
+    for k in theirs:
+        if k != 'gdp_gates.fingerprint':  # (a gate set of another graph, the same sizes)
+            assert torch.equal(mine[k], theirs[k]), k
+    assert torch.allclose(two(x), ref, rtol=1e-5, atol=1e-6)
+    padded = []
+    for shrink, m, o in ((second, two, two_opt), (single, one, one_opt)):
+        state, opt_state = m.state_dict(), o.state_dict()
+        shrink.pad_state_dict(state)
+        shrink.pad_optimizer_state(opt_state, o, m)
+        padded.append((state, opt_state['state']))
+    (mine, my_opt), (theirs, their_opt) = padded
+    for k, v in theirs.items():
+        assert torch.equal(mine[k], v), k
+    assert mine['block.0.weight'].shape == net.block[0].weight.shape
+    assert torch.equal(mine['gdp_gates.fingerprint'], net.gdp_gates.fingerprint)
+    assert len(their_opt) == len(params(net))
+    for i, entry in their_opt.items():
+        assert torch.equal(my_opt[i]['momentum_buffer'], entry['momentum_buffer']), i
+    full = second.padded_copy(two)
+    assert torch.equal(full.gdp_gates.a, single.padded_copy(one).gdp_gates.a)
+    assert torch.allclose(full(x), ref, rtol=1e-5, atol=1e-6)
+    # a mask keeping removed channels (an export's zero-gated top-ups) keeps what is live
+    assert np.array_equal(first.then(np.ones(traced.num_channels, bool)).index, first.index)
+    none = first.then(np.zeros(traced.num_channels, bool))  # every group keeps one
+    assert len(none.index) == len(traced.groups)
+
+
 @pytest.mark.parametrize('optimizer', ['sgd', 'adamw'])
 def test_a_step_after_the_shrink_is_the_step_of_the_kept_channels(optimizer):
     """SGD with momentum and AdamW, both with weight decay and two steps of state:
@@ -305,6 +363,40 @@ def test_shrunk_run_trains_what_the_full_width_run_trains(uninterrupted, toy_dat
     assert set(mine) == set(theirs)
     for k in theirs:
         assert torch.allclose(mine[k].float(), theirs[k].float(), rtol=1e-3, atol=1e-5), k
+
+
+@pytest.mark.slow
+def test_gradual_cut_shrinks_as_it_goes_and_resumes_between_shrinks(toy_data, tmp_path):
+    """``budget_ramp``: the target falls from 1 to 0.6 over the first 12 of 16 iterations;
+    the live model shrinks each time it could lose another 0.1 of the FLOPs and at the
+    final cut; the export is within budget and lossless; a run killed after iteration 8,
+    between shrinks, and resumed ends in the uninterrupted run's state."""
+    ramp = dict(budget_ramp=0.75)
+    full = Runner.from_cfg(run_cfg(toy_data, tmp_path / 'full', **ramp))
+    full.train()
+    hook = gdp_hook(full)
+    ratios = [r for _, r in hook.shrinks]
+    assert len(ratios) >= 3 and ratios[-1] <= 0.6
+    assert all(r <= before - 0.1 for before, r in zip([1.0] + ratios, ratios[:-1]))
+    assert hook.shrinks[0][0] <= 8 < hook.shrinks[-1][0] <= 12
+    report = json.loads((tmp_path / 'full' / 'pruned' / 'prune_report.json').read_text())
+    assert report['shrinks'] == hook.shrinks and report['shrunk_after_iters'] == hook.shrunk_at
+    assert report['flops_ratio'] <= 0.6 + 0.005 and report['max_rel_output_diff'] <= 1e-4
+    part = Runner.from_cfg(run_cfg(toy_data, tmp_path / 'part', **ramp))
+    part.register_hook(_StopAfterEpoch(2), priority='LOWEST')
+    with pytest.raises(_Interrupted):
+        part.train()
+    resumed_cfg = run_cfg(toy_data, tmp_path / 'part', **ramp)
+    resumed_cfg.resume = True
+    resumed_cfg.load_from = str(tmp_path / 'part' / 'epoch_2.pth')
+    resumed = Runner.from_cfg(resumed_cfg)
+    resumed.train()
+    assert gdp_hook(resumed).shrinks == hook.shrinks
+    mine, theirs = resumed.model.state_dict(), full.model.state_dict()
+    assert set(mine) == set(theirs)
+    for k in theirs:
+        assert mine[k].shape == theirs[k].shape, k
+        assert torch.allclose(mine[k].float(), theirs[k].float(), rtol=1e-4, atol=1e-6), k
 
 
 @pytest.mark.slow

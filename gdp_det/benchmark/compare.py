@@ -170,13 +170,31 @@ def cost_scale(work_dir: str, num_test: int) -> Tuple[float, float]:
 
 
 def training_flops(images_full: int, flops_full: float, images_pruned: int,
-                   flops_pruned: float) -> float:
+                   flops_pruned: float, images_narrowed: Sequence[Sequence[float]] = ()
+                   ) -> float:
     """Counted training FLOPs: forward and backward of each image, taken as three
     forwards (the backward computes the gradients of activations and of weights, each
-    a forward's worth), ``images_full`` at ``flops_full`` per forward and
-    ``images_pruned`` at ``flops_pruned``. Gating and other elementwise work is not
+    a forward's worth), ``images_full`` at ``flops_full`` per forward,
+    ``images_pruned`` at ``flops_pruned`` and, for each ``(images, ratio)`` of
+    ``images_narrowed`` (a gradual cut's narrowed models before its last shrink),
+    ``images`` at ``ratio * flops_full``. Gating and other elementwise work is not
     counted (``FlopCounterMode`` counts convs and matrix products)."""
-    return 3.0 * (images_full * flops_full + images_pruned * flops_pruned)
+    narrowed = sum(n * r for n, r in images_narrowed) * flops_full
+    return 3.0 * (images_full * flops_full + images_pruned * flops_pruned + narrowed)
+
+
+def phase_images(report: dict, iters: int, batch_size: int) -> dict:
+    """The images a GDP phase of ``iters`` iterations trained at each width, from its
+    export's ``report``: full width until the first shrink (all of them without one),
+    each narrowed width of a gradual cut until the next (``images_narrowed``:
+    ``[images, FLOPs ratio]``), the pruned network's after the last."""
+    shrinks = report.get('shrinks') or ([[report['shrunk_after_iters'], None]]
+                                        if report.get('shrunk_after_iters') else [])
+    at = [s[0] for s in shrinks] or [iters]
+    return dict(images_full=at[0] * batch_size,
+                images_narrowed=[[(b - a) * batch_size, r]
+                                 for a, b, (_, r) in zip(at, at[1:], shrinks)],
+                images_pruned=(iters - at[-1]) * batch_size)
 
 
 def _timed_train(cfg: Config, work_dir: str) -> dict:
@@ -353,7 +371,8 @@ class Comparison:
                       train_seconds=gdp['train_seconds'] + tuned['train_seconds'],
                       train_flops=training_flops(
                           gdp['images_full'], base['flops'], gdp['images_pruned']
-                          + tuned['train_iters'] * tuned['batch_size'], flops),
+                          + tuned['train_iters'] * tuned['batch_size'], flops,
+                          gdp.get('images_narrowed', ())),
                       seconds=time.time() - t0)
         if pruned.get('note'):  # why the method could not run as it does elsewhere
             result['note'] = pruned['note']
@@ -393,14 +412,9 @@ class Comparison:
             config = glob.glob(osp.join(d, 'gdp', 'pruned', '*_pruned.py'))[0]
             with open(osp.join(d, 'gdp', 'pruned', 'prune_report.json')) as f:
                 report = json.load(f)
-            # full width until the shrink (if any), then the pruned network's width
-            shrunk_at = report.get('shrunk_after_iters')
-            full = phase['train_iters'] if shrunk_at is None else shrunk_at
-            images = phase['batch_size']
             return dict(config=config, checkpoint=config[:-3] + '.pth', epochs=epochs,
-                        gdp_phase=dict(train_seconds=phase['train_seconds'],
-                                       images_full=full * images,
-                                       images_pruned=(phase['train_iters'] - full) * images))
+                        gdp_phase=dict(train_seconds=phase['train_seconds'], **phase_images(
+                            report, phase['train_iters'], phase['batch_size'])))
         if m.kind == 'random':
             mcfg, gated = self._gated(cfg, state)
             cm.prune_random(gated, budget, run.seed)

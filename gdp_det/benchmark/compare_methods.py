@@ -129,6 +129,15 @@ GDP_VARIANTS: List[Method] = [
     # about where the default's does (issue 22 part 2: a gentler cut)
     _gdp_variant('gentle_cut', 'cut begun in the first quarter, lambda then a third as fast',
                  cut_rate_factor=1 / 3, **_EARLY_CUT),
+    # the default ramp, then the same slower growth: the burst spread over more iterations
+    # that start where the default's do (it ends later, so the phase costs more)
+    _gdp_variant('gentle_cut_half', 'cut begun in the first half, lambda then a third as fast',
+                 cut_rate_factor=1 / 3, gdp_epochs=3, grad_momentum=0.9, **_HALF),
+    # a gradual cut (issue 22 part 3: training cost): the budget falls from 1 to its target
+    # over the first 40 % of the phase, lambda reaching the gates in its first tenth, and
+    # the live model shrinks each time it could lose another 0.1 of the FLOPs
+    _gdp_variant('gradual', 'gradual cut over the first 40 % of the phase, shrunk as it goes',
+                 gdp_epochs=3, grad_momentum=0.9, budget_ramp=0.4, lambda_span=0.1),
 ]
 
 
