@@ -192,6 +192,8 @@ class GDPHook(Hook):
         self._resumed_kept = None  # traced ids of the kept gates, from a checkpoint
         self.shrunk_at: Optional[int] = None  # iterations trained at full width
         self.shrinks = []  # [iterations done, the live model's FLOPs ratio] per shrink
+        self._live_ratio = 1.0  # the live model's FLOPs ratio (set at each shrink)
+        self._cut_final = False  # the live model is within the final budget
 
     # -- the parts' state, as the hook exposes it ------------------------------------
     lam = property(lambda self: self.controller.lam,
@@ -343,8 +345,7 @@ class GDPHook(Hook):
         model's; else None. Under DDP it is read from the broadcast gates (one more host
         read per iteration until the final shrink), so that every rank shrinks at the
         same iteration; alone, it is the controller's."""
-        final = self.shrink is not None and self.budget.met(self._live_mask(), final=True)
-        if not self.shrink_after_cut or final:
+        if not self.shrink_after_cut or self._cut_final:
             return None
         kept = (self.controller.kept if get_world_size() == 1
                 else self.exported(a.detach().float().cpu().numpy()))
@@ -358,18 +359,7 @@ class GDPHook(Hook):
         if not self.budget_ramp:
             return None
         ratio = self.flops.count(kept) / self.flops.full
-        return kept if ratio <= self._live_ratio() - self.shrink_step else None
-
-    def _live_mask(self) -> np.ndarray:
-        """The mask of the traced channels the live model has."""
-        kept = np.zeros(self.graph.num_channels, bool)
-        kept[self.shrink.index] = True
-        return kept
-
-    def _live_ratio(self) -> float:
-        if self.shrink is None:
-            return 1.0
-        return self.flops.count(self._live_mask()) / self.flops.full
+        return kept if ratio <= self._live_ratio - self.shrink_step else None
 
     @torch.no_grad()
     def _shrink(self, runner, kept: np.ndarray) -> None:
@@ -391,16 +381,20 @@ class GDPHook(Hook):
         self.gates = self._gates(runner)
         self.ema_gates = None if ema is None else find_gates(ema.ema_model.module)
         self.shrink = shrink
+        live = np.zeros(self.graph.num_channels, bool)
+        live[shrink.index] = True
+        self._live_ratio = self.flops.count(live) / self.flops.full
+        self._cut_final = self.budget.met(live, final=True)
         if self._resumed_kept is not None:  # (a resumed run knows its shrinks)
             self._resumed_kept = None
             return
         if self.shrunk_at is None:
             self.shrunk_at = runner.iter + 1
-        self.shrinks.append([runner.iter + 1, self._live_ratio()])
-        final = self.budget.met(kept, final=True)
+        self.shrinks.append([runner.iter + 1, self._live_ratio])
+        final = self._cut_final
         print_log(f'GDPHook: {"the cut is final" if final else "a gradual cut"} at iteration '
                   f'{runner.iter}: {shrink.removed} of {self.graph.num_channels} gated channels '
-                  f'removed from the live model (FLOPs ratio {self._live_ratio():.4f}); '
+                  f'removed from the live model (FLOPs ratio {self._live_ratio:.4f}); '
                   f'training on the {"pruned" if final else "narrowed"} network',
                   logger='current')
 
