@@ -5,7 +5,7 @@ a Runner's events onto them.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,35 +32,55 @@ class EpsSchedule:
 class GateGradientStep:
     """The gates' task-loss step ``a <- a - lr * m``, on the gates' device (no host sync).
 
-    Contract: ``step(a, grad, live, loss_scale)`` unscales ``grad`` by the AMP
+    Contract: ``step(a, grad, live, loss_scale, groups)`` unscales ``grad`` by the AMP
     ``loss_scale`` it carries (if any), zeroes its non-finite entries, divides it by the
-    running RMS of the live gates' gradient (``normalise``: one scalar for all gates, so
-    the task loss still ranks them), follows the running mean ``m`` of that normalised
-    gradient (``momentum``; 0: one batch's gradient) and moves only the ``live`` gates;
-    a gate at exactly 0 stays there. ``grad_sq`` and ``grad_avg`` are its state, kept in
+    running RMS of the live gates' gradient (``normalise=True``: one scalar for all
+    gates, so the task loss still ranks them; ``normalise='group'``: each group's own,
+    ``groups`` holding every gate's group index, so the task loss ranks channels within
+    a group only and every group meets the penalty at the same gradient scale), follows
+    the running mean ``m`` of that normalised gradient (``momentum``; 0: one batch's
+    gradient) and moves only the ``live`` gates; a gate at exactly 0 stays there.
+    ``grad_sq`` (a scalar, or one per group) and ``grad_avg`` are its state, kept in
     checkpoints (a resumed mean comes back on the CPU and follows the gates' device).
     """
 
-    def __init__(self, lr: float, normalise: bool = True, momentum: float = 0.9):
+    def __init__(self, lr: float, normalise: Union[bool, str] = True, momentum: float = 0.9):
         if not 0 <= momentum < 1:
             raise ValueError(f'GDPHook: grad_momentum must be in [0, 1), got {momentum}')
+        if normalise not in (True, False, 'group'):
+            raise ValueError(f"GDPHook: grad_norm must be True, False or 'group', "
+                             f'got {normalise!r}')
         self.lr, self.normalise, self.momentum = lr, normalise, momentum
         self.grad_sq = None  # running mean of the live gates' squared gradient (a tensor)
         self.grad_avg = None  # running mean of the gates' (normalised) gradient
 
+    def _mean_square(self, grad: torch.Tensor, live: torch.Tensor,
+                     groups: Optional[torch.Tensor]) -> torch.Tensor:
+        """The live gates' mean squared gradient: a scalar, or one per group."""
+        if self.normalise != 'group':
+            return (grad.square() * live).sum() / live.sum().clamp_min(1)
+        if groups is None:
+            raise ValueError("GateGradientStep: grad_norm='group' needs the gates' groups")
+        size = int(groups.max()) + 1 if self.grad_sq is None else len(self.grad_sq)
+        total = grad.new_zeros(size).index_add_(0, groups, grad.square() * live)
+        count = grad.new_zeros(size).index_add_(0, groups, live.to(grad.dtype))
+        return total / count.clamp_min(1)
+
     def step(self, a: torch.Tensor, grad: torch.Tensor, live: torch.Tensor,
-             loss_scale: Optional[torch.Tensor] = None) -> None:
+             loss_scale: Optional[torch.Tensor] = None,
+             groups: Optional[torch.Tensor] = None) -> None:
         grad = grad.to(a.dtype)
         if loss_scale is not None:  # AMP: the gates are not in the scaler's unscale_
             grad = grad / loss_scale.to(grad)
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         if self.normalise:
-            sq = (grad.square() * live).sum() / live.sum().clamp_min(1)
+            sq = self._mean_square(grad, live, groups)
             if self.grad_sq is None:
                 self.grad_sq = sq
             else:
                 self.grad_sq = 0.99 * torch.as_tensor(self.grad_sq).to(sq) + 0.01 * sq
-            grad = grad / self.grad_sq.sqrt().clamp_min(1e-12)
+            scale = self.grad_sq.sqrt().clamp_min(1e-12)
+            grad = grad / (scale if self.normalise is True else scale[groups])
         if self.momentum:
             if self.grad_avg is not None:
                 prev = torch.as_tensor(self.grad_avg).to(grad)
@@ -70,7 +90,11 @@ class GateGradientStep:
         a.mul_(live)  # a gate at exactly 0 stays there (g'(0) = 0)
 
     def state_dict(self) -> dict:
-        return dict(grad_sq=None if self.grad_sq is None else float(self.grad_sq),
+        sq = self.grad_sq
+        if sq is not None:
+            sq = torch.as_tensor(sq).detach().cpu()
+            sq = float(sq) if sq.dim() == 0 else sq
+        return dict(grad_sq=sq,
                     grad_avg=None if self.grad_avg is None else self.grad_avg.detach().cpu())
 
     def load_state_dict(self, state: dict) -> None:

@@ -54,7 +54,8 @@ class GDPHook(Hook):
     ``a <- sign(a) max(|a| - gate_lr * lambda * w_c, 0)``. With ``grad_norm`` (default)
     ``dL/da`` is divided by its running RMS over all live gates: one scalar, so the
     task loss still ranks the gates, but ``gate_lr`` means the same step size
-    whatever the detector's loss scale; the step follows a running mean of that
+    whatever the detector's loss scale (``grad_norm='group'``: each group's own RMS, so
+    that every group meets the penalty at the same gradient scale); the step follows a running mean of that
     normalised gradient (``grad_momentum``, default 0.9; 0: one batch's gradient): a
     gate feels the loss only in the few steps while it drops towards 0, and one
     batch's gradient there is mostly noise (benchmarks/RESULTS.md (m), (n)). ``w_c``
@@ -133,7 +134,7 @@ class GDPHook(Hook):
                  min_channels: float = 1, channel_divisor: Union[int, str] = 1,
                  warmup_iters: int = 0, log_interval: int = 50, export: bool = True,
                  num_snapshots: int = 6, params_target: Optional[float] = None,
-                 cost_power: float = 0.0, grad_norm: bool = True,
+                 cost_power: float = 0.0, grad_norm: Union[bool, str] = True,
                  latency_target: Optional[float] = None, grad_momentum: float = 0.9,
                  lambda_span: float = 0.5, shrink_after_cut: bool = True,
                  latency_backend: str = 'torch', cut_rate_factor: float = 1.0,
@@ -194,6 +195,7 @@ class GDPHook(Hook):
         self.shrinks = []  # [iterations done, the live model's FLOPs ratio] per shrink
         self._live_ratio = 1.0  # the live model's FLOPs ratio (set at each shrink)
         self._cut_final = False  # the live model is within the final budget
+        self._groups = None  # (gate set, its gates' group indices) for grad_norm='group'
 
     # -- the parts' state, as the hook exposes it ------------------------------------
     lam = property(lambda self: self.controller.lam,
@@ -227,6 +229,17 @@ class GDPHook(Hook):
             self._exported = ExportedChannels(self.graph, self.min_channels,
                                               self.channel_divisor)
         return self._exported(a)
+
+    def _group_index(self, gates) -> Optional[torch.Tensor]:
+        """Every gate's group index (for ``grad_norm='group'``; else None), on the
+        gates' device, made anew for a shrunk gate set (the same groups, narrowed)."""
+        if self.gate_step.normalise != 'group':
+            return None
+        if self._groups is None or self._groups[0] is not gates:
+            sizes = torch.tensor([s.stop - s.start for s in gates.group_slices])
+            index = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+            self._groups = (gates, index.to(gates.a.device))
+        return self._groups[1]
 
     def traced_gates(self) -> torch.Tensor:
         """The gates in the traced layout (after a shrink, 0 for removed channels)."""
@@ -323,7 +336,7 @@ class GDPHook(Hook):
         stepped, loss_scale = self.steps.take()
         if self.warmup_iters <= runner.iter < self.gdp_iters:
             if grad is not None and stepped:
-                self.gate_step.step(a, grad, ~self.dead, loss_scale)
+                self.gate_step.step(a, grad, ~self.dead, loss_scale, self._group_index(gates))
             if self.budget_ramp:
                 span = (self.gdp_iters - self.warmup_iters) * self.budget_ramp
                 self.budget.ease((runner.iter + 1 - self.warmup_iters) / max(span, 1))

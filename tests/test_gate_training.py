@@ -40,6 +40,56 @@ def test_gradient_step_normalises_averages_and_keeps_dead_gates():
     assert torch.equal(restored.grad_avg, step.grad_avg)
 
 
+def test_gradient_step_per_group_puts_every_group_at_one_gradient_scale():
+    step = GateGradientStep(lr=0.1, normalise='group', momentum=0.0)
+    a = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    groups = torch.tensor([0, 0, 1, 1, 1])
+    # group 0's gradient is 100x group 1's; the dead gate's (20) counts in no mean
+    step.step(a, torch.tensor([300.0, -400.0, 3.0, -4.0, 20.0]), a != 0, groups=groups)
+    assert step.grad_sq.tolist() == pytest.approx([12.5e4, 12.5])  # per group, live only
+    rms = math.sqrt(12.5)
+    assert a.tolist() == pytest.approx([1 - 0.3 / rms, 1 + 0.4 / rms] * 2 + [0.0])
+    one_scalar = GateGradientStep(lr=0.1, normalise=True, momentum=0.0)
+    b = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    one_scalar.step(b, torch.tensor([300.0, -400.0, 3.0, -4.0, 20.0]), b != 0)
+    assert float(1 - b[2]) == pytest.approx(0.01 * float(1 - b[0]), rel=1e-3)  # 1/100
+    restored = GateGradientStep(lr=0.1, normalise='group')
+    restored.load_state_dict(step.state_dict())
+    step.step(a, torch.tensor([3.0, 4.0, 3.0, 4.0, 0.0]), a != 0, groups=groups)
+    restored_a = torch.tensor([1 - 0.3 / rms, 1 + 0.4 / rms] * 2 + [0.0])
+    restored.step(restored_a, torch.tensor([3.0, 4.0, 3.0, 4.0, 0.0]), restored_a != 0,
+                  groups=groups)
+    assert torch.equal(restored_a, a) and torch.equal(restored.grad_sq, step.grad_sq)
+    with pytest.raises(ValueError, match="needs the gates' groups"):
+        GateGradientStep(lr=0.1, normalise='group').step(a, a.clone(), a != 0)
+    with pytest.raises(ValueError, match="grad_norm must be True, False or 'group'"):
+        GateGradientStep(lr=0.1, normalise='layer')
+
+
+def test_hook_normalises_per_group_on_the_gate_sets_groups_and_after_a_shrink():
+    """GDPHook(grad_norm='group') gives the step every gate's group: toy_gated_net's 3
+    groups (32, 64, 64 gates), with gradients 1000x apart, move the same way; a shrunk
+    gate set (the same groups, narrowed) gets its own index."""
+    from gdp_det.hooks import GDPHook
+    from gdp_det.shrink import ChannelShrink
+    from gdp_det.testing import drive_hook
+    net = toy_gated_net()
+    slices = net.gdp_gates.group_slices
+    scale = torch.ones(net.gdp_gates.a.numel())
+    scale[slices[0]], scale[slices[2]] = 1000.0, 1e-3
+    sign = torch.tensor([1.0, -1.0]).repeat(80)
+    hook = GDPHook(flops_target=0.9, export=False, gdp_iters=1, lambda_init=0.0,
+                   grad_norm='group', grad_momentum=0.0, gate_lr=0.1)
+    drive_hook(net, hook, 1, lambda it: scale * sign)
+    assert net.gdp_gates.a.detach().tolist() == pytest.approx((1 - 0.1 * sign).tolist())
+    assert hook.gate_step.grad_sq.tolist() == pytest.approx([1e6, 1.0, 1e-6])
+    kept = np.ones(net.gdp_gates.a.numel(), bool)
+    kept[1::2] = False  # half of each group
+    ChannelShrink(net.gdp_gates.graph, kept).apply(net)
+    index = hook._group_index(net.gdp_gates)
+    assert index.tolist() == [0] * 16 + [1] * 32 + [2] * 32
+
+
 def test_gradient_step_without_normalising_or_momentum_is_plain_sgd():
     step = GateGradientStep(lr=0.5, normalise=False, momentum=0.0)
     a = torch.tensor([1.0, 2.0])

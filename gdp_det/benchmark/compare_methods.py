@@ -138,6 +138,11 @@ GDP_VARIANTS: List[Method] = [
     # the live model shrinks each time it could lose another 0.1 of the FLOPs
     _gdp_variant('gradual', 'gradual cut over the first 40 % of the phase, shrunk as it goes',
                  gdp_epochs=3, grad_momentum=0.9, budget_ramp=0.4, lambda_span=0.1),
+    # the gates' gradient normalised per group instead of by one scalar (issue 22 part 2:
+    # per-group normalisation): every group meets the penalty at the same gradient scale,
+    # the task loss ranking channels within a group only
+    _gdp_variant('group_norm', 'gate gradient normalised per group', gdp_epochs=3,
+                 grad_momentum=0.9, grad_norm='group', **_HALF),
 ]
 
 
