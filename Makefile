@@ -73,14 +73,19 @@ compare: setup
 
 # The same protocol on the toy Faster R-CNN R18-FPN and the toy RTMDet-tiny (issue 22): each
 # has its JSON, RESULTS section and Pareto plot; README's table across detectors is
-# regenerated from all of them.
+# regenerated from all of them. Their methods: the control, GDP with a FLOPs budget, random
+# channels and the four Torch-Pruning criteria the issue names (DETECTOR_METHODS; a later
+# --methods in COMPARE_ARGS overrides it).
+DETECTOR_METHODS ?= control gdp random tp_l1_uniform tp_l1_global tp_bn_uniform tp_taylor_global
 compare-frcnn:
 	$(MAKE) compare COMPARE_DIR=work_dirs/compare_frcnn COMPARE_ARGS="\
 	  configs/toy/faster-rcnn_r18_fpn_toyvoc.py --out benchmarks/compare_frcnn.json \
-	  --plot benchmarks/compare_frcnn_pareto.png --section '$(FRCNN_SECTION)' $(COMPARE_ARGS)"
+	  --plot benchmarks/compare_frcnn_pareto.png --section '$(FRCNN_SECTION)' \
+	  --methods $(DETECTOR_METHODS) $(COMPARE_ARGS)"
 compare-rtmdet:
 	$(MAKE) compare COMPARE_DIR=work_dirs/compare_rtmdet COMPARE_ARGS="\
 	  configs/toy/rtmdet_tiny_toyvoc.py --out benchmarks/compare_rtmdet.json \
-	  --plot benchmarks/compare_rtmdet_pareto.png --section '$(RTMDET_SECTION)' $(COMPARE_ARGS)"
+	  --plot benchmarks/compare_rtmdet_pareto.png --section '$(RTMDET_SECTION)' \
+	  --methods $(DETECTOR_METHODS) $(COMPARE_ARGS)"
 FRCNN_SECTION = (r) Accuracy at equal FLOPs and equal latency on the toy Faster R-CNN R18-FPN
 RTMDET_SECTION = (s) Accuracy at equal FLOPs and equal latency on the toy RTMDet-tiny
