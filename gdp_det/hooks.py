@@ -55,9 +55,9 @@ class GDPHook(Hook):
     ``dL/da`` is divided by its running RMS over all live gates: one scalar, so the
     task loss still ranks the gates, but ``gate_lr`` means the same step size
     whatever the detector's loss scale (``grad_norm='group'``: each group's own RMS, so
-    that every group meets the penalty at the same gradient scale); the step follows a running mean of that
-    normalised gradient (``grad_momentum``, default 0.9; 0: one batch's gradient): a
-    gate feels the loss only in the few steps while it drops towards 0, and one
+    that every group meets the penalty at the same gradient scale); the step follows a
+    running mean of that normalised gradient (``grad_momentum``, default 0.9; 0: one
+    batch's gradient): a gate feels the loss only in the few steps while it drops towards 0, and one
     batch's gradient there is mostly noise (benchmarks/RESULTS.md (m), (n)). ``w_c``
     is each channel's FLOPs cost (relative to the full model, normalised to mean 1)
     raised to ``cost_power``: 1 is the paper's FLOPs-weighted penalty, the default 0 a plain L1 that lets the
