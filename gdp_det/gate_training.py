@@ -32,12 +32,13 @@ class EpsSchedule:
 class GateGradientStep:
     """The gates' task-loss step ``a <- a - lr * m``, on the gates' device (no host sync).
 
-    Contract: ``step(a, grad, live, loss_scale, groups)`` unscales ``grad`` by the AMP
-    ``loss_scale`` it carries (if any), zeroes its non-finite entries, divides it by the
-    running RMS of the live gates' gradient (``normalise=True``: one scalar for all
-    gates, so the task loss still ranks them; ``normalise='group'``: each group's own,
-    ``groups`` holding every gate's group index, so the task loss ranks channels within
-    a group only and every group meets the penalty at the same gradient scale), follows
+    Contract: ``step(a, grad, live, loss_scale, groups, num_groups)`` unscales ``grad``
+    by the AMP ``loss_scale`` it carries (if any), zeroes its non-finite entries, divides
+    it by the running RMS of the live gates' gradient (``normalise=True``: one scalar for
+    all gates, so the task loss still ranks them; ``normalise='group'``: each group's
+    own, ``groups`` holding every gate's group index, of ``num_groups`` groups (given, so
+    that no step reads the index back to the host), so the task loss ranks channels
+    within a group only and every group meets the penalty at the same gradient scale), follows
     the running mean ``m`` of that normalised gradient (``momentum``; 0: one batch's
     gradient) and moves only the ``live`` gates; a gate at exactly 0 stays there.
     ``grad_sq`` (a scalar, or one per group) and ``grad_avg`` are its state, kept in
@@ -55,26 +56,27 @@ class GateGradientStep:
         self.grad_avg = None  # running mean of the gates' (normalised) gradient
 
     def _mean_square(self, grad: torch.Tensor, live: torch.Tensor,
-                     groups: Optional[torch.Tensor]) -> torch.Tensor:
+                     groups: Optional[torch.Tensor], num_groups: Optional[int]) -> torch.Tensor:
         """The live gates' mean squared gradient: a scalar, or one per group."""
         if self.normalise != 'group':
             return (grad.square() * live).sum() / live.sum().clamp_min(1)
-        if groups is None:
-            raise ValueError("GateGradientStep: grad_norm='group' needs the gates' groups")
-        size = int(groups.max()) + 1 if self.grad_sq is None else len(self.grad_sq)
-        total = grad.new_zeros(size).index_add_(0, groups, grad.square() * live)
-        count = grad.new_zeros(size).index_add_(0, groups, live.to(grad.dtype))
+        if groups is None or num_groups is None:
+            raise ValueError("GateGradientStep: grad_norm='group' needs the gates' groups "
+                             'and their number')
+        total = grad.new_zeros(num_groups).index_add_(0, groups, grad.square() * live)
+        count = grad.new_zeros(num_groups).index_add_(0, groups, live.to(grad.dtype))
         return total / count.clamp_min(1)
 
     def step(self, a: torch.Tensor, grad: torch.Tensor, live: torch.Tensor,
              loss_scale: Optional[torch.Tensor] = None,
-             groups: Optional[torch.Tensor] = None) -> None:
+             groups: Optional[torch.Tensor] = None,
+             num_groups: Optional[int] = None) -> None:
         grad = grad.to(a.dtype)
         if loss_scale is not None:  # AMP: the gates are not in the scaler's unscale_
             grad = grad / loss_scale.to(grad)
         grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         if self.normalise:
-            sq = self._mean_square(grad, live, groups)
+            sq = self._mean_square(grad, live, groups, num_groups)
             if self.grad_sq is None:
                 self.grad_sq = sq
             else:

@@ -195,7 +195,7 @@ class GDPHook(Hook):
         self.shrinks = []  # [iterations done, the live model's FLOPs ratio] per shrink
         self._live_ratio = 1.0  # the live model's FLOPs ratio (set at each shrink)
         self._cut_final = False  # the live model is within the final budget
-        self._groups = None  # (gate set, its gates' group indices) for grad_norm='group'
+        self._groups = None  # (gate set, its step's group arguments) for grad_norm='group'
 
     # -- the parts' state, as the hook exposes it ------------------------------------
     lam = property(lambda self: self.controller.lam,
@@ -230,15 +230,17 @@ class GDPHook(Hook):
                                               self.channel_divisor)
         return self._exported(a)
 
-    def _group_index(self, gates) -> Optional[torch.Tensor]:
-        """Every gate's group index (for ``grad_norm='group'``; else None), on the
-        gates' device, made anew for a shrunk gate set (the same groups, narrowed)."""
+    def _group_index(self, gates) -> dict:
+        """Every gate's group index and the number of groups (for ``grad_norm='group'``;
+        else nothing), the index on the gates' device, made anew for a shrunk gate set
+        (the same groups, narrowed): the keyword arguments of the gates' step."""
         if self.gate_step.normalise != 'group':
-            return None
+            return {}
         if self._groups is None or self._groups[0] is not gates:
             sizes = torch.tensor([s.stop - s.start for s in gates.group_slices])
             index = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
-            self._groups = (gates, index.to(gates.a.device))
+            self._groups = (gates, dict(groups=index.to(gates.a.device),
+                                        num_groups=len(sizes)))
         return self._groups[1]
 
     def traced_gates(self) -> torch.Tensor:
@@ -336,7 +338,7 @@ class GDPHook(Hook):
         stepped, loss_scale = self.steps.take()
         if self.warmup_iters <= runner.iter < self.gdp_iters:
             if grad is not None and stepped:
-                self.gate_step.step(a, grad, ~self.dead, loss_scale, self._group_index(gates))
+                self.gate_step.step(a, grad, ~self.dead, loss_scale, **self._group_index(gates))
             if self.budget_ramp:
                 span = (self.gdp_iters - self.warmup_iters) * self.budget_ramp
                 self.budget.ease((runner.iter + 1 - self.warmup_iters) / max(span, 1))

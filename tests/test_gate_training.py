@@ -45,7 +45,8 @@ def test_gradient_step_per_group_puts_every_group_at_one_gradient_scale():
     a = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
     groups = torch.tensor([0, 0, 1, 1, 1])
     # group 0's gradient is 100x group 1's; the dead gate's (20) counts in no mean
-    step.step(a, torch.tensor([300.0, -400.0, 3.0, -4.0, 20.0]), a != 0, groups=groups)
+    step.step(a, torch.tensor([300.0, -400.0, 3.0, -4.0, 20.0]), a != 0, groups=groups,
+              num_groups=2)
     assert step.grad_sq.tolist() == pytest.approx([12.5e4, 12.5])  # per group, live only
     rms = math.sqrt(12.5)
     assert a.tolist() == pytest.approx([1 - 0.3 / rms, 1 + 0.4 / rms] * 2 + [0.0])
@@ -55,12 +56,13 @@ def test_gradient_step_per_group_puts_every_group_at_one_gradient_scale():
     assert float(1 - b[2]) == pytest.approx(0.01 * float(1 - b[0]), rel=1e-3)  # 1/100
     restored = GateGradientStep(lr=0.1, normalise='group')
     restored.load_state_dict(step.state_dict())
-    step.step(a, torch.tensor([3.0, 4.0, 3.0, 4.0, 0.0]), a != 0, groups=groups)
+    step.step(a, torch.tensor([3.0, 4.0, 3.0, 4.0, 0.0]), a != 0, groups=groups,
+              num_groups=2)
     restored_a = torch.tensor([1 - 0.3 / rms, 1 + 0.4 / rms] * 2 + [0.0])
     restored.step(restored_a, torch.tensor([3.0, 4.0, 3.0, 4.0, 0.0]), restored_a != 0,
-                  groups=groups)
+                  groups=groups, num_groups=2)
     assert torch.equal(restored_a, a) and torch.equal(restored.grad_sq, step.grad_sq)
-    with pytest.raises(ValueError, match="needs the gates' groups"):
+    with pytest.raises(ValueError, match="needs the gates' groups and their number"):
         GateGradientStep(lr=0.1, normalise='group').step(a, a.clone(), a != 0)
     with pytest.raises(ValueError, match="grad_norm must be True, False or 'group'"):
         GateGradientStep(lr=0.1, normalise='layer')
@@ -87,7 +89,8 @@ def test_hook_normalises_per_group_on_the_gate_sets_groups_and_after_a_shrink():
     kept[1::2] = False  # half of each group
     ChannelShrink(net.gdp_gates.graph, kept).apply(net)
     index = hook._group_index(net.gdp_gates)
-    assert index.tolist() == [0] * 16 + [1] * 32 + [2] * 32
+    assert index['groups'].tolist() == [0] * 16 + [1] * 32 + [2] * 32
+    assert index['num_groups'] == 3
 
 
 def test_gradient_step_without_normalising_or_momentum_is_plain_sgd():
