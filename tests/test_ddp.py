@@ -21,9 +21,10 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_process_gdp_keeps_gates_equal(make_toy_cfg, tmp_path):
-    # (the cut in the first quarter: checkpoints after the shrink to resume from)
+    # (the cut in the first quarter at lambda's full rate: checkpoints after the shrink to
+    # resume from)
     cfg = gdp_cfg(make_toy_cfg, tmp_path / 'ddp', epochs=10, flops_target=0.6, export=False,
-                  lambda_span=0.25)
+                  lambda_span=0.25, cut_rate_factor=1.0)
     cfg.launcher = 'pytorch'
     cfg.batch_size = 2
     cfg.train_dataloader.batch_size = 2

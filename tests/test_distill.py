@@ -85,7 +85,8 @@ def test_gdp_phase_distils_through_its_cut_and_shrink(make_toy_cfg, tmp_path):
     torch.save(dict(state_dict=MODELS.build(copy.deepcopy(plain.model)).state_dict()),
                tmp_path / 'teacher.pth')
     plain.dump(str(tmp_path / 'teacher.py'))
-    cfg = gdp_cfg(make_toy_cfg, tmp_path / 'gdp', epochs=6, flops_target=0.6, lambda_span=0.25)
+    cfg = gdp_cfg(make_toy_cfg, tmp_path / 'gdp', epochs=6, flops_target=0.6, lambda_span=0.25,
+                  cut_rate_factor=1.0)  # (a short run: the cut at lambda's full rate)
     cfg.custom_hooks.append(dict(type='DistillHook', teacher_config=str(tmp_path / 'teacher.py'),
                                  teacher_checkpoint=str(tmp_path / 'teacher.pth')))
     runner = Runner.from_cfg(cfg)

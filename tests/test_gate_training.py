@@ -198,3 +198,25 @@ def test_optimizer_steps_record_the_scale_and_fused_overflow():
     assert steps.take()[0] is False
     assert steps.take()[0] is False  # reset after take
     assert math.isclose(float(steps.scale), 2048.0)
+
+
+def test_hook_warns_when_training_ends_before_the_cut_meets_the_budget(monkeypatch):
+    """No lambda (no cut) in a 2-iteration phase: after_train warns with the missed ratio
+    and the settings to change; gates that meet the budget give no warning."""
+    import gdp_det.hooks as hooks
+    from gdp_det.testing import drive_hook
+    logged = []
+    monkeypatch.setattr(hooks, 'print_log', lambda msg, **kw: logged.append((msg, kw)))
+    net = toy_gated_net()
+    hook = hooks.GDPHook(flops_target=0.9, export=False, gdp_iters=2, lambda_init=0.0)
+    runner = drive_hook(net, hook, 2, lambda it: torch.zeros(net.gdp_gates.a.numel()))
+    hook.after_train(runner)
+    (msg, kw), = logged
+    assert 'flops_target 1.0000 > 0.9' in msg
+    assert 'gdp_iters=2' in msg and 'lambda_span=0.25' in msg
+    assert kw['level'] == hooks.logging.WARNING
+    logged.clear()
+    with torch.no_grad():
+        net.gdp_gates.a.zero_()  # the export keeps min_channels per group: within 0.9
+    hook.after_train(runner)
+    assert logged == []

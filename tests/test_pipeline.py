@@ -24,8 +24,11 @@ def small_cfg(make_toy_cfg, tmp_path):
 def test_pipeline_report_and_resume(make_toy_cfg, tmp_path):
     cfg = small_cfg(make_toy_cfg, tmp_path)
     work = tmp_path / 'job'
+    # (24 iterations: lambda's growth is capped at 1.5x a step, so the cut needs its full
+    # rate to finish in the run; the gentle default is for runs of hundreds of iterations)
+    hook = dict(log_interval=1, cut_rate_factor=1.0)
     out = run_pipeline(cfg, str(work), flops_target=0.6, gdp_epochs=6, finetune_epochs=1,
-                       hook=dict(log_interval=1))
+                       hook=hook)
     rows = {r['model']: r for r in out['rows']}
     assert set(rows) == {'baseline', 'GDP pruned (no fine-tune)', 'GDP pruned + 1 ep fine-tune'}
     pruned = rows['GDP pruned (no fine-tune)']
@@ -47,7 +50,7 @@ def test_pipeline_report_and_resume(make_toy_cfg, tmp_path):
     os.remove(work / 'report.md')
     logs = []
     run_pipeline(cfg, str(work), flops_target=0.6, gdp_epochs=6, finetune_epochs=1,
-                 hook=dict(log_interval=1), log=logs.append)
+                 hook=hook, log=logs.append)
     assert any('baseline: done earlier' in m for m in logs)
     assert any('gdp: done earlier' in m for m in logs)
     assert any('evaluate: running' in m for m in logs)

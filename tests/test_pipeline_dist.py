@@ -26,7 +26,8 @@ def dist_pipeline(cfg_path, work, port):
     return subprocess.run(
         ['bash', osp.join(REPO, 'tools', 'dist_gdp_prune_pipeline.sh'), cfg_path, '2',
          '--work-dir', work, '--flops-target', '0.6', '--gdp-epochs', '6',
-         '--finetune-epochs', '1', '--gdp-options', 'log_interval=1'],
+         '--finetune-epochs', '1', '--gdp-options', 'log_interval=1',
+         'cut_rate_factor=1.0'],  # (24 iterations: the cut at lambda's full rate)
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
 
 

@@ -271,7 +271,8 @@ def test_amp_bf16_run_reaches_target_and_exports_losslessly(make_toy_cfg, tmp_pa
     from mmengine.optim.optimizer import amp_optimizer_wrapper
     from mmengine.runner import Runner
     monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available', lambda: True)
-    cfg = gdp_cfg(make_toy_cfg, tmp_path / 'amp', epochs=6, flops_target=0.6)
+    # (a short run: the cut at lambda's full rate, to finish in it)
+    cfg = gdp_cfg(make_toy_cfg, tmp_path / 'amp', epochs=6, flops_target=0.6, cut_rate_factor=1.0)
     cfg.optim_wrapper.type = 'AmpOptimWrapper'
     cfg.optim_wrapper.dtype = 'bfloat16'
     runner = Runner.from_cfg(cfg)
@@ -301,7 +302,9 @@ def test_ema_checkpoint_holds_the_live_gates(make_toy_cfg, tmp_path):
                        max_epochs=6)
     assert cfg.custom_hooks[0].type == 'EMAHook'
     cfg.model = dict(type='GDPDetector', detector=cfg.model, input_size=(128, 128))
-    cfg.custom_hooks.append(dict(type='GDPHook', flops_target=0.6, export=True))
+    # (a short run: the cut at lambda's full rate, to finish in it)
+    cfg.custom_hooks.append(dict(type='GDPHook', flops_target=0.6, export=True,
+                                 cut_rate_factor=1.0))
     cfg.train_cfg.val_interval = 1000
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=6)
     cfg.optim_wrapper.optimizer.lr = 1e-3

@@ -25,14 +25,18 @@ from gdp_det.cli import ArgumentParser, check_writable_dir, tool_main  # noqa: E
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SECTION = '(n) Gate selection on a toy loss with known channel needs'
 SOFT = dict(eps_start=1.0, eps_end=1e-4)
-HALF = dict(lambda_span=0.5)  # the cut in the first half of the run (the default)
+# the cut in the first half of the run at lambda's full rate (the default until RESULTS (x))
+HALF = dict(lambda_span=0.5, cut_rate_factor=1.0)
+QUARTER = dict(lambda_span=0.25, cut_rate_factor=1.0)  # the same in the first quarter
 PLAIN = dict(grad_momentum=0.0)  # one batch's gradient: the defaults before issue 13
 SETTINGS = [  # (label, GDPHook arguments)
     ('no gate momentum, cut in the first half (the defaults before issue 13)',
      dict(PLAIN, **HALF)),
-    ('gate gradient momentum 0.9, cut in the first half (default)', HALF),
-    ('no momentum, cut in the first quarter (lambda_span 0.25)', dict(PLAIN, lambda_span=0.25)),
-    ('momentum, cut in the first quarter (lambda_span 0.25)', dict(lambda_span=0.25)),
+    ('gate gradient momentum 0.9, cut in the first half (the default before RESULTS (x))',
+     HALF),
+    ('no momentum, cut in the first quarter (lambda_span 0.25)', dict(PLAIN, **QUARTER)),
+    ('momentum, cut in the first quarter (lambda_span 0.25)', QUARTER),
+    ('momentum, gentle cut (lambda_span 0.25, cut_rate_factor 1/3: default)', {}),
     ('no momentum, gate_lr 0.03', dict(PLAIN, gate_lr=0.03, **HALF)),
     ('no momentum, eps 1e-1 -> 1e-6', dict(PLAIN, eps_start=0.1, **HALF)),
     ('no momentum, eps 1 -> 1e-4', dict(PLAIN, **SOFT, **HALF)),

@@ -99,6 +99,7 @@ def measure(args) -> dict:
         cfg.model.input_size = (args.size, args.size)
         cfg.custom_hooks = [dict(type='GDPHook', flops_target=args.flops_target,
                                  lambda_init=0.1, lambda_span=args.cut_at,
+                                 cut_rate_factor=1.0,  # the cut within --cut-at
                                  shrink_after_cut=True, export=True)]
         runner = Runner.from_cfg(cfg)
         clock = iteration_clock()

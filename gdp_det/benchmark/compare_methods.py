@@ -84,11 +84,13 @@ def _gdp_variant(name: str, label: str, gdp_epochs: Optional[int] = None, **hook
 # benchmarks/RESULTS.md (m)); not in the default comparison. Each states the gate momentum
 # and the GDP phase length (``gdp_epochs`` of the same total epochs after the baseline)
 # it was measured with, so it keeps its meaning when the defaults change.
-_HALF = dict(lambda_span=0.5)  # the cut in the first half of the phase (the default)
+# the cut in the first half of the phase, made at lambda's full rate (the default before the
+# gentle cut became it)
+_HALF = dict(lambda_span=0.5, cut_rate_factor=1.0)
 _BEFORE_13 = dict(grad_momentum=0.0, gdp_epochs=2, **_HALF)  # the defaults before issue 13
 # momentum and a GDP phase of all the epochs, lambda free to grow 1e4-fold over the first
 # quarter of the phase (the cut within it)
-_EARLY_CUT = dict(gdp_epochs=3, grad_momentum=0.9, lambda_span=0.25)
+_EARLY_CUT = dict(gdp_epochs=3, grad_momentum=0.9, lambda_span=0.25, cut_rate_factor=1.0)
 GDP_VARIANTS: List[Method] = [
     _gdp_variant('before13', 'defaults before issue 13 (no gate momentum, 2 GDP epochs)',
                  **_BEFORE_13),
@@ -126,18 +128,20 @@ GDP_VARIANTS: List[Method] = [
                  **_EARLY_CUT),
     # the cut begins in the first quarter and lambda then grows at a third of its rate: the
     # burst in which the selection is made (RESULTS (v)) spread over more iterations, ending
-    # about where the default's does (issue 22 part 2: a gentler cut)
+    # about where the earlier default's does (issue 22 part 2: a gentler cut; the default
+    # since RESULTS (x))
     _gdp_variant('gentle_cut', 'cut begun in the first quarter, lambda then a third as fast',
-                 cut_rate_factor=1 / 3, **_EARLY_CUT),
+                 **dict(_EARLY_CUT, cut_rate_factor=1 / 3)),
     # the default ramp, then the same slower growth: the burst spread over more iterations
     # that start where the default's do (it ends later, so the phase costs more)
     _gdp_variant('gentle_cut_half', 'cut begun in the first half, lambda then a third as fast',
-                 cut_rate_factor=1 / 3, gdp_epochs=3, grad_momentum=0.9, **_HALF),
+                 gdp_epochs=3, grad_momentum=0.9, **dict(_HALF, cut_rate_factor=1 / 3)),
     # a gradual cut (issue 22 part 3: training cost): the budget falls from 1 to its target
     # over the first 40 % of the phase, lambda reaching the gates in its first tenth, and
     # the live model shrinks each time it could lose another 0.1 of the FLOPs
     _gdp_variant('gradual', 'gradual cut over the first 40 % of the phase, shrunk as it goes',
-                 gdp_epochs=3, grad_momentum=0.9, budget_ramp=0.4, lambda_span=0.1),
+                 gdp_epochs=3, grad_momentum=0.9, budget_ramp=0.4, lambda_span=0.1,
+                 cut_rate_factor=1.0),
     # the gates' gradient normalised per group instead of by one scalar (issue 22 part 2:
     # per-group normalisation): every group meets the penalty at the same gradient scale,
     # the task loss ranking channels within a group only
