@@ -58,8 +58,8 @@ class GDPHook(Hook):
     whatever the detector's loss scale (``grad_norm='group'``: each group's own RMS, so
     that every group meets the penalty at the same gradient scale); the step follows a
     running mean of that normalised gradient (``grad_momentum``, default 0.9; 0: one
-    batch's gradient): a gate feels the loss only in the few steps while it drops towards 0, and one
-    batch's gradient there is mostly noise (benchmarks/RESULTS.md (m), (n)). ``w_c``
+    batch's gradient): a gate feels the loss only in the few steps while it drops towards
+    0, and one batch's gradient there is mostly noise (benchmarks/RESULTS.md (m), (n)). ``w_c``
     is each channel's FLOPs cost (relative to the full model, normalised to mean 1)
     raised to ``cost_power``: 1 is the paper's FLOPs-weighted penalty, the default 0 a plain L1 that lets the
     task loss alone rank the channels while the budget decides how many go (on the
@@ -234,7 +234,7 @@ class GDPHook(Hook):
                                               self.channel_divisor)
         return self._exported(a)
 
-    def _group_index(self, gates) -> dict:
+    def _group_args(self, gates) -> dict:
         """Every gate's group index and the number of groups (for ``grad_norm='group'``;
         else nothing), the index on the gates' device, made anew for a shrunk gate set
         (the same groups, narrowed): the keyword arguments of the gates' step."""
@@ -302,15 +302,19 @@ class GDPHook(Hook):
             self._shrink(runner, kept)
         self._sync_ema()
 
+    def _over_budget(self, kept: np.ndarray) -> list:
+        """``(target name, ratio, target)`` of each final target that ``kept`` exceeds."""
+        return [(name, ratio, target) for (_, target), ratio, name
+                in zip(self.budget.final, self.budget.ratios(kept), self.targets)
+                if ratio > target]
+
     def _check_reachable(self) -> None:
-        floor_mask = self.exported(np.zeros(self.graph.num_channels))
-        for (_, target), floor, name in zip(self.budget.final,
-                                            self.budget.ratios(floor_mask), self.targets):
-            if floor > target:
-                raise ValueError(f'GDPHook: {name}={target} is unreachable with '
-                                 f'min_channels={self.min_channels} and channel_divisor='
-                                 f'{self.channel_divisor}; the smallest reachable ratio '
-                                 f'is {floor:.4f}')
+        for name, floor, target in self._over_budget(
+                self.exported(np.zeros(self.graph.num_channels))):
+            raise ValueError(f'GDPHook: {name}={target} is unreachable with '
+                             f'min_channels={self.min_channels} and channel_divisor='
+                             f'{self.channel_divisor}; the smallest reachable ratio '
+                             f'is {floor:.4f}')
 
     def _sync_ema(self) -> None:
         """The EMA copy averages every parameter; its gates must not be averaged
@@ -342,7 +346,7 @@ class GDPHook(Hook):
         stepped, loss_scale = self.steps.take()
         if self.warmup_iters <= runner.iter < self.gdp_iters:
             if grad is not None and stepped:
-                self.gate_step.step(a, grad, ~self.dead, loss_scale, **self._group_index(gates))
+                self.gate_step.step(a, grad, ~self.dead, loss_scale, **self._group_args(gates))
             if self.budget_ramp:
                 span = (self.gdp_iters - self.warmup_iters) * self.budget_ramp
                 self.budget.ease((runner.iter + 1 - self.warmup_iters) / max(span, 1))
@@ -500,12 +504,10 @@ class GDPHook(Hook):
     def _warn_if_unmet(self) -> None:
         """A warning, naming the fix, when training ended before the cut met the budget
         (the export then keeps more than the targets allow)."""
-        kept = self.exported(self.traced_gates().float().cpu().numpy())
-        if self.budget.met(kept, final=True):
+        over = self._over_budget(self.exported(self.traced_gates().float().cpu().numpy()))
+        if not over:
             return
-        missed = ', '.join(f'{name} {ratio:.4f} > {target:g}' for (_, target), ratio, name
-                           in zip(self.budget.final, self.budget.ratios(kept), self.targets)
-                           if ratio > target)
+        missed = ', '.join(f'{name} {ratio:.4f} > {target:g}' for name, ratio, target in over)
         print_log(f'GDPHook: training ended before the cut met its budget ({missed}); the '
                   f'export keeps more than the targets allow. Give the GDP phase more '
                   f'iterations (gdp_iters={self.gdp_iters} of this run), or cut sooner and '

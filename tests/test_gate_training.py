@@ -88,7 +88,7 @@ def test_hook_normalises_per_group_on_the_gate_sets_groups_and_after_a_shrink():
     kept = np.ones(net.gdp_gates.a.numel(), bool)
     kept[1::2] = False  # half of each group
     ChannelShrink(net.gdp_gates.graph, kept).apply(net)
-    index = hook._group_index(net.gdp_gates)
+    index = hook._group_args(net.gdp_gates)
     assert index['groups'].tolist() == [0] * 16 + [1] * 32 + [2] * 32
     assert index['num_groups'] == 3
 
