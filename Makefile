@@ -5,7 +5,8 @@ DATA ?= data/toyvoc
 DEMO_DIR ?= work_dirs/demo
 COMPARE_DIR ?= work_dirs/compare
 
-.PHONY: setup test test-fast test-portability demo compare compare-frcnn compare-rtmdet
+.PHONY: setup test test-fast test-portability demo compare compare-frcnn compare-rtmdet \
+  compare-part compare-merge
 
 setup:
 	bash tools/setup_env.sh
@@ -89,3 +90,29 @@ compare-rtmdet:
 	  --methods $(DETECTOR_METHODS) $(COMPARE_ARGS)"
 FRCNN_SECTION = (r) Accuracy at equal FLOPs and equal latency on the toy Faster R-CNN R18-FPN
 RTMDET_SECTION = (s) Accuracy at equal FLOPs and equal latency on the toy RTMDet-tiny
+
+# The same comparison in parts, for machines that keep nothing between sessions (a whole
+# detector comparison is ~15 core-hours on 2 cores): `make compare-part DETECTOR=frcnn SEED=1`
+# trains a baseline of its own (seeded SEED) and that seed's PART_METHODS runs in
+# work_dirs/compare_frcnn_s1, writes benchmarks/parts/compare_frcnn_s1.json (commit it), then
+# merges every part of the detector into benchmarks/compare_frcnn.json, its RESULTS section,
+# plot and README tables (`make compare-merge DETECTOR=frcnn` does only that). Runs are paired
+# within a seed; latency is each run's ratio to its own baseline.
+DETECTOR ?= frcnn
+SEED ?= 0
+PART_METHODS ?= gdp tp_l1_uniform
+CONFIG_frcnn = configs/toy/faster-rcnn_r18_fpn_toyvoc.py
+CONFIG_rtmdet = configs/toy/rtmdet_tiny_toyvoc.py
+SECTION_frcnn = $(FRCNN_SECTION)
+SECTION_rtmdet = $(RTMDET_SECTION)
+compare-part:
+	@test -n "$(CONFIG_$(DETECTOR))" || { echo "make $@: DETECTOR is frcnn or rtmdet" >&2; exit 2; }
+	$(MAKE) compare COMPARE_DIR=work_dirs/compare_$(DETECTOR)_s$(SEED) COMPARE_ARGS="\
+	  $(CONFIG_$(DETECTOR)) --part --out benchmarks/parts/compare_$(DETECTOR)_s$(SEED).json \
+	  --seeds $(SEED) --baseline-seed $(SEED) --methods $(PART_METHODS) $(COMPARE_ARGS)"
+	$(MAKE) compare-merge
+compare-merge: setup
+	@test -n "$(CONFIG_$(DETECTOR))" || { echo "make $@: DETECTOR is frcnn or rtmdet" >&2; exit 2; }
+	$(PY) tools/benchmark_compare.py --merge benchmarks/parts/compare_$(DETECTOR)_s*.json \
+	  --out benchmarks/compare_$(DETECTOR).json --plot benchmarks/compare_$(DETECTOR)_pareto.png \
+	  --section '$(SECTION_$(DETECTOR))' --readme README.md

@@ -362,7 +362,7 @@ def test_outputs_written_from_fake_results(tmp_path):
     args = argparse.Namespace(out=str(tmp_path / 'compare.json'),
                               results=str(tmp_path / 'RESULTS.md'),
                               plot=str(tmp_path / 'pareto.png'), section=SECTION,
-                              note=None, readme=None, tuning=False)
+                              note=None, readme=None, tuning=False, part=False)
     from tools.benchmark_compare import OLD_SECTIONS
     (tmp_path / 'RESULTS.md').write_text(f'# benchmarks\n\n## (a) other\n\nkept\n\n'
                                          f'## {OLD_SECTIONS[0]}\n\nold table\n\n## (f) x\n\ny\n')

@@ -13,6 +13,11 @@ the same converged baseline and trains --epochs epochs after it on the same sche
 (gdp_det.benchmark.compare). Rerunning the command skips the finished runs. Writes
 --out (compare.json, every run), section (e) of --results, the Pareto plot --plot and,
 with --readme, the README's summary and verdicts generated from the same data.
+
+With --part a run writes only --out: one part of a comparison collected over several
+sessions (a seed or two, from a baseline of its own, --baseline-seed); --merge PART...
+combines the parts into one comparison (gdp_det.benchmark.compare_merge) and writes
+everything above, training nothing.
 """
 import argparse
 import os
@@ -27,6 +32,7 @@ from gdp_det.cli import (ArgumentParser, DictAction, UserError,  # noqa: E402
 from gdp_det.pipeline.report import add_readme_argument, check_readme  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEFAULT_CONFIG = osp.join(REPO, 'configs', 'toy', 'retinanet_r18_fpn_toyvoc.py')
 SECTION = '(e) Accuracy at equal FLOPs and equal latency: GDP vs other pruners'
 # the sections this one replaces (the one-run comparison before issue 13)
 OLD_SECTIONS = ('(e) Accuracy at equal FLOPs: GDP vs magnitude and BN-scale pruning',)
@@ -100,8 +106,7 @@ def _count(root: str, split: str, default: int) -> int:
 @tool_main
 def main(argv=None):
     p = ArgumentParser(description=__doc__)
-    p.add_argument('config', nargs='?',
-                   default=osp.join(REPO, 'configs', 'toy', 'retinanet_r18_fpn_toyvoc.py'))
+    p.add_argument('config', nargs='?', help=f'default: {osp.relpath(DEFAULT_CONFIG, REPO)}')
     p.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs', 'compare'))
     p.add_argument('--data', default=osp.join(REPO, 'data', 'toyvoc'),
                    help='training set (trainval) and tuning split (test); made as `make demo` '
@@ -154,7 +159,18 @@ def main(argv=None):
     p.add_argument('--collect-only', action='store_true',
                    help='run nothing: write the outputs from the runs finished so far')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--baseline-seed', type=int, help="seed of the baseline's training "
+                   "(default: the config's); a part's own seed makes parts independent")
+    p.add_argument('--part', action='store_true', help='one part of a comparison trained '
+                   'in several sessions (its seeds, its own baseline): write only --out, '
+                   'for --merge')
+    p.add_argument('--merge', nargs='+', metavar='PART', help='no training: one comparison '
+                   'of these --part JSONs (each seed from one part; settings checked equal)'
+                   ' written to --out, --results, --plot and --readme')
     args = p.parse_args(argv)
+    if args.merge:
+        return merge_parts(args, argv)
+    args.config = args.config or DEFAULT_CONFIG
     if any(not 0 < b < 1 for b in args.budgets):
         p.error(f'--budgets must be in (0, 1), got {args.budgets}')
     for name in ('epochs', 'num_val', 'latency_repeats', 'threads', 'converge_max_epochs',
@@ -177,6 +193,7 @@ def main(argv=None):
     if args.distill < 0:
         p.error(f'--distill must be >= 0, got {args.distill}')
     settings = C.Settings(**{k: getattr(args, k) for k in fields}, distill_weight=args.distill,
+                          baseline_seed=args.baseline_seed,
                           extra=dict(config=args.config, val_seed=args.val_seed))
     if args.methods:
         settings.methods = args.methods
@@ -191,9 +208,7 @@ def main(argv=None):
     cfg = load_config(args.config, args.cfg_options)
     for path in (args.out, args.results, args.plot):
         check_writable_dir(osp.dirname(osp.abspath(path)), f'directory of {path}')
-    check_readme(args.readme, readme_block(args.out))
-    if in_overview(args.out):
-        check_readme(args.readme, OVERVIEW_BLOCK)
+    check_outputs(args)
     if not args.config_data:
         if osp.abspath(args.data) == osp.abspath(args.val_data):
             print('[compare] warning: --val-data is --data: the report split is the tuning split')
@@ -218,6 +233,34 @@ def main(argv=None):
         failed = C.execute(runs, comparison.work_dir, comparison.run, estimate)
     write_outputs(C.collect(comparison, runs, skipped, failed), args, argv)
     return 1 if failed else 0
+
+
+def check_outputs(args) -> None:
+    """Before hours of runs: the README blocks that --out's results go to exist."""
+    if args.part:
+        return
+    check_readme(args.readme, readme_block(args.out))
+    if in_overview(args.out):
+        check_readme(args.readme, OVERVIEW_BLOCK)
+
+
+def merge_parts(args, argv) -> int:
+    import json
+    from gdp_det.benchmark.compare_merge import merge
+    if args.part or args.config:
+        raise UserError('--merge takes no CONFIG and no --part: it only combines the JSONs '
+                        'that runs with --part wrote')
+    for path in args.merge:
+        if not osp.isfile(path):
+            raise UserError(f'--merge: {path} not found')
+    check_outputs(args)
+    try:
+        data = merge([(repo_relative(osp.abspath(p)), json.load(open(p)))
+                      for p in args.merge])
+    except ValueError as e:
+        raise UserError(str(e))
+    write_outputs(data, args, argv)
+    return 0
 
 
 def run_streams(comparison, runs, jobs: int, argv) -> list:
@@ -300,6 +343,9 @@ def write_outputs(data: dict, args, argv) -> None:
     from gdp_det.pipeline.report import replace_marked, update_sections
     data = repo_relative(data)
     atomic_write(args.out, json.dumps(data, indent=2))
+    if args.part:
+        print(f'[compare] wrote {args.out} (a part: merge it with --merge)')
+        return
     if osp.isfile(args.results) and args.section == SECTION:
         text = open(args.results).read()
         for title in OLD_SECTIONS:

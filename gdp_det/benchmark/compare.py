@@ -65,7 +65,9 @@ class Settings:
     end); GDP's latency budgets are then measured in that runtime as well. With
     ``distill_weight`` > 0 every training after the baseline (GDP's phase, every
     fine-tune, the control's) adds :class:`~gdp_det.distill.DistillHook` with that
-    weight, the baseline its teacher."""
+    weight, the baseline its teacher. ``baseline_seed`` seeds the baseline's training
+    (None: the config's ``randomness``), so that parts of one comparison trained apart
+    (:mod:`.compare_merge`) start from independent baselines."""
     methods: Sequence[str] = tuple(m.name for m in METHODS)
     budgets: Sequence[float] = (0.5, 0.3)
     seeds: Sequence[int] = (0, 1, 2)
@@ -79,6 +81,7 @@ class Settings:
     threads: int = 1
     latency_backend: str = 'torch'
     distill_weight: float = 0.0
+    baseline_seed: Optional[int] = None
     extra: dict = field(default_factory=dict)  # recorded in compare.json as given
 
 
@@ -256,6 +259,8 @@ class Comparison:
         self.work_dir = osp.abspath(work_dir)
         self.input_size = tuple(gdp_config(cfg, 1.0, None, 1).model['input_size'])
         os.makedirs(self.work_dir, exist_ok=True)
+        self.baseline_cfg = cfg if settings.baseline_seed is None else self.seeded(
+            settings.baseline_seed)
         self.base_config = osp.join(self.work_dir, 'base_config.py')
         if not osp.isfile(self.base_config):
             cfg.dump(self.base_config)
@@ -267,7 +272,8 @@ class Comparison:
         different value would mix runs trained two ways under one name."""
         s = self.settings
         want = dict(epochs=s.epochs, gdp_epochs=s.gdp_epochs, lr_factor=s.lr_factor,
-                    distill_weight=s.distill_weight)
+                    distill_weight=s.distill_weight,
+                    baseline_seed=self.baseline_cfg.get('randomness', {}).get('seed'))
         path = osp.join(self.work_dir, 'training_settings.json')
         if not osp.isfile(path):
             atomic_write(path, json.dumps(want, indent=2))
@@ -296,7 +302,7 @@ class Comparison:
         start = s.baseline_checkpoint and osp.abspath(s.baseline_checkpoint)
         if not start:
             start = stage(w, 'baseline', lambda: _timed_train(
-                self.cfg, osp.join(w, 'baseline')), self.log)['checkpoint']
+                self.baseline_cfg, osp.join(w, 'baseline')), self.log)['checkpoint']
         ckpt = start
         if s.patience > 0:
             ckpt = stage(w, 'converge', lambda: self._converge(start), self.log)['checkpoint']
@@ -314,8 +320,8 @@ class Comparison:
 
     def _converge(self, start: str) -> dict:
         s, key = self.settings, metric_key(self.cfg)
-        cfg = phase_schedule(copy.deepcopy(self.cfg), self.cfg, s.converge_max_epochs,
-                             s.lr_factor)
+        cfg = phase_schedule(copy.deepcopy(self.baseline_cfg), self.cfg,
+                             s.converge_max_epochs, s.lr_factor)
         cfg.train_cfg.val_interval = 1
         cfg.load_from = start
         cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1,

@@ -145,6 +145,24 @@ def _budget_use(run: dict, base: dict) -> Tuple[dict, str, Optional[float]]:
                        else run['latency_ms'] / base['latency_ms'])
 
 
+def _from_baseline(data: dict, converged: bool = False) -> str:
+    """Where the runs start: one shared baseline, or (merged parts) one per part."""
+    kind = 'converged ' if converged else ''
+    parts = data.get('baselines')
+    if not parts:
+        return f'every method from the same {kind}baseline'
+    return (f"every seed's methods from that seed's own {kind}baseline ({len(parts)} "
+            "baselines, trained apart; latency: each run's ratio to its own baseline times "
+            "their mean latency)")
+
+
+def _baseline_map(data: dict) -> str:
+    base = data['baseline']
+    if len(data.get('baselines', [])) > 1:
+        return f'{base["mAP"]:.3f} ± {base["mAP_std"]:.3f}'
+    return f'{base["mAP"]:.3f}'
+
+
 def _latency_note(s: dict) -> str:
     backend = s.get('latency_backend', 'torch')
     where = ('single-image CPU forwards in one process' if backend == 'torch' else
@@ -165,7 +183,7 @@ def markdown(data: dict, command: str = '', tuning: bool = False) -> List[str]:
                   else 'no default was tuned on it')
     lines = [f'Test split `{s["test_split"]}` ({split_note}), mAP@0.5; '
              f'tuning split `{s["tuning_split"]}` (baseline convergence: patience '
-             f'{s["patience"]} epochs); every method from the same baseline with '
+             f'{s["patience"]} epochs); {_from_baseline(data)} with '
              f'{s["epochs"]} training epochs after it (GDP: {s["gdp_epochs"]} in its phase) '
              f'on the same schedule; seeds {", ".join(map(str, s["seeds"]))}. FLOPs ratio: '
              f'`torch.utils.flop_counter.FlopCounterMode` on the tensor-mode forward at '
@@ -186,9 +204,9 @@ def markdown(data: dict, command: str = '', tuning: bool = False) -> List[str]:
     head += ['training (min)', 'training TFLOPs'] if cost else []
     head += ['mAP before fine-tune', 'mAP', 'Δ GDP']
     lines += ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|',
-              f'| baseline (no extra training) | — | 1 | 1.000 | {base["latency_ms"]:.1f} | '
-              f'{base["params"] / 1e6:.2f} | ' + ('| | ' if cost else '')
-              + f'| {base["mAP"]:.3f} | |']
+              f'| baseline (no extra training) | — | {len(data.get("baselines", [base]))} | '
+              f'1.000 | {base["latency_ms"]:.1f} | {base["params"] / 1e6:.2f} | '
+              + ('| | ' if cost else '') + f'| {_baseline_map(data)} | |']
     for r in summary['rows']:
         diffs = '; '.join((f'{pm(d["values"])} (at {d["budget"]:g})' if r['budget'] is None
                            else pm(d['values'])) for d in r['diff_to_reference']
@@ -358,9 +376,9 @@ def readme_lines(data: dict) -> List[str]:
     where = ('CPU latency' if backend == 'torch' else
              f'latency deployed to {backend} (CPU, {s["threads"]} thread(s), end to end)')
     lines = [f'Mean ± std mAP@0.5 over seeds {", ".join(map(str, s["seeds"]))} on the '
-             f'held-out split `{s["test_split"]}`; every method from the same '
-             f'{"converged " if s.get("patience", 1) > 0 else ""}'
-             f'baseline ({base["mAP"]:.3f}) with {s["epochs"]} training epochs after it. '
+             f'held-out split `{s["test_split"]}`; '
+             f'{_from_baseline(data, s.get("patience", 1) > 0)} ({_baseline_map(data)}) '
+             f'with {s["epochs"]} training epochs after it. '
              'Budgets are FLOPs ratios (GDP, latency budget: ratios of the measured '
              "latency); the latency columns interpolate each method's per-seed mAP at the "
              f"measured {where} of GDP's models (baseline {base['latency_ms']:.1f} ms).", '',
@@ -386,11 +404,12 @@ def readme_lines(data: dict) -> List[str]:
         lines.append(f'- No pruning, trained the same {s["epochs"]} epochs (control): '
                      f'{pm(control)}.')
     for b in budgets:
-        before = [r['mAP_before_finetune'] for r in by.get((REFERENCE, b), [])
-                  if r.get('mAP_before_finetune') is not None]
-        if before:
-            lines.append(f'- GDP at {b:g} before any fine-tune: {pm(before)}, '
-                         f'{mean_std(before)[0] - base["mAP"]:+.3f} against the baseline.')
+        rs = [r for r in by.get((REFERENCE, b), []) if r.get('mAP_before_finetune') is not None]
+        if rs:  # each run against its own baseline (merged parts: one per seed)
+            drop = [r['mAP_before_finetune'] - r.get('baseline_mAP', base['mAP']) for r in rs]
+            lines.append(f'- GDP at {b:g} before any fine-tune: '
+                         f'{pm([r["mAP_before_finetune"] for r in rs])}, '
+                         f'{mean_std(drop)[0]:+.3f} against the baseline.')
     for m in methods:
         for b in budgets:
             rs = [r for r in by.get((m, b), []) if r.get('budget_kind') == 'latency']
