@@ -139,6 +139,27 @@ def test_dry_run_prints_the_plan_and_what_finished(tmp_path, capsys):
     assert not osp.exists(tmp_path / 'none')  # a dry run generates no data
 
 
+def test_dry_run_prices_another_detector_by_a_probe_before_its_baseline(tmp_path, capsys,
+                                                                        monkeypatch):
+    """Before its baseline is trained, a detector other than the toy RetinaNet is priced by
+    the probed ratio of its per-image costs; without a patience, no convergence stage."""
+    from gdp_det.benchmark import cost_probe
+    from tools.benchmark_compare import main
+    monkeypatch.setattr(cost_probe, 'probe_cost_scale', lambda cfg, ref: (3.0, 2.0))
+    argv = ['configs/toy/faster-rcnn_r18_fpn_toyvoc.py', '--dry-run', '--work-dir',
+            str(tmp_path), '--methods', 'random', '--budgets', '0.5', '--seeds', '0',
+            '--data', str(tmp_path / 'none'), '--val-data', str(tmp_path / 'none'),
+            '--patience', '0']
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "the toy RetinaNet's x 3.00 (training), x 2.00 (evaluation), probed now" in out
+    h, m, sec = map(int, re.search(r'baseline: up to (\d+)h(\d+)m(\d+)s', out).groups())
+    assert 3600 * h + 60 * m + sec == int(16 * 480 * C.BASELINE_TRAIN_S_PER_IMAGE * 3.0)
+    run = C.make_plan(C.Settings(methods=['random'], budgets=[0.5], seeds=[0]))[0][0]
+    left = C.estimate_seconds(run, C.Settings(epochs=3), 480, 1000, [], (3.0, 2.0))
+    assert C.hms(left) in out
+
+
 def _fake_data(edit=None):
     """Three seeds of GDP and random channels at 0.5 and 0.3, the control, summarized
     after ``edit(runs)`` (if given) changed the runs."""
@@ -569,3 +590,24 @@ def test_distillation_is_every_trainings_and_the_work_dirs(make_toy_cfg, tmp_pat
     data = _fake_data()
     data['settings']['distill_weight'] = 0.5
     assert '(`DistillHook`, weight 0.5)' in '\n'.join(markdown(data))
+
+
+def test_cost_probe_times_each_detector_with_the_threads_asked(monkeypatch):
+    """The probe's ratio is the detector's per-image seconds over the reference's, both
+    timed with the threads asked; the caller's thread count is restored."""
+    import torch
+    from mmengine.config import Config
+    from gdp_det.benchmark import cost_probe
+    seen = []
+
+    def fake(cfg):
+        seen.append(torch.get_num_threads())
+        return (0.3, 0.1) if cfg.name == 'frcnn' else (0.1, 0.05)
+    monkeypatch.setattr(cost_probe, 'step_seconds', fake)
+    threads = torch.get_num_threads()
+    scale = cost_probe.probe_cost_scale(Config(dict(name='frcnn')), Config(dict(name='r')))
+    assert scale == pytest.approx((3.0, 2.0)) and seen == [1, 1]
+    assert torch.get_num_threads() == threads
+    monkeypatch.undo()
+    train, test = cost_probe.step_seconds(Config.fromfile(RETINANET_CFG), repeats=1)
+    assert train > 0 and test > 0  # the real probe runs on the toy RetinaNet

@@ -295,17 +295,25 @@ def dry_run(args, settings, runs) -> int:
     work_dir = osp.abspath(args.work_dir)
     done = C.load_results(work_dir, runs)
     finished = {r['run'] for r in done}
-    scale = C.cost_scale(work_dir, n_test)
+    scale = C.cost_scale(work_dir, n_test, unmeasured=None)
+    source = "measured on this comparison's baseline"
+    if scale is None and osp.abspath(args.config) != DEFAULT_CONFIG:
+        from gdp_det.benchmark.cost_probe import probe_cost_scale
+        scale = probe_cost_scale(load_config(args.config, args.cfg_options),
+                                 load_config(DEFAULT_CONFIG))
+        source = 'probed now on demo batches (its baseline not trained yet)'
+    if not done:
+        print("[compare] per-image costs: the toy RetinaNet's" + (
+            '' if scale is None else f' x {scale[0]:.2f} (training), x {scale[1]:.2f} '
+            f'(evaluation), {source}') + '; seconds of the machine they were measured on '
+              '(the finished runs of this comparison correct them)')
+    scale = scale or (1.0, 1.0)
     per_image = C.BASELINE_TRAIN_S_PER_IMAGE * scale[0]
     base = 0 if args.baseline_checkpoint else 16 * n_train * per_image
-    base += settings.converge_max_epochs * n_train * per_image
+    if settings.patience > 0:  # the convergence stage runs only with a patience
+        base += settings.converge_max_epochs * n_train * per_image
     base = 0 if stage_result(work_dir, 'baseline_eval') else base
     print(f'[compare] baseline: {"done" if not base else f"up to {C.hms(base)}"}')
-    if not done:
-        print('[compare] per-image costs: ' + (
-            "the toy RetinaNet's" if scale == (1.0, 1.0) else
-            f"the toy RetinaNet's x {scale[0]:.2f} (training), x {scale[1]:.2f} "
-            "(evaluation), measured on this comparison's baseline"))
     seconds = {}
     for r in runs:
         t = 0 if r.name in finished else C.estimate_seconds(r, settings, n_train, n_test,

@@ -156,20 +156,23 @@ def estimate_seconds(run: Run, settings: Settings, num_train: int, num_test: int
             + evals * num_test * EVAL_S_PER_IMAGE * scale[1])
 
 
-def cost_scale(work_dir: str, num_test: int) -> Tuple[float, float]:
+def cost_scale(work_dir: str, num_test: int, unmeasured: Optional[Tuple[float, float]] = (
+        1.0, 1.0)) -> Optional[Tuple[float, float]]:
     """How much costlier per image this comparison's detector is than the toy RetinaNet
     the rough costs were measured on, (training, evaluation): its baseline's measured
     seconds per training image (``baseline`` stage) and per test image (``baseline_eval``,
     over ``num_test`` images) over the toy RetinaNet's. The evaluation's ratio stands in
     for training's when the baseline was given (``baseline_checkpoint``), and 1 for what
-    is not measured yet."""
+    is not measured yet; ``unmeasured`` when neither is."""
     trained, evaluated = (stage_result(work_dir, name) or {}
                           for name in ('baseline', 'baseline_eval'))
     ev = (evaluated['eval_seconds'] / num_test / BASELINE_EVAL_S_PER_IMAGE
           if evaluated.get('eval_seconds') and num_test else None)
     tr = (trained['train_seconds'] / (trained['train_iters'] * trained['batch_size'])
           / BASELINE_TRAIN_S_PER_IMAGE if trained.get('train_seconds') else ev)
-    return (tr or 1.0, ev or tr or 1.0)
+    if tr is None:
+        return unmeasured
+    return (tr, ev or tr)
 
 
 def training_flops(images_full: int, flops_full: float, images_pruned: int,
