@@ -148,8 +148,8 @@ def _budget_use(run: dict, base: dict) -> Tuple[dict, str, Optional[float]]:
 def _from_baseline(data: dict, converged: bool = False) -> str:
     """Where the runs start: one shared baseline, or (merged parts) one per part."""
     kind = 'converged ' if converged else ''
-    parts = data.get('baselines')
-    if not parts:
+    parts = data.get('baselines', [])
+    if len(parts) < 2:
         return f'every method from the same {kind}baseline'
     return (f"every seed's methods from that seed's own {kind}baseline ({len(parts)} "
             "baselines, trained apart; latency: each run's ratio to its own baseline times "
