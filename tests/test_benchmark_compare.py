@@ -609,5 +609,10 @@ def test_cost_probe_times_each_detector_with_the_threads_asked(monkeypatch):
     assert scale == pytest.approx((3.0, 2.0)) and seen == [1, 1]
     assert torch.get_num_threads() == threads
     monkeypatch.undo()
-    train, test = cost_probe.step_seconds(Config.fromfile(RETINANET_CFG), repeats=1)
-    assert train > 0 and test > 0  # the real probe runs on the toy RetinaNet
+    # the real probe, in the config's default scope as a Runner would set it (RTMDet's
+    # modules are mmdet's only)
+    from mmengine.registry import DefaultScope
+    rtmdet = Config.fromfile(osp.join(REPO, 'configs', 'toy', 'rtmdet_tiny_toyvoc.py'))
+    with DefaultScope.overwrite_default_scope('mmengine'):
+        train, test = cost_probe.step_seconds(rtmdet, repeats=1)
+    assert train > 0 and test > 0

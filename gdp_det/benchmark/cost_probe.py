@@ -33,8 +33,12 @@ def step_seconds(cfg: Config, batch_size: int = 2, repeats: int = 5) -> Tuple[fl
     detector (random weights) on a demo batch at its input size."""
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
+    from mmengine.registry import DefaultScope
     h, w = gdp_config(cfg, 1.0, None, 1).model['input_size']
-    model = MODELS.build(cfg.model)  # torch's default init: timing needs no other
+    # the config's scope, as a Runner would set it (nested types such as the data
+    # preprocessor are looked up there); torch's default init: timing needs no other
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
+        model = MODELS.build(cfg.model)
     # demo labels are drawn from [1, num_classes): all 1, valid for any head of 2+ classes
     data = demo_mm_inputs(batch_size, image_shapes=[(3, h, w)] * batch_size, num_classes=2)
 
