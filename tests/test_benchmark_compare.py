@@ -599,14 +599,21 @@ def test_cost_probe_times_each_detector_with_the_threads_asked(monkeypatch):
     from mmengine.config import Config
     from gdp_det.benchmark import cost_probe
     seen = []
+    seconds = {}
 
-    def fake(cfg):
+    def fake_steps(cfg):  # a training and an inference step, with their fake times
+        train, test = (lambda: None), (lambda: None)
+        seconds[train], seconds[test] = (0.3, 0.1) if cfg.name == 'frcnn' else (0.1, 0.05)
+        return train, test
+
+    def fake_medians(setups, device, repeats):
         seen.append(torch.get_num_threads())
-        return (0.3, 0.1) if cfg.name == 'frcnn' else (0.1, 0.05)
-    monkeypatch.setattr(cost_probe, 'step_seconds', fake)
+        return [seconds[setup()] for setup in setups]
+    monkeypatch.setattr(cost_probe, 'steps', fake_steps)
+    monkeypatch.setattr(cost_probe, 'interleaved_medians', fake_medians)
     threads = torch.get_num_threads()
     scale = cost_probe.probe_cost_scale(Config(dict(name='frcnn')), Config(dict(name='r')))
-    assert scale == pytest.approx((3.0, 2.0)) and seen == [1, 1]
+    assert scale == pytest.approx((3.0, 2.0)) and seen == [1]
     assert torch.get_num_threads() == threads
     monkeypatch.undo()
     # the real probe, in the config's default scope as a Runner would set it (RTMDet's
@@ -614,5 +621,5 @@ def test_cost_probe_times_each_detector_with_the_threads_asked(monkeypatch):
     from mmengine.registry import DefaultScope
     rtmdet = Config.fromfile(osp.join(REPO, 'configs', 'toy', 'rtmdet_tiny_toyvoc.py'))
     with DefaultScope.overwrite_default_scope('mmengine'):
-        train, test = cost_probe.step_seconds(rtmdet, repeats=1)
+        train, test = cost_probe.probe_cost_scale(rtmdet, rtmdet, repeats=1)
     assert train > 0 and test > 0

@@ -1,36 +1,28 @@
-"""How much costlier per image one detector is than another, timed here in seconds.
+"""How much costlier per image one detector is than another, timed here.
 
 ``--dry-run`` of a comparison plans its time from rough per-image costs measured on the toy
 RetinaNet, scaled by the comparison's own baseline once that is trained. Before that, a
 Faster R-CNN or RTMDet plan would be priced as a RetinaNet; :func:`probe_cost_scale`
-times a few training steps (forward, losses, backward) and inference steps of both
-detectors on the same demo batch at each one's input size, random weights, one thread,
-and returns the ratios.
+times training steps (forward, losses, backward) and inference steps of both detectors
+on demo batches at each one's input size, random weights, one thread, interleaved
+(:func:`gdp_det.latency.interleaved_medians`), and returns the ratios.
 """
 from __future__ import annotations
 
-import time
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 from mmengine.config import Config
 
+from ..latency import interleaved_medians
 from ..pipeline import gdp_config
 
-
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations and kernel selection
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+BATCH_SIZE = 2
 
 
-def step_seconds(cfg: Config, batch_size: int = 2, repeats: int = 5) -> Tuple[float, float]:
-    """Median seconds per image of a training step and of an inference step of ``cfg``'s
-    detector (random weights) on a demo batch at its input size."""
+def steps(cfg: Config) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """A training step and an inference step of ``cfg``'s detector (random weights) on a
+    demo batch of ``BATCH_SIZE`` images at its input size."""
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
     from mmengine.registry import DefaultScope
@@ -40,30 +32,31 @@ def step_seconds(cfg: Config, batch_size: int = 2, repeats: int = 5) -> Tuple[fl
     with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
         model = MODELS.build(cfg.model)
     # demo labels are drawn from [1, num_classes): all 1, valid for any head of 2+ classes
-    data = demo_mm_inputs(batch_size, image_shapes=[(3, h, w)] * batch_size, num_classes=2)
+    data = demo_mm_inputs(BATCH_SIZE, image_shapes=[(3, h, w)] * BATCH_SIZE, num_classes=2)
 
     def train_step():
         model.train()
-        losses = model(**model.data_preprocessor(data, True), mode='loss')
-        loss, _ = model.parse_losses(losses)
-        loss.backward()
+        with torch.enable_grad():  # the timer runs under no_grad
+            losses = model(**model.data_preprocessor(data, True), mode='loss')
+            model.parse_losses(losses)[0].backward()
 
     def test_step():
         model.eval()
-        with torch.no_grad():
-            model.test_step(data)
+        model.test_step(data)
 
-    return (_timed(train_step, repeats) / batch_size, _timed(test_step, repeats) / batch_size)
+    return train_step, test_step
 
 
-def probe_cost_scale(cfg: Config, reference: Config, threads: int = 1
+def probe_cost_scale(cfg: Config, reference: Config, threads: int = 1, repeats: int = 5
                      ) -> Tuple[float, float]:
     """(training, evaluation) seconds per image of ``cfg``'s detector over
-    ``reference``'s, both timed now with ``threads`` torch threads."""
+    ``reference``'s, the four steps timed in turn with ``threads`` torch threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        mine, ref = step_seconds(cfg), step_seconds(reference)
+        fns = steps(cfg) + steps(reference)
+        train, test, ref_train, ref_test = interleaved_medians(
+            [lambda fn=fn: fn for fn in fns], 'cpu', repeats)
     finally:
         torch.set_num_threads(before)
-    return mine[0] / ref[0], mine[1] / ref[1]
+    return train / ref_train, test / ref_test
