@@ -105,14 +105,16 @@ CONFIG_frcnn = configs/toy/faster-rcnn_r18_fpn_toyvoc.py
 CONFIG_rtmdet = configs/toy/rtmdet_tiny_toyvoc.py
 SECTION_frcnn = $(FRCNN_SECTION)
 SECTION_rtmdet = $(RTMDET_SECTION)
+require_detector = @test -n "$(CONFIG_$(DETECTOR))" || \
+  { echo "make $@: DETECTOR is frcnn or rtmdet" >&2; exit 2; }
 compare-part:
-	@test -n "$(CONFIG_$(DETECTOR))" || { echo "make $@: DETECTOR is frcnn or rtmdet" >&2; exit 2; }
+	$(require_detector)
 	$(MAKE) compare COMPARE_DIR=work_dirs/compare_$(DETECTOR)_s$(SEED) COMPARE_ARGS="\
 	  $(CONFIG_$(DETECTOR)) --part --out benchmarks/parts/compare_$(DETECTOR)_s$(SEED).json \
 	  --seeds $(SEED) --baseline-seed $(SEED) --methods $(PART_METHODS) $(COMPARE_ARGS)"
 	$(MAKE) compare-merge
 compare-merge: setup
-	@test -n "$(CONFIG_$(DETECTOR))" || { echo "make $@: DETECTOR is frcnn or rtmdet" >&2; exit 2; }
+	$(require_detector)
 	$(PY) tools/benchmark_compare.py --merge benchmarks/parts/compare_$(DETECTOR)_s*.json \
 	  --out benchmarks/compare_$(DETECTOR).json --plot benchmarks/compare_$(DETECTOR)_pareto.png \
 	  --section '$(SECTION_$(DETECTOR))' --readme README.md

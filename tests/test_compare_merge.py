@@ -96,7 +96,8 @@ def test_part_writes_only_its_json_and_merge_writes_the_comparison(tmp_path, cap
     capsys.readouterr()
     for argv, error in ((['configs/toy/retinanet_r18_fpn_toyvoc.py', '--merge'] + parts,
                          '--merge takes no CONFIG'),
-                        (['--merge', str(tmp_path / 'nope.json')], 'nope.json not found'),
+                        (['--merge', str(tmp_path / 'nope.json')],
+                         f'--merge part not found: {tmp_path / "nope.json"}'),
                         (['--merge', parts[1], parts[1]], 'seed 2 is in both')):
         assert main(argv + out) == 2 and error in capsys.readouterr().err
 

@@ -245,18 +245,15 @@ def check_outputs(args) -> None:
 
 
 def merge_parts(args, argv) -> int:
-    import json
     from gdp_det.benchmark.compare_merge import merge
+    from gdp_det.cli import load_json
     if args.part or args.config:
         raise UserError('--merge takes no CONFIG and no --part: it only combines the JSONs '
                         'that runs with --part wrote')
-    for path in args.merge:
-        if not osp.isfile(path):
-            raise UserError(f'--merge: {path} not found')
+    parts = [(repo_relative(osp.abspath(p)), load_json(p, '--merge part')) for p in args.merge]
     check_outputs(args)
     try:
-        data = merge([(repo_relative(osp.abspath(p)), json.load(open(p)))
-                      for p in args.merge])
+        data = merge(parts)
     except ValueError as e:
         raise UserError(str(e))
     write_outputs(data, args, argv)

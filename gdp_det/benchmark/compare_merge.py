@@ -89,8 +89,8 @@ def merge(parts: Sequence[Tuple[str, dict]]) -> dict:
         m for _, d in parts for m in d['settings'].get('methods', [])))
     settings['budgets'] = sorted({b for _, d in parts for b in d['settings']['budgets']},
                                  reverse=True)
-    maps = [b['mAP'] for b in baselines]
-    baseline = dict(mAP=mean_std(maps)[0], mAP_std=mean_std(maps)[1], latency_ms=latency,
+    base_map, base_map_std = mean_std([b['mAP'] for b in baselines])
+    baseline = dict(mAP=base_map, mAP_std=base_map_std, latency_ms=latency,
                     flops=parts[0][1]['baseline']['flops'],
                     params=parts[0][1]['baseline']['params'])
     skipped = list({s['method']: s for _, d in parts for s in d.get('skipped', [])}.values())
