@@ -48,6 +48,22 @@ def test_gdp_variants_are_selectable_but_not_in_the_default_plan():
         assert 'grad_momentum' in m.options['hook'] and 'gdp_epochs' in m.options, m.name
 
 
+def test_gdp_hook_args_are_every_argument_the_run_trained_with():
+    """What a GDP run records: its own arguments, the rest at the hook's defaults."""
+    from gdp_det.hooks import GDPHook
+    import inspect
+    params = inspect.signature(GDPHook.__init__).parameters
+    by_name = {m.name: m for m in cm.METHODS + cm.GDP_VARIANTS}
+    hook = dict(type='GDPHook', export=True,
+                **cm.gdp_hook_options(by_name['gdp_cut_quarter'], 0.3))
+    args = cm.gdp_hook_args(hook)
+    assert set(args) == set(params) - {'self'}
+    assert args['flops_target'] == 0.3 and args['min_channels'] == 0.1
+    assert args['lambda_span'] == 0.25 and args['cut_rate_factor'] == 1.0  # the variant's
+    assert args['gate_lr'] == params['gate_lr'].default  # left at the default
+    assert json.loads(json.dumps(args)) == args  # stored in result.json as it is
+
+
 def test_execute_skips_finished_runs_and_survives_a_failure(tmp_path):
     work = str(tmp_path)
     runs, _ = C.make_plan(C.Settings(methods=['control', 'random'], budgets=[0.5],

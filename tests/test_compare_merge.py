@@ -54,6 +54,21 @@ def test_merge_pairs_within_a_seed_and_scales_latency_by_each_part_baseline():
     assert 'GDP at 0.5 before any fine-tune: 0.520 ± 0.020, -0.153 against' in rd
 
 
+def test_merge_checks_gdp_hook_arguments_only_where_both_parts_recorded_them():
+    a, b, c = _part([0], 0.66, 20.0), _part([1], 0.70, 20.0), _part([2], 0.70, 20.0)
+    for part, span in ((a, 0.25), (b, 0.25)):
+        for r in part['runs']:
+            r['gdp_hook'] = dict(lambda_span=span, min_channels=r['budget'])
+    # a and b agree at each budget (their min_channels differ between budgets, not
+    # between parts); c's runs were collected before runs recorded the hook
+    data = merge([('a.json', a), ('b.json', b), ('c.json', c)])
+    assert data['settings']['seeds'] == [0, 1, 2]
+    for r in b['runs']:
+        r['gdp_hook']['lambda_span'] = 0.5
+    with pytest.raises(ValueError, match='lambda_span: 0.5 vs 0.25'):
+        merge([('a.json', a), ('b.json', b), ('c.json', c)])
+
+
 def test_one_part_reads_as_the_comparison_it_was():
     a = _part([0, 1, 2], 0.66, 20.0)
     merged = merge([('a.json', copy.deepcopy(a))])
@@ -68,9 +83,16 @@ def test_one_part_reads_as_the_comparison_it_was():
     (lambda b: b['settings'].update(epochs=6), "differ in setting 'epochs'"),
     (lambda b: b['baseline'].update(flops=4e9), 'baselines of b.json and a.json differ in '
      'flops'),
+    (lambda b: [r.update(gdp_hook=dict(lambda_span=0.5, cut_rate_factor=1.0))
+                for r in b['runs'] if r['method'] == 'gdp'],
+     r'b.json and a.json trained gdp at 0.5 with other GDPHook arguments \(cut_rate_factor, '
+     r'lambda_span; cut_rate_factor: 1.0 vs 0.333'),
 ])
 def test_merge_refuses_parts_that_are_not_one_comparison(edit, match):
     a, b = _part([0, 1], 0.66, 20.0), _part([2], 0.70, 20.0)
+    for r in a['runs']:  # GDP's runs of part a trained with the gentle cut
+        if r['method'] == 'gdp':
+            r['gdp_hook'] = dict(lambda_span=0.25, cut_rate_factor=1 / 3)
     edit(b)
     with pytest.raises(ValueError, match=match):
         merge([('a.json', a), ('b.json', b)])

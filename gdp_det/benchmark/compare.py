@@ -383,8 +383,10 @@ class Comparison:
                           + tuned['train_iters'] * tuned['batch_size'], flops,
                           gdp.get('images_narrowed', ())),
                       seconds=time.time() - t0)
-        if pruned.get('note'):  # why the method could not run as it does elsewhere
-            result['note'] = pruned['note']
+        # why the method could not run as it does elsewhere; the arguments of GDP's hook
+        for key in ('note', 'gdp_hook'):
+            if pruned.get(key):
+                result[key] = pruned[key]
         atomic_write(result_path(self.work_dir, run), json.dumps(result, indent=2))
         for path in glob.glob(osp.join(d, '**', '*.pth'), recursive=True):
             if path not in (weights, pruned['checkpoint']):  # training checkpoints
@@ -417,13 +419,16 @@ class Comparison:
             gcfg = self._distilled(gdp_config(
                 cfg, hook.pop('flops_target'), self.baseline()['checkpoint'], epochs,
                 self.input_size, self.settings.lr_factor, **hook))
+            args = cm.gdp_hook_args(next(h for h in gcfg.custom_hooks
+                                         if h.get('type') == 'GDPHook'))
             phase = _timed_train(gcfg, osp.join(d, 'gdp'))
             config = glob.glob(osp.join(d, 'gdp', 'pruned', '*_pruned.py'))[0]
             with open(osp.join(d, 'gdp', 'pruned', 'prune_report.json')) as f:
                 report = json.load(f)
             return dict(config=config, checkpoint=config[:-3] + '.pth', epochs=epochs,
-                        gdp_phase=dict(train_seconds=phase['train_seconds'], **phase_images(
-                            report, phase['train_iters'], phase['batch_size'])))
+                        gdp_hook=args, gdp_phase=dict(
+                            train_seconds=phase['train_seconds'], **phase_images(
+                                report, phase['train_iters'], phase['batch_size'])))
         if m.kind == 'random':
             mcfg, gated = self._gated(cfg, state)
             cm.prune_random(gated, budget, run.seed)

@@ -9,6 +9,8 @@ comparison of them:
 - every setting that changes what a run trains or how it is measured is the same in all
   parts (``ValueError`` naming the setting and the two parts otherwise), and so are the
   baseline's architecture (FLOPs, params);
+- a GDP method at a budget trained with the same GDPHook arguments in every part that
+  recorded them (``gdp_hook`` of its runs: the defaults may change between sessions);
 - each seed comes from one part: runs are paired within a seed, hence within one
   baseline, and the spread over seeds includes the baselines' own training noise;
 - latencies measured on different machines are not compared in ms: each run keeps its
@@ -47,6 +49,24 @@ def _check_shared(parts: Sequence[Tuple[str, dict]]) -> None:
                                  'parts of one comparison prune the same detector')
 
 
+def _check_gdp_hooks(parts: Sequence[Tuple[str, dict]]) -> None:
+    first: Dict[Tuple[str, float], Tuple[str, dict]] = {}
+    for name, d in parts:
+        for r in d['runs']:
+            if not r.get('gdp_hook'):  # collected before runs recorded it
+                continue
+            key = (r['method'], r['budget'])
+            other, hook = first.setdefault(key, (name, r['gdp_hook']))
+            diff = sorted(k for k in set(hook) | set(r['gdp_hook'])
+                          if hook.get(k) != r['gdp_hook'].get(k))
+            if diff:
+                k = diff[0]
+                raise ValueError(
+                    f'{name} and {other} trained {r["method"]} at {r["budget"]:g} with other '
+                    f'GDPHook arguments ({", ".join(diff)}; {k}: {r["gdp_hook"].get(k)!r} vs '
+                    f'{hook.get(k)!r}): the defaults changed between them; rerun one part')
+
+
 def _part_seeds(parts: Sequence[Tuple[str, dict]]) -> List[List[int]]:
     seen: Dict[int, str] = {}
     out = []
@@ -69,6 +89,7 @@ def merge(parts: Sequence[Tuple[str, dict]]) -> dict:
     if not parts:
         raise ValueError('nothing to merge: give at least one comparison JSON')
     _check_shared(parts)
+    _check_gdp_hooks(parts)
     seeds = _part_seeds(parts)
     latency = mean_std([d['baseline']['latency_ms'] for _, d in parts])[0]
     runs, baselines = [], []

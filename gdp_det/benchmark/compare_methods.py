@@ -177,6 +177,18 @@ def gdp_hook_options(method: Method, budget: float, latency_backend: str = 'torc
     return hook
 
 
+def gdp_hook_args(hook_cfg: dict) -> dict:
+    """Every argument of the GDPHook that ``hook_cfg`` (a ``custom_hooks`` entry) builds,
+    the ones it leaves out at this version's defaults: what a GDP run trained with. A run
+    records it, so that runs collected in sessions apart can be checked to share it (the
+    defaults changed while issue 22's comparisons were being collected)."""
+    from ..hooks import GDPHook
+    params = inspect.signature(GDPHook.__init__).parameters
+    args = {k: p.default for k, p in params.items() if k != 'self'}
+    args.update((k, v) for k, v in hook_cfg.items() if k != 'type')
+    return args
+
+
 # -- measurement --------------------------------------------------------------------
 
 @torch.no_grad()
