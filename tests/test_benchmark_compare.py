@@ -64,6 +64,23 @@ def test_gdp_hook_args_are_every_argument_the_run_trained_with():
     assert json.loads(json.dumps(args)) == args  # stored in result.json as it is
 
 
+def test_comparison_builds_models_in_its_configs_scope(tmp_path, monkeypatch):
+    """A stream whose first run is not trained by a Runner (Torch-Pruning after GDP's
+    runs finished in an earlier process) builds RTMDet, whose data preprocessor is mmdet's:
+    the comparison sets its config's scope as a Runner would."""
+    from collections import OrderedDict
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'toy', 'rtmdet_tiny_toyvoc.py'))
+    # a process in which no Runner has set a scope yet
+    monkeypatch.setattr(DefaultScope, '_instance_dict', OrderedDict())
+    with pytest.raises(KeyError, match='DetDataPreprocessor'):  # the precondition
+        MODELS.build(cfg.model)
+    comparison = C.Comparison(cfg, str(tmp_path), C.Settings())
+    assert type(cm.build_model(comparison.base_config)).__name__ == 'RTMDet'
+
+
 def test_execute_skips_finished_runs_and_survives_a_failure(tmp_path):
     work = str(tmp_path)
     runs, _ = C.make_plan(C.Settings(methods=['control', 'random'], budgets=[0.5],

@@ -258,7 +258,12 @@ class Comparison:
     split) and ``test_dataloader`` (report split) point at the data."""
 
     def __init__(self, cfg: Config, work_dir: str, settings: Settings, log=print):
+        from mmengine.registry import init_default_scope
         self.cfg, self.settings, self.log = cfg, settings, log
+        # the config's scope, as a Runner sets it: the models built outside a Runner
+        # (Torch-Pruning's, random channels', the timed ones) look their nested types
+        # (RTMDet's DetDataPreprocessor) up there, whichever run a process starts with
+        init_default_scope(cfg.get('default_scope', 'mmdet'))
         self.work_dir = osp.abspath(work_dir)
         self.input_size = tuple(gdp_config(cfg, 1.0, None, 1).model['input_size'])
         os.makedirs(self.work_dir, exist_ok=True)
