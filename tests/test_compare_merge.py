@@ -7,7 +7,7 @@ import pytest
 
 from gdp_det.benchmark import compare as C
 from gdp_det.benchmark.compare_merge import merge
-from gdp_det.benchmark.compare_summary import markdown, readme_lines
+from gdp_det.benchmark.compare_summary import markdown, overview_lines, readme_lines
 from test_benchmark_compare import _fake_data
 
 
@@ -67,6 +67,28 @@ def test_merge_checks_gdp_hook_arguments_only_where_both_parts_recorded_them():
         r['gdp_hook']['lambda_span'] = 0.5
     with pytest.raises(ValueError, match='lambda_span: 0.5 vs 0.25'):
         merge([('a.json', a), ('b.json', b), ('c.json', c)])
+
+
+def test_overview_compares_spreads_of_the_change_from_each_seeds_own_baseline():
+    """Baselines trained apart differ (0.60, 0.70, 0.80): GDP, 0.01 under each, has the
+    wider spread of mAP (0.10 against 0.01) but the narrower of its change from its own
+    baseline (0 against 0.09): the spread the method adds is what the overview compares."""
+    parts = []
+    for seed, base in ((0, 0.60), (1, 0.70), (2, 0.80)):
+        part = _part([seed], base, 20.0)
+        part['runs'] = [dict(r, mAP=base - 0.01 if r['method'] == 'gdp' else 0.65 + seed / 100)
+                        for r in part['runs'] if r['budget'] == 0.5]
+        parts.append((f'p{seed}.json', part))
+    text = '\n'.join(overview_lines([merge(parts)]))
+    assert 'spread' in text.splitlines()[-1] and 'below' not in text  # paired +0.03
+    assert text.splitlines()[-1].startswith('- GDP (FLOPs budget) is at or above')
+    for _, part in parts:  # now GDP's change varies by seed, the other's does not
+        for r in part['runs']:
+            r['mAP'] = (0.72 - part['baseline']['mAP'] / 10 if r['method'] == 'gdp'
+                        else part['baseline']['mAP'] - 0.05)
+    text = '\n'.join(overview_lines([merge(parts)]))
+    assert "the seed spread of the mAP change from each seed's own baseline of GDP (0.110)" \
+        in text
 
 
 def test_one_part_reads_as_the_comparison_it_was():

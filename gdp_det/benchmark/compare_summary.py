@@ -284,17 +284,30 @@ def detector_name(data: dict) -> str:
     return config.replace('\\', '/').rsplit('/', 1)[-1].rsplit('.py', 1)[0]
 
 
-def _shortfalls(where: str, ours: Sequence[float], best: Tuple[str, List[float]],
-                diffs: Sequence[float]) -> List[str]:
-    """Where GDP's mean mAP is below the best other's or its seed spread is wider."""
-    label, theirs = best
+def _spread_values(data: dict, runs: Sequence[dict]) -> Tuple[List[float], str]:
+    """The values whose spread over seeds is compared, and what they are: the runs' mAP,
+    or, where the seeds' baselines were trained apart (a merge of parts), each run's mAP
+    change from its own baseline, so that the baselines' own spread (the same for every
+    method) does not hide the method's."""
+    if len(data.get('baselines', ())) > 1:
+        return ([r['mAP'] - r['baseline_mAP'] for r in runs],
+                " of the mAP change from each seed's own baseline")
+    return [r['mAP'] for r in runs], ''
+
+
+def _shortfalls(where: str, diffs: Sequence[float], best_label: str,
+                spreads: Tuple[List[float], List[float]], of: str = '') -> List[str]:
+    """Where GDP's mean mAP is below the best other's (``diffs``: paired by seed) or the
+    seed spread of its ``spreads`` values (GDP's, the best other's) is wider; ``of`` says
+    what those values are."""
+    ours, theirs = spreads
     out = []
     if diffs and mean_std(diffs)[0] < 0:
-        out.append(f'{where}: GDP is {-mean_std(diffs)[0]:.3f} below {label} (paired by '
+        out.append(f'{where}: GDP is {-mean_std(diffs)[0]:.3f} below {best_label} (paired by '
                    f'seed over {len(diffs)} seed(s)).')
     if len(ours) > 1 and len(theirs) > 1 and mean_std(ours)[1] > mean_std(theirs)[1]:
-        out.append(f'{where}: the seed spread of GDP ({mean_std(ours)[1]:.3f}) is wider than '
-                   f"{label}'s ({mean_std(theirs)[1]:.3f}).")
+        out.append(f'{where}: the seed spread{of} of GDP ({mean_std(ours)[1]:.3f}) is wider '
+                   f"than {best_label}'s ({mean_std(theirs)[1]:.3f}).")
     return out
 
 
@@ -303,7 +316,8 @@ def overview_lines(comparisons: Sequence[dict]) -> List[str]:
     content of its JSON) and budget: GDP's (FLOPs budget) mean ± std mAP, the
     best other pruner's at the same FLOPs and at the measured latency of GDP's models, the
     difference paired by seed; then a line for each budget where GDP's mean is below the
-    best other's (by how much) or its seed spread is wider."""
+    best other's (by how much) or its seed spread is wider (of the mAP change from each
+    seed's own baseline, where the seeds' baselines were trained apart)."""
     lines = ['| detector (config) | budget | seeds | GDP, FLOPs budget '
              '| best other pruner, same FLOPs | Δ paired '
              '| best other pruner, same latency | Δ paired |',
@@ -327,8 +341,10 @@ def overview_lines(comparisons: Sequence[dict]) -> List[str]:
                 theirs = [r['mAP'] for r in by[(best, b)]]
                 d = paired_differences(ours, by[(best, b)])
                 cells += [f'{labels[best]} {pm(theirs)}', pm(d, signed=True)]
-                behind += _shortfalls(f'{name} at {b:g} of the FLOPs', [r['mAP'] for r in ours],
-                                      (labels[best], theirs), d)
+                (mine, of), (its, _) = (_spread_values(data, ours),
+                                        _spread_values(data, by[(best, b)]))
+                behind += _shortfalls(f'{name} at {b:g} of the FLOPs', d, labels[best],
+                                      (mine, its), of)
             m = _best_at_latency(eq, others, b)
             if m is None:
                 cells += ['—', '—']
