@@ -36,7 +36,7 @@ from .flops import FlopsModel
 from .graph import ChannelGraph
 
 CACHE_DIR = osp.join(osp.expanduser('~'), '.cache', 'gdp_det', 'latency')
-FORMAT = 5  # bump when the table's meaning changes: old cache files are then ignored
+FORMAT = 6  # bump when the table's meaning changes: old cache files are then ignored
 PROBE_SHARE = 0.5  # the uniformly pruned network timed to calibrate the non-layer cost
 
 
@@ -150,6 +150,17 @@ def network_times(models: Sequence[nn.Module], forward: Callable[[nn.Module], ob
     return totals, [t.medians(call_names) for t in timers]
 
 
+def timed_modules(graph: ChannelGraph) -> List[str]:
+    """The modules whose times the calibration forwards record, per call: each conv /
+    linear call of ``graph``, then each module that ran a per-channel op (RoI pooling:
+    on a CPU the toy Faster R-CNN's RoIAlign takes half its forward, in proportion to
+    its channels) and holds no call of its own (a deformable RoI pool's offset layers
+    are timed as calls)."""
+    calls = [c.name for c in graph.calls]
+    return calls + [n for n in graph.passthrough
+                    if not any(c.startswith(n + '.') for c in calls)]
+
+
 def plain_copy(gated: nn.Module, gates: Optional[np.ndarray] = None, min_channels: float = 1,
                channel_divisor: int = 1) -> nn.Module:
     """The plain (gate-free) network that the export of GDP model ``gated`` would be, in
@@ -241,15 +252,15 @@ class TorchTimer:
         each of ``gate_sets`` (None: its own gates), interleaved, each timed right after
         an untimed one (:func:`forward_latencies`). With ``layers``: ``(totals, layer
         seconds, per-call seconds)`` of each, the totals from hook-free rounds and the
-        layer times from rounds of their own (:func:`network_times`)."""
+        layer times from rounds of their own (:func:`network_times`); the calls are
+        those of :func:`timed_modules`, and so are the layer seconds."""
         trace = gated.gdp_gates.trace
         models = [plain_copy(gated, g, min_channels, channel_divisor) for g in gate_sets]
         if not layers:
             return forward_latencies(models, trace.input_size, trace.num_proposals, repeats)
         from .detector import detector_forward_fn
         forward = detector_forward_fn(tuple(trace.input_size), trace.num_proposals)
-        totals, timed = network_times(models, forward,
-                                      [c.name for c in gated.gdp_gates.graph.calls],
+        totals, timed = network_times(models, forward, timed_modules(gated.gdp_gates.graph),
                                       self.device, repeats)
         return totals, [t[0] for t in timed], [t[1] for t in timed]
 
@@ -369,14 +380,19 @@ def measure_table(model: nn.Module, points: int = 5, repeats: int = 7,
     # the whole networks in rounds of their own (as they are timed when deployed), and
     # the time spent inside their layers (a runtime's profile times op types, not calls:
     # no per-call times there)
-    (whole, probed), (whole_layers, probe_layers), (whole_calls, probe_calls) = \
-        timer.network_times(model, [np.ones(graph.num_channels),
-                                    uniform_gates(graph, PROBE_SHARE)], repeats, layers=True)
+    totals, inside, timed = timer.network_times(
+        model, [np.ones(graph.num_channels), uniform_gates(graph, PROBE_SHARE)], repeats,
+        layers=True)
     table = dict(ident, entries={k: {f: e[f] for f in ('grid_in', 'grid_out', 'block', 'times')}
-                                 for k, e in entries.items()},
-                 whole=whole, whole_layers=whole_layers, whole_calls=whole_calls,
-                 probe=probed, probe_layers=probe_layers, probe_calls=probe_calls,
-                 probe_share=PROBE_SHARE)
+                                 for k, e in entries.items()}, probe_share=PROBE_SHARE)
+    passthrough = timed_modules(graph)[len(graph.calls):]
+    for key, total, layers, calls in zip(('whole', 'probe'), totals, inside, timed):
+        # the RoI layers' times apart from the conv / linear layers' (a runtime, which
+        # times op types, has neither: its layer seconds are the conv / linear ops')
+        pooled = dict(zip(passthrough, calls[len(graph.calls):]))
+        table.update({key: total, f'{key}_calls': calls[:len(graph.calls)],
+                      f'{key}_passthrough': pooled,
+                      f'{key}_layers': layers - sum(t for t in pooled.values() if t)})
     if cache:
         atomic_write(path, json.dumps(table))
     return table
@@ -397,8 +413,10 @@ class LatencyModel(FlopsModel):
     call's own line (``offset + slope * t``, through its times measured inside the
     two forwards below; ``scale``, the common slope, for calls not timed there) plus
     ``act_cost`` per output element (the norm, activation, residual add or pooling
-    that each conv output passes through in the network); ``rest`` is the constant
-    remainder (Python, the unpruned layers' glue). They are fitted so that the
+    that each conv output passes through in the network); each module that ran a
+    per-channel op (RoI pooling), timed in both forwards, takes its own line in the
+    number of its input channels alive; ``rest`` is the constant remainder (Python,
+    the unpruned layers' glue, proposals and NMS). They are fitted so that the
     prediction equals the two measured forwards: the unpruned network and the one
     keeping ``probe_share`` of every group's channels.
     """
@@ -428,15 +446,19 @@ class LatencyModel(FlopsModel):
                        else f"{table['backend']} on {table['device']}")
         self.scale, self.act_cost, self.rest = 1.0, 0.0, 0.0
         self.slope, self.offset = np.ones(len(entries)), np.zeros(len(entries))
+        self.pass_idx = self.pass_mod = np.zeros(0, np.int64)  # no RoI pooling line yet
+        self.pass_slope = self.pass_offset = np.zeros(0)
+        self.num_pass = 0
         super().__init__(graph)
         ones = np.ones(self.num_channels, bool)
         probe = exported_channels(graph, uniform_gates(graph, table['probe_share']))
+        pooled = self._fit_passthrough(graph, table, probe)
         # in the network, the layers take scale x their standalone time plus a constant
         # (module call overhead); the rest takes act_cost per output element plus a constant
         standalone, other, volume = [], [], []  # per call at both widths; the rest
         for alive, key in ((ones, 'whole'), (probe, 'probe')):
             standalone.append(self._interpolate(alive)[0])
-            other.append(table[key] - table[f'{key}_layers'])
+            other.append(table[key] - table[f'{key}_layers'] - pooled[key])
             volume.append(float((self._active(alive)[1] * self.spatial).sum()))
         layers = [float(t.sum()) for t in standalone]
         if layers[0] > layers[1]:
@@ -446,8 +468,33 @@ class LatencyModel(FlopsModel):
             self.act_cost = max((other[0] - other[1]) / (volume[0] - volume[1]), 0.0)
         self._fit_calls(table, *standalone)
         self.rest = (table['whole'] - float(self._layer_times(ones).sum())
-                     - self.act_cost * volume[0])
+                     - self.act_cost * volume[0] - pooled['whole'])
         self.full = self.count(ones)
+
+    def _fit_passthrough(self, graph: ChannelGraph, table: dict, probe: np.ndarray) -> dict:
+        """The line of each RoI pooling module timed in both forwards (seconds per input
+        channel alive, its offset); returns their summed time in each forward."""
+        timed = {key: table.get(f'{key}_passthrough') or {} for key in ('whole', 'probe')}
+        names = [n for n, t in timed['whole'].items()
+                 if t is not None and timed['probe'].get(n) is not None]
+        idx = [np.where(graph.passthrough[n] < 0, self.num_channels, graph.passthrough[n])
+               for n in names]
+        self.pass_idx = np.concatenate(idx).astype(np.int64) if idx else np.zeros(0, np.int64)
+        self.pass_mod = np.repeat(np.arange(len(names)), [len(i) for i in idx])
+        self.num_pass = len(names)
+        n_full = self._pass_channels(np.ones(self.num_channels, bool))
+        n_probe = self._pass_channels(probe)
+        t_full, t_probe = (np.array([timed[k][n] for n in names], np.float64)
+                           for k in ('whole', 'probe'))
+        span = n_full - n_probe
+        self.pass_slope = np.where(span > 0, np.maximum(t_full - t_probe, 0.0)
+                                   / np.where(span > 0, span, 1.0), 0.0)
+        self.pass_offset = t_full - self.pass_slope * n_full
+        return dict(whole=float(t_full.sum()), probe=float(t_probe.sum()))
+
+    def _pass_channels(self, alive) -> np.ndarray:
+        ext = np.append(np.asarray(alive, dtype=np.float64), 1.0)
+        return np.bincount(self.pass_mod, ext[self.pass_idx], minlength=self.num_pass)
 
     def _fit_calls(self, table: dict, full: np.ndarray, probe: np.ndarray):
         """Each call's own line from its standalone time to its time in the network,
@@ -501,7 +548,13 @@ class LatencyModel(FlopsModel):
         return t, d_in, d_out
 
     def count(self, alive) -> float:
-        return float(self.per_call(alive).sum()) + self.rest
+        pooled = self.pass_offset + self.pass_slope * self._pass_channels(alive)
+        return float(self.per_call(alive).sum() + pooled.sum()) + self.rest
+
+    def channel_weights(self, alive) -> np.ndarray:
+        pooled = np.bincount(self.pass_idx, self.pass_slope[self.pass_mod],
+                             minlength=self.num_channels + 1)[:-1]
+        return super().channel_weights(alive) + pooled
 
     def per_call(self, alive=None) -> np.ndarray:
         alive = np.ones(self.num_channels, dtype=bool) if alive is None else alive

@@ -169,9 +169,10 @@ class RuntimeTimer:
         (None: its own gates), interleaved. With ``layers``: ``(totals, layer seconds,
         per-call seconds)``, the layer seconds the time inside each export's conv /
         linear nodes (its profile's share of them times its median); the profile names op
-        types, not calls, so the per-call times are None."""
+        types, not calls, so the per-call times (of ``timed_modules``) are None."""
         from .api import prune_and_export
         from .deploy import RuntimeSession, export_model
+        from .latency import timed_modules
         sessions = []
         with tempfile.TemporaryDirectory() as work_dir:
             for k, gates in enumerate(gate_sets):
@@ -196,4 +197,4 @@ class RuntimeTimer:
                 shares = session.profile(max(3, repeats // 2))
                 inside.append(total * sum(s for op, s in shares.items()
                                           if op in LAYER_OPS[self.backend]))
-        return totals, inside, [[None] * len(gated.gdp_gates.graph.calls)] * len(totals)
+        return totals, inside, [[None] * len(timed_modules(gated.gdp_gates.graph))] * len(totals)

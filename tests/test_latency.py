@@ -39,10 +39,11 @@ def smooth_ops(monkeypatch):
     monkeypatch.setattr(latency_mod, 'channel_block', lambda device, geometry: 1)
 
 
-def synthetic_table(graph, scale=2.0, act=1e-9, rest=1e-3, call_scales=None):
+def synthetic_table(graph, scale=2.0, act=1e-9, rest=1e-3, call_scales=None, pool=0.0):
     """A table whose op times are exactly bilinear (1 us per in x out channel pair),
     the network's layers ``scale`` x that (call i: ``call_scales[i]`` x, when given),
-    ``act`` s per output element, ``rest`` s."""
+    ``act`` s per output element, ``pool`` s per input channel alive of each RoI
+    pooling module, ``rest`` s."""
     specs = [_call_spec(c, int((i < 0).sum()), int((o < 0).sum()), 4, 'cpu')
              for c, i, o in zip(graph.calls, graph.call_in, graph.call_out)]
     keys = [json.dumps(s, sort_keys=True) for s in specs]
@@ -56,8 +57,15 @@ def synthetic_table(graph, scale=2.0, act=1e-9, rest=1e-3, call_scales=None):
         calls, volume = exact_calls(graph, alive)
         table[f'{key}_calls'] = list(scales * calls)
         table[f'{key}_layers'] = float((scales * calls).sum())
-        table[key] = table[f'{key}_layers'] + act * volume + rest
+        table[f'{key}_passthrough'] = pooled = pooling_times(graph, alive, pool)
+        table[key] = table[f'{key}_layers'] + act * volume + sum(pooled.values()) + rest
     return table
+
+
+def pooling_times(graph, alive, pool):
+    """Per RoI pooling module: ``pool`` s per input channel alive."""
+    ext = np.append(alive, True)
+    return {n: pool * float(ext[i].sum()) for n, i in graph.passthrough.items()}
 
 
 def exact_calls(graph, alive):
@@ -122,6 +130,53 @@ def test_each_call_keeps_its_own_line_to_the_network(smooth_ops):
     common = LatencyModel(graph, dict(table, whole_calls=untimed, probe_calls=untimed))
     assert abs(common.count(alive) - truth) > 0.02 * truth  # one scale is off here
     assert model.full == pytest.approx(table['whole'])
+
+
+class _RoINet(nn.Module):
+    """A wide high-resolution conv, a narrow strided one whose output an RoIAlign
+    pools (the RoI extractor of a two-stage detector) and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        from mmcv.ops import RoIAlign
+        self.wide = nn.Conv2d(3, 16, 3, padding=1)
+        self.narrow = nn.Conv2d(16, 12, 3, stride=4, padding=1)
+        self.roi = RoIAlign((2, 2), spatial_scale=0.25, sampling_ratio=2)
+        self.fc = nn.Linear(12 * 4, 5)
+        self.register_buffer('rois', torch.tensor([[0., 0, 0, 16, 16], [0, 8, 8, 30, 30]]))
+
+    def forward(self, x):
+        pooled = self.roi(self.narrow(self.wide(x).relu()).relu(), self.rois)
+        return self.fc(pooled.flatten(1))
+
+
+def test_roi_pooling_takes_its_own_line_in_its_channels(smooth_ops):
+    """An RoI pooling module (on a CPU half the toy Faster R-CNN's forward) costs in
+    proportion to the channels it pools, however few output elements their conv has:
+    the model predicts it at any widths and weighs those channels by it, where
+    spreading its time over every output element (no pooling times in the table)
+    mispredicts once the two groups are cut differently."""
+    graph = trace_channel_graph(_RoINet(), lambda m: m(torch.randn(1, 3, 32, 32)))
+    assert list(graph.passthrough) == ['roi']
+    table = synthetic_table(graph, pool=1e-3)
+    model = LatencyModel(graph, table)
+    wide, narrow = (np.arange(graph.offsets[i], graph.offsets[i + 1]) for i in range(2))
+    assert [graph.groups[i].size for i in range(2)] == [16, 12]
+    alive = np.ones(graph.num_channels, bool)
+    alive[wide[:2]] = False  # the wide conv nearly whole, the pooled one a third
+    alive[narrow[:8]] = False
+    layers, volume = exact(graph, alive)
+    truth = 2 * layers + 1e-9 * volume + 1e-3 * 4 + 1e-3
+    assert model.count(alive) == pytest.approx(truth)
+    w = model.channel_weights(alive)
+    for c in (wide[5], narrow[10]):
+        fewer = alive.copy()
+        fewer[c] = False
+        assert w[c] == pytest.approx(model.count(alive) - model.count(fewer))
+    assert w[narrow[10]] > 1e-3  # its pooling is in its weight
+    spread = LatencyModel(graph, {k: v for k, v in table.items() if 'passthrough' not in k})
+    assert spread.full == pytest.approx(model.full)
+    assert abs(spread.count(alive) - truth) > 0.1 * truth
 
 
 def test_budget_takes_the_latency_model(smooth_ops):
