@@ -6,9 +6,12 @@
         [--backend torch|onnxruntime|openvino] [--channel-divisors 1 8]
 
 For each detector: measure the latency table (uncached, timed) in the backend, then time
-the unpruned network and two exports with random gates (each channel kept with
-probability 0.5 / 0.3), interleaved, medians, and compare them with the model's
-predictions: absolute error and latency ratio.
+the unpruned network, two exports with random gates (each channel kept with
+probability 0.5 / 0.3) and two whose groups keep random shares of their channels (as
+GDP's exports do: some groups nearly whole, others cut deep), interleaved, medians,
+and compare them with the model's predictions: absolute error and latency ratio, and
+the ratio's error without the RoI pooling lines (RoI pooling's time spread over every
+conv output element, as the model did before them).
 """
 import os
 import os.path as osp
@@ -31,6 +34,8 @@ MODELS = {
     'r50-retinanet': ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', 512),
 }
 KEEP = (0.5, 0.3)  # probability of keeping each channel in the random exports
+GROUP_SHARES = (0.1, 1.0)  # range of each group's keep probability in the per-group ones
+PER_GROUP = 2  # exports with per-group shares
 
 
 def gated_model(config: str, size: int):
@@ -50,22 +55,29 @@ def evaluate(model, cfg, repeats: int, backend: str = 'torch', divisors=(1,),
     with every group's width rounded up to a multiple of each of ``divisors``), in
     ``backend`` (torch: tensor-mode forwards; a runtime: the deployed exports)."""
     from gdp_det.flops import FlopsModel
-    from gdp_det.latency import LatencyModel, forward_latencies, plain_copy
+    from gdp_det.latency import LatencyModel, forward_latencies, measure_table, plain_copy
     from gdp_det.pruner import exported_channels
     graph = model.gdp_gates.graph
     t = time.perf_counter()
-    latency = LatencyModel.measure(model, repeats=repeats, cache=False, backend=backend,
-                                   cfg=cfg)
+    table = measure_table(model, repeats=repeats, cache=False, backend=backend, cfg=cfg)
+    latency = LatencyModel(graph, table)
     build_s = time.perf_counter() - t
     rng = np.random.default_rng(seed)
     labels, kept = ['unpruned'], [np.ones(graph.num_channels, bool)]
-    for p in KEEP:
+    sizes = [g.size for g in graph.groups]
+    shares = [(f'keep {p:.1f}', np.full(graph.num_channels, p)) for p in KEEP]
+    shares += [(f'groups keep {GROUP_SHARES[0]}-{GROUP_SHARES[1]:.0f} (draw {i + 1})',
+                np.repeat(rng.uniform(*GROUP_SHARES, len(sizes)), sizes))
+               for i in range(PER_GROUP)]
+    for what, p in shares:
         a = (rng.random(graph.num_channels) < p).astype(np.float32)
         for d in divisors:
-            labels.append(f'random, keep {p:.1f}' + (f', widths multiple of {d}' if d > 1
-                                                      else ''))
+            labels.append(f'random, {what}' + (f', widths multiple of {d}' if d > 1 else ''))
             kept.append(exported_channels(graph, a, channel_divisor=d))
     predicted = [latency.count(k) for k in kept]
+    spread = LatencyModel(graph, {k: v for k, v in table.items()
+                                  if not k.endswith('_passthrough')})
+    spread_ratios = [spread.count(k) / spread.full for k in kept]
     flops = FlopsModel(graph)
     trace = model.gdp_gates.trace
     gates = [k.astype(np.float32) for k in kept]  # the export of its own kept mask is itself
@@ -77,18 +89,18 @@ def evaluate(model, cfg, repeats: int, backend: str = 'torch', divisors=(1,),
         measured = RuntimeTimer(backend, torch.get_num_threads(), cfg).network_times(
             model, gates, 2 * repeats)[0]
     return dict(build_s=build_s, labels=labels, predicted=predicted, measured=measured,
-                flops=[flops.count(k) / flops.full for k in kept])
+                flops=[flops.count(k) / flops.full for k in kept], spread=spread_ratios)
 
 
 def rows_for(name: str, size: int, r: dict) -> list:
     pred, meas = r['predicted'], r['measured']
     out = []
-    for i, (p, m, f) in enumerate(zip(pred, meas, r['flops'])):
+    for i, (p, m, f, s) in enumerate(zip(pred, meas, r['flops'], r['spread'])):
         label = r['labels'][i]
         build = f'{r["build_s"]:.0f}' if i == 0 else ''
         out.append(f'| {name} @{size} | {label} | {f:.2f} | {1e3 * p:.1f} | {1e3 * m:.1f} | '
                    f'{100 * (p / m - 1):+.1f} % | {p / pred[0]:.3f} | {m / meas[0]:.3f} | '
-                   f'{p / pred[0] - m / meas[0]:+.3f} | {build} |')
+                   f'{p / pred[0] - m / meas[0]:+.3f} | {s - m / meas[0]:+.3f} | {build} |')
     return out
 
 
@@ -114,8 +126,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     repeats = 3 if args.quick else 7
     rows = ['| model | network | FLOPs ratio | predicted (ms) | measured (ms) | error | '
-            'predicted ratio | measured ratio | ratio error | table built in (s) |',
-            '|---|---|---|---|---|---|---|---|---|---|']
+            'predicted ratio | measured ratio | ratio error | ratio error without RoI '
+            'pooling lines | table built in (s) |',
+            '|---|---|---|---|---|---|---|---|---|---|---|']
     for name in args.models:
         config, size = MODELS[name]
         rows += rows_for(name, size, evaluate(*gated_model(config, size), repeats,
