@@ -490,6 +490,10 @@ class LatencyModel(FlopsModel):
         self.pass_slope = np.where(span > 0, np.maximum(t_full - t_probe, 0.0)
                                    / np.where(span > 0, span, 1.0), 0.0)
         self.pass_offset = t_full - self.pass_slope * n_full
+        # what each channel adds through the modules that pool it (constant: the lines
+        # are linear in their channels)
+        self.pass_weights = np.bincount(self.pass_idx, self.pass_slope[self.pass_mod],
+                                        minlength=self.num_channels + 1)[:-1]
         return dict(whole=float(t_full.sum()), probe=float(t_probe.sum()))
 
     def _pass_channels(self, alive) -> np.ndarray:
@@ -552,9 +556,7 @@ class LatencyModel(FlopsModel):
         return float(self.per_call(alive).sum() + pooled.sum()) + self.rest
 
     def channel_weights(self, alive) -> np.ndarray:
-        pooled = np.bincount(self.pass_idx, self.pass_slope[self.pass_mod],
-                             minlength=self.num_channels + 1)[:-1]
-        return super().channel_weights(alive) + pooled
+        return super().channel_weights(alive) + self.pass_weights
 
     def per_call(self, alive=None) -> np.ndarray:
         alive = np.ones(self.num_channels, dtype=bool) if alive is None else alive
