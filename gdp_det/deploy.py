@@ -159,25 +159,34 @@ def openvino_request(path: str, threads: int, perf_count: bool = False):
 
 class RuntimeSession:
     """One runtime session on the CPU of a deployed model (an :func:`export_model`
-    directory), as the benchmarks time it: ``run()`` is one inference of a fixed random
-    input of the deployed input shape, outputs fetched; ``profile()`` the share of time
-    per op type, from a session of its own (the profilers slow what they time).
-    ``threads`` 0: the runtime's default (all cores)."""
+    directory), as the benchmarks time it: ``run()`` is one inference of each of
+    ``inputs`` in turn, outputs fetched; ``profile()`` the share of time per op type,
+    from a session of its own (the profilers slow what they time). ``inputs``: each of
+    ``images`` (paths or BGR arrays) as the deployed model takes it
+    (:func:`network_inputs`), so that the work that depends on the image (a two-stage
+    detector's proposals, NMS) is a real image's; without ``images``, one fixed random
+    input of the deployed input shape. ``threads`` 0: the runtime's default (all cores)."""
 
-    def __init__(self, work_dir: str, threads: int):
+    def __init__(self, work_dir: str, threads: int, images: Sequence = ()):
         info = load_deployed(work_dir)[2]
         self.backend, self.work_dir, self.threads = info['backend'], work_dir, threads
-        self.x = np.random.RandomState(0).randn(*info['input_dims']).astype(np.float32)
+        self.inputs = (network_inputs(work_dir, images) if len(images) else
+                       [np.random.RandomState(0).randn(*info['input_dims']).astype(np.float32)])
         if self.backend == 'onnxruntime':
             sess = ort_session(osp.join(work_dir, ONNX_FILE), threads)
-            self.run = lambda: sess.run(None, {'input': self.x})
+            self._infer = lambda x: sess.run(None, {'input': x})
         else:
             request = openvino_request(osp.join(work_dir, OPENVINO_FILE), threads)
-            self.run = lambda: request.infer({0: self.x})
+            self._infer = lambda x: request.infer({0: x})
+
+    def run(self) -> None:
+        for x in self.inputs:
+            self._infer(x)
 
     def profile(self, runs: int = 10) -> Dict[str, float]:
-        """``{op type: share of the summed op time}`` over ``runs`` inferences (ONNX
-        Runtime's profiler; OpenVINO's per-node performance counters), largest first."""
+        """``{op type: share of the summed op time}`` over ``runs`` rounds of inferences
+        (ONNX Runtime's profiler; OpenVINO's per-node performance counters), largest
+        first."""
         totals: Dict[str, float] = {}
         if self.backend == 'onnxruntime':
             cwd = os.getcwd()
@@ -185,7 +194,8 @@ class RuntimeSession:
             try:
                 sess = ort_session(ONNX_FILE, self.threads, profile=True)
                 for _ in range(runs):
-                    sess.run(None, {'input': self.x})
+                    for x in self.inputs:
+                        sess.run(None, {'input': x})
                 trace_file = sess.end_profiling()
                 trace = json.load(open(trace_file))
                 os.remove(trace_file)
@@ -199,10 +209,11 @@ class RuntimeSession:
             request = openvino_request(osp.join(self.work_dir, OPENVINO_FILE), self.threads,
                                        perf_count=True)
             for _ in range(runs):
-                request.infer({0: self.x})
-                for info in request.profiling_info:
-                    totals[info.node_type] = (totals.get(info.node_type, 0)
-                                              + info.real_time.total_seconds())
+                for x in self.inputs:
+                    request.infer({0: x})
+                    for info in request.profiling_info:
+                        totals[info.node_type] = (totals.get(info.node_type, 0)
+                                                  + info.real_time.total_seconds())
         total = sum(totals.values()) or 1
         return {k: v / total for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
@@ -350,17 +361,37 @@ def load_deployed(work_dir: str):
             Config.fromfile(osp.join(work_dir, 'model_cfg.py')), info)
 
 
-def build_runtime_model(work_dir: str):
-    """mmdeploy's ``End2EndModel`` (on the CPU) of a directory written by
-    :func:`export_model`: the model config's data pre-processing, the runtime model,
-    mmdeploy's post-processing to ``DetDataSample``."""
+def _task_processor(work_dir: str):
+    """``(mmdeploy task processor, deploy info)`` of a directory written by
+    :func:`export_model`."""
     deploy_cfg, model_cfg, info = load_deployed(work_dir)
     require(info['backend'])
     from . import compat
     compat.apply_deploy()
     import gdp_det  # noqa: F401
     from mmdeploy.apis import build_task_processor
-    processor = build_task_processor(model_cfg, deploy_cfg, 'cpu')
+    return build_task_processor(model_cfg, deploy_cfg, 'cpu'), info
+
+
+def network_inputs(work_dir: str, images: Sequence) -> list:
+    """The input array of the model deployed in ``work_dir`` for each of ``images``
+    (paths or BGR arrays): mmdeploy's test pipeline at the deployed input shape, then the
+    model config's data pre-processing (normalisation, padding), as
+    :func:`runtime_predict` feeds the runtime."""
+    from mmdeploy.utils import get_input_shape
+    processor = _task_processor(work_dir)[0]
+    preprocess = processor.build_data_preprocessor()
+    shape = get_input_shape(processor.deploy_cfg)
+    with torch.no_grad():
+        return [preprocess(processor.create_input(_read_image(img), shape)[0],
+                           False)['inputs'].numpy() for img in images]
+
+
+def build_runtime_model(work_dir: str):
+    """mmdeploy's ``End2EndModel`` (on the CPU) of a directory written by
+    :func:`export_model`: the model config's data pre-processing, the runtime model,
+    mmdeploy's post-processing to ``DetDataSample``."""
+    processor, info = _task_processor(work_dir)
     name = OPENVINO_FILE if info['backend'] == 'openvino' else ONNX_FILE
     model = processor.build_backend_model([osp.join(work_dir, name)])
     model.gdp_task_processor = processor

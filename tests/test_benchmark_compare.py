@@ -386,6 +386,21 @@ def test_each_comparison_json_has_its_readme_block_and_says_where_latency_is_tim
     text = '\n'.join(readme_lines(data))
     assert 'measured latency deployed to onnxruntime (CPU, 1 thread(s), end to end)' in text
     assert 'converged' not in text  # patience 0: the start as it is
+    assert '(baseline 20.0 ms), on one fixed random input.' in text  # before latency_images
+    data['settings']['latency_images'] = 8
+    assert '(baseline 20.0 ms), on the first 8 images of the test split, per image.' in \
+        '\n'.join(readme_lines(data))
+
+
+def test_deployed_models_are_timed_on_the_first_images_of_the_test_split(make_toy_cfg):
+    from gdp_det.benchmark.deploy_latency import split_images
+    cfg = make_toy_cfg()
+    ds = cfg.test_dataloader.dataset
+    ids = open(osp.join(ds.data_root, ds.ann_file)).read().split()
+    paths = split_images(cfg, 3)
+    assert [osp.basename(p) for p in paths] == [f'{i}.jpg' for i in ids[:3]]
+    assert all(osp.isfile(p) for p in paths)
+    assert len(split_images(cfg, 10 ** 6)) == len(ids)
 
 
 def test_readme_has_a_block_for_each_detector_comparison():

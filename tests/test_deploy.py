@@ -233,6 +233,26 @@ def test_runtime_matches_mmdet(name, variant, backend, tmp_path, toy_models, ima
                    dynamic=backend == 'openvino')
 
 
+def test_latency_session_runs_each_image_as_deployed(tmp_path, toy_models, image):
+    """The benchmarks' latency sessions run the images they are given as the deployed
+    model takes them (mmdeploy's pipeline and the model's normalisation): a real image's
+    detections, not a random input's (on which a two-stage detector's proposals, and so
+    its time, depend on the weights: same-width models differed by 10 %)."""
+    cfg, ckpt = toy_models('retinanet', 'baseline')
+    d = str(tmp_path / 'ort')
+    deploy.export_model(cfg, ckpt, 'onnxruntime', d, img=image)
+    session = deploy.RuntimeSession(d, 1, images=[image, image])
+    assert len(session.inputs) == 2 and session.inputs[0].shape == (1, 3, 224, 224)
+    ort = deploy.ort_session(osp.join(d, deploy.ONNX_FILE), 1)
+    scores = ort.run(None, {'input': session.inputs[0]})[0][0, :, 4]
+    expected = deploy.detections(deploy.runtime_predict(d, image))[:, 4]
+    assert len(expected) >= 5
+    np.testing.assert_allclose(np.sort(scores)[::-1][:len(expected)],
+                               np.sort(expected)[::-1], atol=1e-6)
+    noise = deploy.RuntimeSession(d, 1).inputs
+    assert len(noise) == 1 and not np.allclose(noise[0], session.inputs[0])
+
+
 @pytest.mark.slow
 def test_dynamic_shapes_take_another_image_size(tmp_path, toy_models, image):
     """A dynamic export runs an image of another size than the export image."""

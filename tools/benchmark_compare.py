@@ -136,6 +136,10 @@ def main(argv=None):
                    choices=('torch', 'onnxruntime', 'openvino'),
                    help="where latency is measured: torch's forward, or every model deployed "
                    "end to end to that runtime (GDP's latency budgets then measured there)")
+    p.add_argument('--latency-images', type=int, default=8, metavar='N',
+                   help='deployed models are timed on the first N images of the test split '
+                   '(per image), so that the work that depends on the image (proposals, NMS) '
+                   "is a real image's")
     p.add_argument('--distill', type=float, default=0.0, metavar='WEIGHT',
                    help='every training after the baseline (every method) distils from the '
                    'baseline with this weight (gdp_det.distill.DistillHook; 0: none)')
@@ -174,7 +178,7 @@ def main(argv=None):
     if any(not 0 < b < 1 for b in args.budgets):
         p.error(f'--budgets must be in (0, 1), got {args.budgets}')
     for name in ('epochs', 'num_val', 'latency_repeats', 'threads', 'converge_max_epochs',
-                 'jobs'):
+                 'jobs', 'latency_images'):
         if getattr(args, name) < 1:
             p.error(f'--{name.replace("_", "-")} must be at least 1, got {getattr(args, name)}')
     if not 1 <= args.gdp_epochs <= args.epochs:
@@ -189,7 +193,7 @@ def main(argv=None):
     register_all_modules(init_default_scope=False)
     fields = ('budgets', 'seeds', 'epochs', 'gdp_epochs', 'lr_factor', 'baseline_checkpoint',
               'patience', 'converge_max_epochs', 'latency_repeats', 'threads',
-              'latency_backend')
+              'latency_backend', 'latency_images')
     if args.distill < 0:
         p.error(f'--distill must be >= 0, got {args.distill}')
     settings = C.Settings(**{k: getattr(args, k) for k in fields}, distill_weight=args.distill,

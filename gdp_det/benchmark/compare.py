@@ -62,7 +62,8 @@ class Settings:
     the phases' schedule at ``lr_factor`` times the config's learning rate. Latency is
     measured in ``latency_backend``: ``'torch'`` (the tensor-mode forward) or a
     deployment runtime (``'onnxruntime'``, ``'openvino'``: each model deployed end to
-    end); GDP's latency budgets are then measured in that runtime as well. With
+    end, timed on the first ``latency_images`` images of the test split, per image); GDP's
+    latency budgets are then measured in that runtime as well. With
     ``distill_weight`` > 0 every training after the baseline (GDP's phase, every
     fine-tune, the control's) adds :class:`~gdp_det.distill.DistillHook` with that
     weight, the baseline its teacher. ``baseline_seed`` seeds the baseline's training
@@ -80,6 +81,7 @@ class Settings:
     latency_repeats: int = 20
     threads: int = 1
     latency_backend: str = 'torch'
+    latency_images: int = 8
     distill_weight: float = 0.0
     baseline_seed: Optional[int] = None
     extra: dict = field(default_factory=dict)  # recorded in compare.json as given
@@ -493,15 +495,17 @@ def collect(comparison: Comparison, runs: Sequence[Run], skipped: List[dict],
         lat = cm.measure_latencies([cm.build_model(*m) for m in models],
                                    comparison.input_size, s.latency_repeats, s.threads)
     else:
-        from .deploy_latency import deploy_all, deployed_latencies
+        from .deploy_latency import deploy_all, deployed_latencies, split_images
         dirs = [osp.join(comparison.work_dir, 'deployed', name, s.latency_backend)
                 for name in ['baseline'] + [r['run'] for r in results]]
         deploy_all(models, dirs, s.latency_backend, comparison.input_size)
-        lat = deployed_latencies(dirs, s.threads, s.latency_repeats)
+        lat = deployed_latencies(dirs, s.threads, s.latency_repeats,
+                                 split_images(comparison.cfg, s.latency_images))
     base['latency_ms'] = lat[0]
     for r, ms in zip(results, lat[1:]):
         r['latency_ms'], r['latency_ratio'] = ms, ms / lat[0]
     settings = dict(vars(s), input_size=list(comparison.input_size),
+                    latency_images=None if s.latency_backend == 'torch' else s.latency_images,
                     test_split=_split_name(comparison.cfg.test_dataloader),
                     tuning_split=_split_name(comparison.cfg.val_dataloader),
                     train_split=_split_name(comparison.cfg.train_dataloader))

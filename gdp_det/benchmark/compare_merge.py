@@ -30,7 +30,7 @@ from .compare_summary import mean_std, summarize
 # settings the parts must share: what a run trains, how it is evaluated and measured
 SHARED_SETTINGS = ('epochs', 'gdp_epochs', 'lr_factor', 'distill_weight', 'patience',
                    'converge_max_epochs', 'baseline_checkpoint', 'latency_repeats',
-                   'threads', 'latency_backend', 'input_size', 'test_split',
+                   'threads', 'latency_backend', 'latency_images', 'input_size', 'test_split',
                    'tuning_split', 'train_split', 'extra')
 
 

@@ -163,11 +163,19 @@ def _baseline_map(data: dict) -> str:
     return f'{base["mAP"]:.3f}'
 
 
+def _deployed_inputs(s: dict) -> str:
+    """What the deployed models of a comparison with settings ``s`` were timed on."""
+    n = s.get('latency_images')
+    return (f'the first {n} images of the test split, per image' if n else
+            'one fixed random input')
+
+
 def _latency_note(s: dict) -> str:
     backend = s.get('latency_backend', 'torch')
     where = ('single-image CPU forwards in one process' if backend == 'torch' else
              f'single-image inferences on the CPU of each model deployed to {backend} '
-             '(mmdeploy, image tensor in, detections out, NMS included) in one process')
+             '(mmdeploy, image tensor in, detections out, NMS included) in one process, '
+             f'on {_deployed_inputs(s)}')
     clock = ('process CPU time, `gdp_det.latency.forward_latencies`' if backend == 'torch'
              else 'process CPU time, `gdp_det.runtime_latency.runtime_medians`')
     return (f'median of {s["latency_repeats"]} interleaved {where}, {s["threads"]} '
@@ -397,7 +405,8 @@ def readme_lines(data: dict) -> List[str]:
              f'with {s["epochs"]} training epochs after it. '
              'Budgets are FLOPs ratios (GDP, latency budget: ratios of the measured '
              "latency); the latency columns interpolate each method's per-seed mAP at the "
-             f"measured {where} of GDP's models (baseline {base['latency_ms']:.1f} ms).", '',
+             f"measured {where} of GDP's models (baseline {base['latency_ms']:.1f} ms)"
+             + ('.' if backend == 'torch' else f', on {_deployed_inputs(s)}.'), '',
              '| method | ' + ' | '.join(head) + ' |', '|---' * (len(head) + 1) + '|']
     lines += [f'| {labels[m]} | ' + ' | '.join(cells(m)) + ' |' for m in methods]
     lines.append('')
