@@ -6,7 +6,7 @@ DEMO_DIR ?= work_dirs/demo
 COMPARE_DIR ?= work_dirs/compare
 
 .PHONY: setup test test-fast test-portability demo compare compare-frcnn compare-rtmdet \
-  compare-part compare-merge
+  compare-part compare-merge compare-part-ort compare-merge-ort
 
 setup:
 	bash tools/setup_env.sh
@@ -118,3 +118,25 @@ compare-merge: setup
 	$(PY) tools/benchmark_compare.py --merge benchmarks/parts/compare_$(DETECTOR)_s*.json \
 	  --out benchmarks/compare_$(DETECTOR).json --plot benchmarks/compare_$(DETECTOR)_pareto.png \
 	  --section '$(SECTION_$(DETECTOR))' --readme README.md
+
+# Equal latency where users deploy: a part's finished runs (compare-part, same SEED and
+# COMPARE_ARGS) timed again, every model deployed by mmdeploy to ONNX Runtime (NMS in the
+# graph, one thread, interleaved); no training. Writes
+# benchmarks/parts/compare_$(DETECTOR)_ort_s$(SEED).json, then merges the detector's ONNX
+# Runtime parts into benchmarks/compare_$(DETECTOR)_ort.json, its RESULTS section, plot and
+# README block. GDP's latency budget is not among them: its runs were budgeted in torch.
+ORT_SECTION_frcnn = (y) Accuracy at equal ONNX Runtime latency on the toy Faster R-CNN R18-FPN
+ORT_SECTION_rtmdet = (z) Accuracy at equal ONNX Runtime latency on the toy RTMDet-tiny
+compare-part-ort:
+	$(require_detector)
+	$(MAKE) compare COMPARE_DIR=work_dirs/compare_$(DETECTOR)_s$(SEED) COMPARE_ARGS="\
+	  $(CONFIG_$(DETECTOR)) --part --collect-only --latency-backend onnxruntime \
+	  --out benchmarks/parts/compare_$(DETECTOR)_ort_s$(SEED).json --seeds $(SEED) \
+	  --baseline-seed $(SEED) --methods $(DETECTOR_METHODS) $(COMPARE_ARGS)"
+	$(MAKE) compare-merge-ort
+compare-merge-ort: setup
+	$(require_detector)
+	$(PY) tools/benchmark_compare.py --merge benchmarks/parts/compare_$(DETECTOR)_ort_s*.json \
+	  --out benchmarks/compare_$(DETECTOR)_ort.json \
+	  --plot benchmarks/compare_$(DETECTOR)_ort_pareto.png \
+	  --section '$(ORT_SECTION_$(DETECTOR))' --readme README.md

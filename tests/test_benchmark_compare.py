@@ -590,11 +590,15 @@ def test_readme_comparison_is_the_one_generated_from_compare_json():
                for k in runs), 'every method and budget has its 3 seeds'
 
 
-def test_readme_onnxruntime_comparison_is_the_one_generated_from_its_json():
-    """README's comparison timed in ONNX Runtime says what benchmarks/compare_ort.json
-    holds, and that comparison timed its latency there."""
+@pytest.mark.parametrize('name,methods', [
+    ('compare_ort.json', {'gdp', 'gdp_latency', 'tp_l1_uniform'}),
+    ('compare_frcnn_ort.json', {'gdp', 'tp_l1_uniform', 'tp_bn_uniform'})])
+def test_readme_onnxruntime_comparison_is_the_one_generated_from_its_json(name, methods):
+    """README's comparisons timed in ONNX Runtime say what their JSONs hold
+    (benchmarks/compare_ort.json, and `make compare-part-ort`'s
+    benchmarks/compare_frcnn_ort.json), and each timed its latency there."""
     from tools.benchmark_compare import readme_block
-    path = osp.join(REPO, 'benchmarks', 'compare_ort.json')
+    path = osp.join(REPO, 'benchmarks', name)
     data = json.load(open(path))
     assert data['settings']['latency_backend'] == 'onnxruntime'
     block_name = readme_block(path)
@@ -603,7 +607,7 @@ def test_readme_onnxruntime_comparison_is_the_one_generated_from_its_json():
         f'<!-- end: {block_name} -->')[0]
     assert block == '\n'.join(readme_lines(data)) + '\n'
     assert {(r['method'], r['budget']) for r in data['runs']} >= {
-        ('gdp', 0.5), ('gdp', 0.3), ('gdp_latency', 0.5), ('gdp_latency', 0.3)}
+        (m, b) for m in methods for b in (0.5, 0.3)}
 
 
 def test_stored_results_name_no_machine_paths():
@@ -614,7 +618,7 @@ def test_stored_results_name_no_machine_paths():
                 baseline=dict(checkpoint='/elsewhere/b.pth'))
     assert repo_relative(data) == dict(runs=[dict(config='work_dirs/c/base.py', method='gdp')],
                                        baseline=dict(checkpoint='/elsewhere/b.pth'))
-    for name in ('compare.json', 'tuning.json', 'compare_ort.json'):
+    for name in ('compare.json', 'tuning.json', 'compare_ort.json', 'compare_frcnn_ort.json'):
         text = open(osp.join(REPO, 'benchmarks', name)).read()
         assert '"/' not in text, name  # no absolute path in the committed results
 
