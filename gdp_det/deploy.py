@@ -15,6 +15,7 @@ image, and :func:`match_detections` compares the two order-free.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import os.path as osp
@@ -236,6 +237,27 @@ def export_image(model_cfg, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randint(0, 256, (int(h), int(w), 3), dtype=np.uint8)
 
 
+def split_images(cfg, n: int) -> list:
+    """Paths of the first ``n`` images of ``cfg``'s test split (none when ``cfg`` has no
+    test split or its annotation file is not on this machine)."""
+    ds = (cfg.get('test_dataloader') or {}).get('dataset') if cfg is not None else None
+    if not ds or not n:
+        return []
+    inner = ds
+    while 'dataset' in inner:
+        inner = inner['dataset']
+    ann = osp.join(inner.get('data_root', ''), inner.get('ann_file', ''))
+    if inner.get('ann_file') and not osp.isfile(ann):
+        return []
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+    from mmengine.registry import DefaultScope
+    register_all_modules(init_default_scope=False)
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
+        dataset = DATASETS.build(copy.deepcopy(ds))
+    return [dataset.get_data_info(i)['img_path'] for i in range(min(n, len(dataset)))]
+
+
 def _read_image(img) -> np.ndarray:
     if isinstance(img, np.ndarray):
         return img
@@ -375,13 +397,15 @@ def _task_processor(work_dir: str):
 
 def network_inputs(work_dir: str, images: Sequence) -> list:
     """The input array of the model deployed in ``work_dir`` for each of ``images``
-    (paths or BGR arrays): mmdeploy's test pipeline at the deployed input shape, then the
-    model config's data pre-processing (normalisation, padding), as
-    :func:`runtime_predict` feeds the runtime."""
+    (paths or BGR arrays): mmdeploy's test pipeline at the deployed input shape (a static
+    model exported without one: the export image's), then the model config's data
+    pre-processing (normalisation, padding), as :func:`runtime_predict` feeds the runtime."""
     from mmdeploy.utils import get_input_shape
-    processor = _task_processor(work_dir)[0]
+    processor, info = _task_processor(work_dir)
     preprocess = processor.build_data_preprocessor()
     shape = get_input_shape(processor.deploy_cfg)
+    if shape is None and not info['dynamic']:  # static at the export image's shape
+        shape = [int(info['input_dims'][3]), int(info['input_dims'][2])]
     with torch.no_grad():
         return [preprocess(processor.create_input(_read_image(img), shape)[0],
                            False)['inputs'].numpy() for img in images]

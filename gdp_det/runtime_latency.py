@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 BACKENDS = ('onnxruntime', 'openvino')
+NETWORK_IMAGES = 8  # test-split images the whole deployed networks are timed on
 # op types of the runtimes' profiles that hold the conv / linear layers (OpenVINO fuses
 # the bias, activation and residual add into them, as its network does)
 LAYER_OPS = {'onnxruntime': ('Conv', 'FusedConv', 'NchwcConv', 'ConvTranspose', 'Gemm',
@@ -48,6 +49,14 @@ def runtime_medians(runs: Sequence[Callable[[], object]], threads: int,
     from .latency import interleaved_medians
     return interleaved_medians([lambda r=r: r for r in runs], 'cpu', repeats,
                                clock=runtime_clock(threads))
+
+
+def session_medians(sessions: Sequence, threads: int, repeats: int) -> List[float]:
+    """Median seconds of one inference of each :class:`gdp_det.deploy.RuntimeSession`
+    per input (its ``run()`` infers each of its inputs once), interleaved
+    (:func:`runtime_medians`)."""
+    return [t / len(s.inputs) for s, t in
+            zip(sessions, runtime_medians([s.run for s in sessions], threads, repeats))]
 
 
 def _pair(v, n: int = 2) -> List[int]:
@@ -112,25 +121,31 @@ class RuntimeTimer:
     """Times latency-table cells and whole networks in ``backend`` (ONNX Runtime or
     OpenVINO) on the CPU with ``threads`` threads, on :func:`runtime_clock`, interleaved
     (:func:`gdp_det.latency.interleaved_medians`). ``cfg`` is the detector's config (the
-    deploy route exports the calibration networks from it)."""
+    deploy route exports the calibration networks from it; they are timed on the first
+    ``NETWORK_IMAGES`` images of its test split, per image, so that the work that depends on
+    the image, a two-stage detector's proposals and NMS, is a real image's; on one fixed
+    random input where that split is not on this machine)."""
 
     def __init__(self, backend: str, threads: int, cfg):
-        from .deploy import require
+        from .deploy import require, split_images
         if backend not in BACKENDS:
             from .cli import UserError
             raise UserError(f'unknown latency backend {backend!r} (choose torch, '
                             f'{", ".join(BACKENDS)})')
         require(backend)
         self.backend, self.threads, self.cfg = backend, int(threads), cfg
+        self.images = split_images(cfg, NETWORK_IMAGES)
 
     @property
     def device(self) -> torch.device:
         return torch.device('cpu')
 
     def ident(self) -> dict:
-        """What the table's cache key adds for this timer: the runtime and its version."""
+        """What the table's cache key adds for this timer: the runtime and its version,
+        the images the whole networks are timed on."""
         import importlib.metadata as md
-        return dict(backend=f'{self.backend} {md.version(self.backend)}')
+        return dict(backend=f'{self.backend} {md.version(self.backend)}',
+                    images=[osp.basename(p) for p in self.images])
 
     def _session(self, model, x: np.ndarray, work_dir: str):
         """A function running the ONNX ``model`` once on ``x`` in the runtime."""
@@ -188,8 +203,8 @@ class RuntimeTimer:
                 config = next(p for p in paths if p.endswith('.py'))
                 deployed = osp.join(work_dir, f'deployed{k}')
                 export_model(config, config[:-3] + '.pth', self.backend, deployed, force=True)
-                sessions.append(RuntimeSession(deployed, self.threads))
-            totals = runtime_medians([s.run for s in sessions], self.threads, repeats)
+                sessions.append(RuntimeSession(deployed, self.threads, self.images))
+            totals = session_medians(sessions, self.threads, repeats)
             if not layers:
                 return totals
             inside = []

@@ -393,7 +393,7 @@ def test_each_comparison_json_has_its_readme_block_and_says_where_latency_is_tim
 
 
 def test_deployed_models_are_timed_on_the_first_images_of_the_test_split(make_toy_cfg):
-    from gdp_det.benchmark.deploy_latency import split_images
+    from gdp_det.deploy import split_images
     cfg = make_toy_cfg()
     ds = cfg.test_dataloader.dataset
     ids = open(osp.join(ds.data_root, ds.ann_file)).read().split()

@@ -93,6 +93,21 @@ def test_unknown_backend_is_named():
         rt.RuntimeTimer('tensorrt', 1, cfg=None)
 
 
+def test_whole_networks_are_timed_on_the_test_splits_images(make_toy_cfg):
+    """The calibration networks run on the detector's test images (a two-stage detector's
+    proposals, and so its RoI head's time, depend on the image), named in the table's
+    cache key; where the split is not on this machine, on one random input."""
+    cfg = make_toy_cfg()
+    ds = cfg.test_dataloader.dataset
+    ids = open(osp.join(ds.data_root, ds.ann_file)).read().split()
+    timer = rt.RuntimeTimer('onnxruntime', 1, cfg)
+    names = [f'{i}.jpg' for i in ids[:rt.NETWORK_IMAGES]]
+    assert len(names) == min(8, len(ids)) >= 2
+    assert [osp.basename(p) for p in timer.images] == timer.ident()['images'] == names
+    cfg.test_dataloader.dataset.ann_file = 'VOC2007/ImageSets/Main/missing.txt'
+    assert rt.RuntimeTimer('onnxruntime', 1, cfg).images == []
+
+
 @pytest.mark.slow
 def test_runtime_table_feeds_the_latency_model_and_is_cached(gated_toy_retinanet, tmp_path,
                                                               monkeypatch):

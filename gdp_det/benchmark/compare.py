@@ -495,7 +495,8 @@ def collect(comparison: Comparison, runs: Sequence[Run], skipped: List[dict],
         lat = cm.measure_latencies([cm.build_model(*m) for m in models],
                                    comparison.input_size, s.latency_repeats, s.threads)
     else:
-        from .deploy_latency import deploy_all, deployed_latencies, split_images
+        from ..deploy import split_images
+        from .deploy_latency import deploy_all, deployed_latencies
         dirs = [osp.join(comparison.work_dir, 'deployed', name, s.latency_backend)
                 for name in ['baseline'] + [r['run'] for r in results]]
         deploy_all(models, dirs, s.latency_backend, comparison.input_size)

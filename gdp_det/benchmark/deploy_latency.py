@@ -147,24 +147,12 @@ def deployed_latencies(dirs: Sequence[str], threads: int, rounds: int,
     """Milliseconds of one inference of each deployment in ``dirs`` (image tensor in,
     detections out) with ``threads`` runtime threads (0: all cores): the median over
     ``rounds`` interleaved rounds in this process
-    (:func:`gdp_det.runtime_latency.runtime_medians`) of one inference of each of
+    (:func:`gdp_det.runtime_latency.session_medians`) of one inference of each of
     ``images`` (paths or BGR arrays; none: one fixed random input), per image."""
     from ..deploy import RuntimeSession
-    from ..runtime_latency import runtime_medians
+    from ..runtime_latency import session_medians
     sessions = [RuntimeSession(d, threads, images) for d in dirs]
-    return [1e3 * t / len(s.inputs) for s, t in
-            zip(sessions, runtime_medians([s.run for s in sessions], threads, rounds))]
-
-
-def split_images(cfg, n: int) -> List[str]:
-    """Paths of the first ``n`` images of ``cfg``'s test split."""
-    from mmdet.registry import DATASETS
-    from mmdet.utils import register_all_modules
-    from mmengine.registry import DefaultScope
-    register_all_modules(init_default_scope=False)
-    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmdet')):
-        dataset = DATASETS.build(copy.deepcopy(cfg.test_dataloader.dataset))
-    return [dataset.get_data_info(i)['img_path'] for i in range(min(n, len(dataset)))]
+    return [1e3 * t for t in session_medians(sessions, threads, rounds)]
 
 
 def _threads(n: int) -> str:
