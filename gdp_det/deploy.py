@@ -237,17 +237,21 @@ def export_image(model_cfg, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randint(0, 256, (int(h), int(w), 3), dtype=np.uint8)
 
 
+def split_file(dataset: dict) -> str:
+    """The annotation file of a dataset config (``data_root`` joined with ``ann_file``),
+    through its wrappers."""
+    while 'dataset' in dataset:
+        dataset = dataset['dataset']
+    return osp.join(dataset.get('data_root', ''), dataset.get('ann_file', ''))
+
+
 def split_images(cfg, n: int) -> list:
     """Paths of the first ``n`` images of ``cfg``'s test split (none when ``cfg`` has no
     test split or its annotation file is not on this machine)."""
     ds = (cfg.get('test_dataloader') or {}).get('dataset') if cfg is not None else None
     if not ds or not n:
         return []
-    inner = ds
-    while 'dataset' in inner:
-        inner = inner['dataset']
-    ann = osp.join(inner.get('data_root', ''), inner.get('ann_file', ''))
-    if inner.get('ann_file') and not osp.isfile(ann):
+    if not osp.exists(split_file(ds)):
         return []
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules

@@ -517,9 +517,7 @@ def collect(comparison: Comparison, runs: Sequence[Run], skipped: List[dict],
 
 
 def _split_name(loader) -> str:
-    ds = loader.dataset
-    while 'dataset' in ds:
-        ds = ds.dataset
-    path = osp.join(ds.get('data_root', ''), ds.get('ann_file', ''))
+    from ..deploy import split_file
+    path = split_file(loader.dataset)
     inside = osp.abspath(path).startswith(osp.join(os.getcwd(), ''))
     return osp.relpath(path) if inside else path
