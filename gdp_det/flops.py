@@ -15,6 +15,13 @@ import numpy as np
 from .graph import ChannelGraph
 
 
+def alive_per_owner(alive, idx: np.ndarray, owner: np.ndarray, size: int) -> np.ndarray:
+    """How many of the channels ``idx`` that each owner (a call or a pooling module) reads
+    are alive: ``idx == len(alive)`` names a fixed channel, always alive."""
+    ext = np.append(np.asarray(alive, dtype=np.float64), 1.0)
+    return np.bincount(owner, ext[idx], minlength=size)
+
+
 class FlopsModel:
     """Exact (L0) FLOPs and per-channel FLOPs weights of a :class:`ChannelGraph`.
 
@@ -57,10 +64,8 @@ class FlopsModel:
         self.full = self.count(np.ones(n, dtype=bool))
 
     def _active(self, alive) -> Tuple[np.ndarray, np.ndarray]:
-        ext = np.append(np.asarray(alive, dtype=np.float64), 1.0)
-        n_in = np.bincount(self.in_call, ext[self.in_idx], minlength=self.num_calls)
-        n_out = np.bincount(self.out_call, ext[self.out_idx], minlength=self.num_calls)
-        return n_in, n_out
+        return (alive_per_owner(alive, self.in_idx, self.in_call, self.num_calls),
+                alive_per_owner(alive, self.out_idx, self.out_call, self.num_calls))
 
     def count(self, alive) -> float:
         return float(self.per_call(alive).sum())

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .files import atomic_write
-from .flops import FlopsModel
+from .flops import FlopsModel, alive_per_owner
 from .graph import ChannelGraph
 
 CACHE_DIR = osp.join(osp.expanduser('~'), '.cache', 'gdp_det', 'latency')
@@ -497,8 +497,7 @@ class LatencyModel(FlopsModel):
         return dict(whole=float(t_full.sum()), probe=float(t_probe.sum()))
 
     def _pass_channels(self, alive) -> np.ndarray:
-        ext = np.append(np.asarray(alive, dtype=np.float64), 1.0)
-        return np.bincount(self.pass_mod, ext[self.pass_idx], minlength=self.num_pass)
+        return alive_per_owner(alive, self.pass_idx, self.pass_mod, self.num_pass)
 
     def _fit_calls(self, table: dict, full: np.ndarray, probe: np.ndarray):
         """Each call's own line from its standalone time to its time in the network,
