@@ -330,6 +330,35 @@ def test_readme_summary_states_where_gdp_wins_and_loses():
         '0.440 ± 0.040; GDP with a FLOPs budget at the same latencies: 0.570 ± 0.020.' in text
 
 
+def test_a_fine_tune_given_more_epochs_is_compared_apart_not_ranked():
+    """A method trained twice the epochs (GDP's training compute) is not the 'best other
+    pruner' even where its mAP is higher; its own line states the FLOPs ratio."""
+    from gdp_det.benchmark.compare_summary import overview_lines
+    longer, same = C.select_methods(['tp_l1_uniform_x2', 'tp_l1_uniform'])
+    assert longer.train_epochs(3) == 6 and same.train_epochs(3) == 3
+    assert longer.label == 'Torch-Pruning L1, uniform, 2x the epochs'
+    assert C.estimate_seconds(C.Run(longer, 0.3, 0), C.Settings(), 10, 0, []) == \
+        pytest.approx(2 * C.estimate_seconds(C.Run(same, 0.3, 0), C.Settings(), 10, 0, []))
+
+    def add_longer(runs):
+        for r in runs:
+            r['train_flops'] = 3e14 if r['method'] == 'gdp' else 1e14
+        runs += [dict(method='tp_l1_uniform_x2', label='L1, 2x the epochs', budget=0.3,
+                      seed=s, mAP=a, mAP_before_finetune=0.3, latency_ms=6.0,
+                      flops_ratio=0.3, params=1e6, epochs=6, train_flops=2.4e14)
+                 for s, a in enumerate((0.55, 0.57, 0.59))]
+    data = _fake_data(add_longer)
+    text = '\n'.join(readme_lines(data))
+    assert '- At budget 0.3: GDP 0.520 ± 0.020 wins by 0.080 against random' in text
+    assert "- At budget 0.3, against a fine-tune at 0.80x GDP's training FLOPs: GDP " \
+        '0.520 ± 0.020 loses by 0.050 against L1, 2x the epochs 0.570 ± 0.020; paired by ' \
+        'seed -0.050 ± 0.000' in text
+    assert '| L1, 2x the epochs | — | 0.570 ± 0.020 |' in text
+    data['settings']['extra'] = dict(config='configs/toy/faster-rcnn_r18_fpn_toyvoc.py')
+    overview = '\n'.join(overview_lines([data]))
+    assert 'L1, 2x the epochs' not in overview and ' below ' not in overview
+
+
 def test_overview_across_detectors_states_where_gdp_is_behind():
     from gdp_det.benchmark.compare_summary import detector_name, overview_lines
     ahead = _fake_data()
@@ -509,7 +538,7 @@ def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
     from tools.benchmark_compare import SECTION, main
     work, out = tmp_path / 'work', tmp_path / 'compare.json'
     argv = ['--work-dir', str(work), '--data', toy_data.root, '--val-data', toy_data.root,
-            '--methods', 'control', 'random', '--budgets', '0.5', '--seeds', '0',
+            '--methods', 'control', 'random_x2', '--budgets', '0.5', '--seeds', '0',
             '--epochs', '1', '--gdp-epochs', '1', '--patience', '1',
             '--converge-max-epochs', '1', '--latency-repeats', '2', '--out', str(out),
             '--results', str(tmp_path / 'RESULTS.md'), '--plot', str(tmp_path / 'p.png'),
@@ -522,17 +551,19 @@ def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
         assert '1 of 1 runs finished earlier' not in log and 'run 1/1' in log
     data = json.load(open(out))
     runs = {r['method']: r for r in data['runs']}
-    assert set(runs) == {'control', 'random'}
+    assert set(runs) == {'control', 'random_x2'}
     assert runs['control']['flops_ratio'] == pytest.approx(1.0)
-    assert 0.35 < runs['random']['flops_ratio'] <= 0.5 + 1e-3
-    assert runs['random']['params'] < runs['control']['params'] == data['baseline']['params']
+    assert 0.35 < runs['random_x2']['flops_ratio'] <= 0.5 + 1e-3
+    assert runs['random_x2']['params'] < runs['control']['params'] == data['baseline']['params']
     for r in runs.values():
         assert 0 <= r['mAP'] <= 1 and r['latency_ms'] > 0
-        # the training cost after the baseline: one epoch of the 16 toy images, forward
-        # and backward counted as three forwards of the trained (pruned) model
+        # the training cost after the baseline: an epoch of the 16 toy images (two for
+        # the fine-tune given twice the epochs), forward and backward counted as three
+        # forwards of the trained (pruned) model
         assert r['train_seconds'] > 0
-        assert r['train_flops'] == pytest.approx(3 * 16 * r['flops'])
-    assert 0 <= runs['random']['mAP_before_finetune'] <= 1
+        assert r['train_flops'] == pytest.approx(3 * 16 * r['epochs'] * r['flops'])
+    assert (runs['control']['epochs'], runs['random_x2']['epochs']) == (1, 2)
+    assert 0 <= runs['random_x2']['mAP_before_finetune'] <= 1
     assert SECTION in open(tmp_path / 'RESULTS.md').read()
     capsys.readouterr()
     assert main(argv) == 0  # everything finished: no run again
@@ -545,7 +576,7 @@ def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
         ort = json.load(open(ort_out))
         assert ort['settings']['latency_backend'] == 'onnxruntime'
         assert ort['baseline']['latency_ms'] > 0
-        assert {r['method'] for r in ort['runs']} == {'control', 'random'}
+        assert {r['method'] for r in ort['runs']} == {'control', 'random_x2'}
         for r in ort['runs']:
             deployed = work / 'deployed' / r['run'] / 'onnxruntime'
             assert (deployed / 'deploy.json').is_file() and r['latency_ms'] > 0
@@ -553,7 +584,7 @@ def test_tiny_comparison_end_to_end(toy_data, tmp_path, capsys):
                 ort['settings']['input_size']
         assert 'deployed to onnxruntime' in open(tmp_path / 'RESULTS.md').read()
     # a method with no finished run: --collect-only reports what finished, runs nothing
-    argv[argv.index('random')] = 'gdp_momentum'
+    argv[argv.index('random_x2')] = 'gdp_momentum'
     assert main(argv + ['--collect-only']) == 0
     assert {r['method'] for r in json.load(open(out))['runs']} == {'control'}
     assert not (work / 'runs' / 'gdp_momentum_b0.5_s0').exists()

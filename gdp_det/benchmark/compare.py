@@ -40,7 +40,7 @@ from ..cli import gdp_model_cfg, load_state_dict
 from ..files import atomic_write
 from ..pipeline import evaluate, gdp_config, phase_schedule, stage, stage_result, train
 from . import compare_methods as cm
-from .compare_methods import GDP_VARIANTS, METHODS, Method, unavailable
+from .compare_methods import GDP_VARIANTS, LONGER, METHODS, Method, unavailable
 from .compare_summary import summarize
 
 # rough costs for --dry-run before any run has finished: seconds per image in one stream
@@ -101,7 +101,7 @@ class Run:
 
 
 def select_methods(names: Sequence[str]) -> List[Method]:
-    by_name = {m.name: m for m in METHODS + GDP_VARIANTS}
+    by_name = {m.name: m for m in METHODS + GDP_VARIANTS + LONGER}
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise ValueError(f'unknown method(s) {", ".join(unknown)}; known: {", ".join(by_name)}')
@@ -154,7 +154,7 @@ def estimate_seconds(run: Run, settings: Settings, num_train: int, num_test: int
         if times:
             return sum(times) / len(times)
     evals = 1 if run.budget is None else 2
-    return (settings.epochs * num_train * TRAIN_S_PER_IMAGE * scale[0]
+    return (run.method.train_epochs(settings.epochs) * num_train * TRAIN_S_PER_IMAGE * scale[0]
             + evals * num_test * EVAL_S_PER_IMAGE * scale[1])
 
 
@@ -360,7 +360,8 @@ class Comparison:
             before = before_eval = None
             pruned = dict(config=self.base_config, checkpoint=base['checkpoint'], epochs=0)
         pcfg = self._file_cfg(pruned['config'], run.seed)
-        left = s.epochs - pruned['epochs']
+        epochs = run.method.train_epochs(s.epochs)
+        left = epochs - pruned['epochs']
         ckpt = pruned['checkpoint']
         tuned = dict(train_seconds=0.0, train_iters=0, batch_size=0)
         if left > 0:
@@ -383,7 +384,7 @@ class Comparison:
                       config=pruned['config'],
                       weights=weights, flops=flops, flops_ratio=flops / base['flops'],
                       params=cm.count_params(model), mAP=after['mAP'],
-                      mAP_before_finetune=before, epochs=s.epochs,
+                      mAP_before_finetune=before, epochs=epochs,
                       train_seconds=gdp['train_seconds'] + tuned['train_seconds'],
                       train_flops=training_flops(
                           gdp['images_full'], base['flops'], gdp['images_pruned']
@@ -441,8 +442,9 @@ class Comparison:
             cm.prune_random(gated, budget, run.seed)
             return self._export_gated(mcfg, gated, out, m.name)
         try:
-            model, reference, _ = cm.prune_torch_pruning(cfg, state, budget, self.input_size,
-                                                         seed=run.seed, **m.options)
+            model, reference, _ = cm.prune_torch_pruning(
+                cfg, state, budget, self.input_size, m.options['importance'],
+                m.options['global_pruning'], seed=run.seed)
         except Exception as e:  # noqa: BLE001 - its DependencyGraph cannot trace this one
             why = f'{type(e).__name__}: {str(e).splitlines()[0][:160]}' if str(e) else \
                 type(e).__name__

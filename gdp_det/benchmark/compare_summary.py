@@ -253,6 +253,21 @@ def _ours(method: str) -> bool:
     return method == REFERENCE or method.startswith(REFERENCE + '_')
 
 
+def _longer(data: dict) -> set:
+    """The methods that trained more epochs after the baseline than the comparison (a
+    fine-tune given GDP's training compute): compared with GDP apart, not ranked with the
+    methods trained as long as it."""
+    return {r['method'] for r in data['runs']
+            if r.get('epochs', 0) > data['settings']['epochs']}
+
+
+def _rivals(data: dict, methods: Sequence[str]) -> List[str]:
+    """The methods of ``methods`` that GDP is ranked against: not GDP's own, not the
+    control, trained the same epochs."""
+    longer = _longer(data)
+    return [m for m in methods if not _ours(m) and m != 'control' and m not in longer]
+
+
 def _verdict(name: str, ours: Sequence[float], best: Tuple[str, List[float]],
              diffs: Sequence[float]) -> str:
     """One sentence: GDP against the best other method in one column."""
@@ -334,7 +349,7 @@ def overview_lines(comparisons: Sequence[dict]) -> List[str]:
     for data in comparisons:
         by = _groups(data['runs'])
         labels = {r['method']: r['label'] for r in data['runs']}
-        others = [m for m in labels if not _ours(m) and m != 'control']
+        others = _rivals(data, labels)
         eq = {(e['method'], e['reference_budget']): e
               for e in data['summary']['equal_latency']}
         name = detector_name(data)
@@ -410,7 +425,7 @@ def readme_lines(data: dict) -> List[str]:
              '| method | ' + ' | '.join(head) + ' |', '|---' * (len(head) + 1) + '|']
     lines += [f'| {labels[m]} | ' + ' | '.join(cells(m)) + ' |' for m in methods]
     lines.append('')
-    others = [m for m in methods if not _ours(m)]
+    others = _rivals(data, methods)
     ours = {b: maps(REFERENCE, b) for b in budgets}
     for b in budgets:
         best = _best_at_budget(by, others, b)
@@ -424,6 +439,15 @@ def readme_lines(data: dict) -> List[str]:
             lines.append('- ' + _verdict(
                 f"At GDP's {ref_ms[b]:.1f} ms", ours[b], (labels[m], eq[(m, b)]['mAP']),
                 [-d for d in eq[(m, b)]['diff_to_reference']]))
+    for m in sorted(_longer(data)):
+        for b in budgets:
+            cost = [mean_std([r['train_flops'] for r in rs if r.get('train_flops')] or [0])[0]
+                    for rs in (by.get((m, b), []), by.get((REFERENCE, b), []))]
+            if maps(m, b) and cost[1]:
+                lines.append('- ' + _verdict(
+                    f"At budget {b:g}, against a fine-tune at {cost[0] / cost[1]:.2f}x GDP's "
+                    'training FLOPs', ours[b], (labels[m], maps(m, b)),
+                    paired_differences(by.get((REFERENCE, b), []), by[(m, b)])))
     control = maps('control', None)
     if control:
         lines.append(f'- No pruning, trained the same {s["epochs"]} epochs (control): '
