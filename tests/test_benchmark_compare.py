@@ -81,6 +81,28 @@ def test_comparison_builds_models_in_its_configs_scope(tmp_path, monkeypatch):
     assert type(cm.build_model(comparison.base_config)).__name__ == 'RTMDet'
 
 
+def test_a_longer_fine_tune_prunes_as_its_method_does(tmp_path, monkeypatch):
+    """``tp_l1_uniform_x2`` calls Torch-Pruning with L1 uniform's own options; an option
+    it does not take would be an error that the fallback to our channel groups hides."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(RETINANET_CFG)
+    comparison = C.Comparison(cfg, str(tmp_path), C.Settings())
+    monkeypatch.setattr(comparison, 'baseline', lambda: dict(checkpoint='base.pth'))
+    monkeypatch.setattr(C, 'load_state_dict', lambda path: {})
+    calls = []
+
+    def prune(cfg, state, budget, input_size, *args, **kwargs):
+        calls.append((args, kwargs))
+        raise RuntimeError('stop here')
+    monkeypatch.setattr(cm, 'prune_torch_pruning', prune)
+    monkeypatch.setattr(comparison, '_prune_on_groups', lambda *a: dict(fallback=a[-1]))
+    for name in ('tp_l1_uniform_x2', 'tp_l1_uniform'):
+        method, = C.select_methods([name])
+        assert comparison._prune(C.Run(method, 0.3, 0), cfg, str(tmp_path)) == dict(
+            fallback='RuntimeError: stop here')
+    assert calls[0] == calls[1] == ((('l1', False), dict(seed=0)))
+
+
 def test_execute_skips_finished_runs_and_survives_a_failure(tmp_path):
     work = str(tmp_path)
     runs, _ = C.make_plan(C.Settings(methods=['control', 'random'], budgets=[0.5],
