@@ -105,8 +105,13 @@ CONFIG_frcnn = configs/toy/faster-rcnn_r18_fpn_toyvoc.py
 CONFIG_rtmdet = configs/toy/rtmdet_tiny_toyvoc.py
 SECTION_frcnn = $(FRCNN_SECTION)
 SECTION_rtmdet = $(RTMDET_SECTION)
+# the toy RetinaNet in parts (its `make compare` runs from one baseline): GDP against the
+# fine-tunes given its training compute, `_x2` methods (issue 22 part 3), e.g.
+# `make compare-part DETECTOR=retinanet SEED=0 PART_METHODS="gdp tp_l1_uniform tp_l1_uniform_x2"`
+CONFIG_retinanet = configs/toy/retinanet_r18_fpn_toyvoc.py
+SECTION_retinanet = (aa) Equal training compute on the toy RetinaNet R18-FPN
 require_detector = @test -n "$(CONFIG_$(DETECTOR))" || \
-  { echo "make $@: DETECTOR is frcnn or rtmdet" >&2; exit 2; }
+  { echo "make $@: DETECTOR is frcnn, rtmdet or retinanet" >&2; exit 2; }
 compare-part:
 	$(require_detector)
 	$(MAKE) compare COMPARE_DIR=work_dirs/compare_$(DETECTOR)_s$(SEED) COMPARE_ARGS="\
