@@ -381,6 +381,18 @@ def test_a_fine_tune_given_more_epochs_is_compared_apart_not_ranked():
     assert 'L1, 2x the epochs' not in overview and ' below ' not in overview
 
 
+def test_readme_verdict_compares_gdp_on_the_seeds_the_other_ran():
+    """Merged parts need not run every method on every seed: GDP's mean over all its
+    seeds (0.620) against random's one seed would say GDP wins; on seed 0 it loses."""
+    def one_seed(runs):
+        del runs[7:9]  # random at 0.5: seed 0 only
+        runs[6]['mAP'] = 0.65
+    text = '\n'.join(readme_lines(_fake_data(one_seed)))
+    assert '- At budget 0.5 (seed 0, where both ran): GDP 0.600 loses by 0.050 against ' \
+        'random channels, uniform 0.650.' in text
+    assert '- At budget 0.3: GDP 0.520 ± 0.020 wins by 0.080' in text  # every seed: unnamed
+
+
 def test_overview_across_detectors_states_where_gdp_is_behind():
     from gdp_det.benchmark.compare_summary import detector_name, overview_lines
     ahead = _fake_data()

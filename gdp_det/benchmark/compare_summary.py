@@ -119,7 +119,7 @@ def _equal_latency(groups, budgets) -> List[dict]:
                   for s, p in _latency_points(groups, m).items()}
             at = {s: v for s, v in at.items() if v is not None}
             out.append(dict(method=m, reference_budget=b, latency_ms=target,
-                            mAP=[at[s] for s in sorted(at)],
+                            seeds=sorted(at), mAP=[at[s] for s in sorted(at)],
                             diff_to_reference=[at[s] - ref_map[s] for s in sorted(at)
                                                if s in ref_map]))
     return out
@@ -268,23 +268,26 @@ def _rivals(data: dict, methods: Sequence[str]) -> List[str]:
     return [m for m in methods if not _ours(m) and m != 'control' and m not in longer]
 
 
-def _verdict(name: str, ours: Sequence[float], best: Tuple[str, List[float]],
-             diffs: Sequence[float]) -> str:
-    """One sentence: GDP against the best other method in one column."""
-    label, theirs = best
-    if not ours or not theirs:
+def _verdict(name: str, ours: Dict[int, float], label: str, theirs: Dict[int, float]) -> str:
+    """One sentence: GDP against another method in one column, both by seed, on the seeds
+    both ran (named where GDP ran more: merged parts need not run every method on every
+    seed, and means over different seeds' baselines are not comparable)."""
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
         return f'{name}: not enough runs.'
-    d = mean_std(ours)[0] - mean_std(theirs)[0]
+    mine, its = [ours[s] for s in seeds], [theirs[s] for s in seeds]
+    d = mean_std(mine)[0] - mean_std(its)[0]
     verb = 'wins by' if d > 0 else 'loses by' if d < 0 else 'ties with'
     spread = ''
-    if len(diffs) > 1:
-        dm, ds = mean_std(diffs)
+    if len(seeds) > 1:
+        dm, ds = mean_std([a - b for a, b in zip(mine, its)])
         spread = (f'; paired by seed {dm:+.3f} ± {ds:.3f}'
                   + (', within the seed spread' if abs(dm) <= ds else ''))
-    stds = (f'; seed std GDP {mean_std(ours)[1]:.3f}, theirs {mean_std(theirs)[1]:.3f}'
-            if len(ours) > 1 and len(theirs) > 1 else '')
-    return f'{name}: GDP {pm(ours)} {verb} {abs(d):.3f} against {label} {pm(theirs)}' \
-           f'{spread}{stds}.'
+        spread += f'; seed std GDP {mean_std(mine)[1]:.3f}, theirs {mean_std(its)[1]:.3f}'
+    on = '' if seeds == sorted(ours) else \
+        f' (seed{"s" * (len(seeds) > 1)} {", ".join(map(str, seeds))}, where both ran)'
+    return f'{name}{on}: GDP {pm(mine)} {verb} {abs(d):.3f} against {label} {pm(its)}' \
+           f'{spread}.'
 
 
 def _best_at_budget(by, others: Sequence[str], budget: float) -> Optional[str]:
@@ -392,9 +395,11 @@ def readme_lines(data: dict) -> List[str]:
     s, base, summary = data['settings'], data['baseline'], data['summary']
     budgets = sorted({r['budget'] for r in data['runs'] if r['budget'] is not None},
                      reverse=True)
-    eq = {(e['method'], e['reference_budget']): e for e in summary['equal_latency']}
-    ref_ms = {e['reference_budget']: e['latency_ms'] for e in summary['equal_latency']}
     by = _groups(data['runs'])
+    # from the runs (a stored summary may predate the seeds of its equal-latency rows)
+    equal_latency = _equal_latency(by, budgets)
+    eq = {(e['method'], e['reference_budget']): e for e in equal_latency}
+    ref_ms = {e['reference_budget']: e['latency_ms'] for e in equal_latency}
     labels = {r['method']: r['label'] for r in data['runs']}
     methods = [m for m in dict.fromkeys(r['method'] for r in summary['rows'])
                if m != 'control']
@@ -426,28 +431,26 @@ def readme_lines(data: dict) -> List[str]:
     lines += [f'| {labels[m]} | ' + ' | '.join(cells(m)) + ' |' for m in methods]
     lines.append('')
     others = _rivals(data, methods)
-    ours = {b: maps(REFERENCE, b) for b in budgets}
+    ours = {b: _by_seed(by.get((REFERENCE, b), [])) for b in budgets}
     for b in budgets:
         best = _best_at_budget(by, others, b)
         if best is not None:
-            lines.append('- ' + _verdict(f'At budget {b:g}', ours[b],
-                                         (labels[best], maps(best, b)),
-                                         paired_differences(by.get((REFERENCE, b), []),
-                                                            by[(best, b)])))
+            lines.append('- ' + _verdict(f'At budget {b:g}', ours[b], labels[best],
+                                         _by_seed(by[(best, b)])))
         m = _best_at_latency(eq, others, b)
         if m is not None:
-            lines.append('- ' + _verdict(
-                f"At GDP's {ref_ms[b]:.1f} ms", ours[b], (labels[m], eq[(m, b)]['mAP']),
-                [-d for d in eq[(m, b)]['diff_to_reference']]))
+            lines.append('- ' + _verdict(f"At GDP's {ref_ms[b]:.1f} ms", ours[b], labels[m],
+                                         dict(zip(eq[(m, b)]['seeds'], eq[(m, b)]['mAP']))))
     for m in sorted(_longer(data)):
         for b in budgets:
-            cost = [mean_std([r['train_flops'] for r in rs if r.get('train_flops')] or [0])[0]
-                    for rs in (by.get((m, b), []), by.get((REFERENCE, b), []))]
-            if maps(m, b) and cost[1]:
+            theirs = _by_seed(by.get((m, b), []))
+            cost = [_by_seed(by.get((k, b), []), 'train_flops') for k in (m, REFERENCE)]
+            seeds = sorted(set(theirs) & set(ours[b]) & set(cost[0]) & set(cost[1]))
+            if seeds:
+                ratio = sum(cost[0][x] for x in seeds) / sum(cost[1][x] for x in seeds)
                 lines.append('- ' + _verdict(
-                    f"At budget {b:g}, against a fine-tune at {cost[0] / cost[1]:.2f}x GDP's "
-                    'training FLOPs', ours[b], (labels[m], maps(m, b)),
-                    paired_differences(by.get((REFERENCE, b), []), by[(m, b)])))
+                    f"At budget {b:g}, against a fine-tune at {ratio:.2f}x GDP's training "
+                    'FLOPs', ours[b], labels[m], theirs))
     control = maps('control', None)
     if control:
         lines.append(f'- No pruning, trained the same {s["epochs"]} epochs (control): '
