@@ -34,3 +34,28 @@ def test_stage_runs_once_then_reads_its_marker(tmp_path):
     assert first == again == dict(mAP=0.5, n=1) and len(calls) == 1
     assert (tmp_path / 'eval' / 'stage_done.json').is_file()
     assert 'skipped' in logs[-1]
+
+
+def test_the_job_closes_the_process_groups_it_started(monkeypatch):
+    """A gloo group left to the interpreter's exit can abort its rank there: the job
+    destroys the groups it started, and leaves a group its caller started running."""
+    import torch.distributed as dist
+    from test_ddp import free_port
+    from gdp_det.pipeline import stages
+    monkeypatch.setenv('MASTER_ADDR', '127.0.0.1')
+    monkeypatch.setenv('MASTER_PORT', str(free_port()))
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    assert not dist.is_initialized()
+    stages.init_distributed('pytorch', Config())
+    assert dist.is_initialized() and stages._export_wait_group is not None
+    stages.close_distributed()
+    assert not dist.is_initialized() and stages._export_wait_group is None
+    dist.init_process_group('gloo')  # the caller's own group
+    try:
+        stages.init_distributed('pytorch', Config())
+        stages.close_distributed()
+        assert dist.is_initialized()  # still the caller's
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

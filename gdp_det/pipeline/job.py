@@ -24,7 +24,7 @@ from ..export import EXPORT_FILES
 from ..files import atomic_write
 from .report import report_rows, write_report
 from .schedule import gdp_config, phase_schedule
-from .stages import evaluate, init_distributed, launch_cfg, stage, train
+from .stages import close_distributed, evaluate, init_distributed, launch_cfg, stage, train
 
 
 def _silent(*args) -> None:
@@ -37,6 +37,16 @@ def run_pipeline(cfg: Config, work_dir: str, flops_target: float, gdp_epochs: in
                  launcher: str = 'none') -> Dict:
     """Run every stage; returns the report rows. See the module docstring."""
     init_distributed(launcher, cfg)
+    try:
+        return _stages(cfg, work_dir, flops_target, gdp_epochs, finetune_epochs,
+                       baseline_checkpoint, hook, lr_factor, log, launcher)
+    finally:
+        close_distributed()
+
+
+def _stages(cfg: Config, work_dir: str, flops_target: float, gdp_epochs: int,
+            finetune_epochs: int, baseline_checkpoint: Optional[str], hook: Optional[dict],
+            lr_factor: float, log, launcher: str) -> Dict:
     if not is_main_process():
         log = _silent
     work_dir = osp.abspath(work_dir)

@@ -28,6 +28,7 @@ from ..latency import device_name, interleaved_medians
 
 
 _export_wait_group = None  # the group the ranks wait on for rank 0's export
+_started_default = False  # whether init_distributed started the default group
 
 
 def init_distributed(launcher: str, cfg: Config) -> None:
@@ -38,7 +39,7 @@ def init_distributed(launcher: str, cfg: Config) -> None:
     mmengine's ``init_dist`` also selects the rank's CUDA device; without CUDA
     (CPU runs, the tests) the group is started on gloo from torchrun's environment.
     """
-    global _export_wait_group
+    global _export_wait_group, _started_default
     if launcher == 'none':
         return
     if not is_distributed():
@@ -46,7 +47,22 @@ def init_distributed(launcher: str, cfg: Config) -> None:
             init_dist(launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
         else:
             torch.distributed.init_process_group('gloo')
+        _started_default = True
     _export_wait_group = patient_group()
+
+
+def close_distributed() -> None:
+    """Destroy the groups :func:`init_distributed` started (the default group only where
+    it started it): a gloo group left to the interpreter's exit can abort its rank there
+    ("terminate called without an active exception", pytorch/pytorch#190489; a rerun of
+    the two-process job whose stages were all done failed so on a loaded machine)."""
+    global _export_wait_group, _started_default
+    if _export_wait_group is not None:
+        torch.distributed.destroy_process_group(_export_wait_group)
+        _export_wait_group = None
+    if _started_default and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _started_default = False
 
 
 def wait_for_rank0() -> None:
