@@ -22,6 +22,14 @@ def patient_group():
     return dist.new_group(backend='gloo', timeout=PATIENT_TIMEOUT)
 
 
+def close_process_groups() -> None:
+    """Destroy every process group of this process, at the end of a tool's job (each rank):
+    a gloo group left to the interpreter's exit can abort its rank there ("terminate called
+    without an active exception", pytorch/pytorch#190489). Without one, nothing."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def usable_cores() -> int:
     """The CPU cores this process may run on."""
     try:

@@ -15,6 +15,7 @@ import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
 from gdp_det.cli import (ArgumentParser, UserError, check_checkpoint_for_model,  # noqa: E402
                          load_config, tool_main)
+from gdp_det.distributed import close_process_groups  # noqa: E402
 from mmengine import ConfigDict  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
@@ -158,7 +159,10 @@ def main(argv=None):
             DumpDetResults(out_file_path=args.out))
 
     # start testing
-    runner.test()
+    try:
+        runner.test()
+    finally:
+        close_process_groups()
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ import gdp_det  # noqa: E402
 gdp_det.compat.apply()  # torch.load of mmengine checkpoints, mmdet:: configs, VOCMetric
 from gdp_det.cli import (ArgumentParser, UserError, check_checkpoint_for_model,  # noqa: E402
                          load_config, tool_main)
+from gdp_det.distributed import close_process_groups  # noqa: E402
 from mmengine.config import DictAction  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
@@ -141,7 +142,10 @@ def main(argv=None):
         check_checkpoint_for_model(runner.model, cfg.get('load_from'), full=False)
 
     # start training
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        close_process_groups()
 
 
 if __name__ == '__main__':
