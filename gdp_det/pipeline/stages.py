@@ -13,7 +13,8 @@ import glob
 import json
 import os
 import os.path as osp
-from typing import Callable, Dict, Optional
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, Optional
 
 import torch
 from mmengine.config import Config
@@ -49,6 +50,16 @@ def init_distributed(launcher: str, cfg: Config) -> None:
             torch.distributed.init_process_group('gloo')
         _started_default = True
     _export_wait_group = patient_group()
+
+
+@contextmanager
+def distributed_job(launcher: str, cfg: Config) -> Iterator[None]:
+    """:func:`init_distributed`, then :func:`close_distributed` however the job ends."""
+    init_distributed(launcher, cfg)
+    try:
+        yield
+    finally:
+        close_distributed()
 
 
 def close_distributed() -> None:
